@@ -1,0 +1,158 @@
+//! What a guest can reach: one module per host interface. Everything is deny-by-default;
+//! a capability a plugin was not granted answers `permanent("not granted: ...")`.
+
+pub mod log;
+
+use crate::engine::bindings::{host, types};
+use crate::engine::limits::Limiter;
+use log::{Level, LogBuffer, Source};
+use std::sync::{Arc, Mutex, PoisonError};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Services a run gives its steps: tools, artifacts, human input and per-run state.
+/// The engine alone (`corral call`) has none of them; the run lifecycle provides them.
+#[async_trait::async_trait]
+pub trait RunServices: Send + Sync {
+    /// Calls a tool granted to the step.
+    async fn call_tool(&self, name: &str, arguments: &str) -> Result<String, types::PluginError>;
+    /// Stores an artifact and returns its id.
+    async fn put_artifact(
+        &self,
+        name: &str,
+        media_type: &str,
+        content: &[u8],
+    ) -> Result<String, types::PluginError>;
+    /// Asks a person and waits for the answer.
+    async fn ask(&self, question: &str, schema: Option<&str>)
+    -> Result<String, types::PluginError>;
+    /// Reads per-run state.
+    async fn state_get(&self, key: &str) -> Option<Vec<u8>>;
+    /// Writes per-run state.
+    async fn state_set(&self, key: &str, value: &[u8]) -> Result<(), types::PluginError>;
+}
+
+/// Why the host stopped a guest from the outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupt {
+    /// The wall-clock deadline passed.
+    Deadline,
+    /// Someone cancelled the invocation.
+    Cancelled,
+}
+
+/// The data of one Store: everything one invocation's guest can touch, and nothing more.
+pub struct HostState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) log: Arc<Mutex<LogBuffer>>,
+    pub(crate) services: Option<Arc<dyn RunServices>>,
+    pub(crate) interrupt: Option<Interrupt>,
+    pub(crate) deadline: crate::engine::Deadline,
+    pub(crate) cancel: tokio_util::sync::CancellationToken,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl HostState {
+    fn log_buffer(&self) -> std::sync::MutexGuard<'_, LogBuffer> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn services(&self, what: &str) -> Result<Arc<dyn RunServices>, types::PluginError> {
+        self.services.clone().ok_or_else(|| not_granted(what))
+    }
+}
+
+/// The refusal for a capability the plugin does not hold.
+pub fn not_granted(what: &str) -> types::PluginError {
+    types::PluginError::Permanent(format!(
+        "not granted: {what} is not available to this plugin here (it needs a run that grants it)"
+    ))
+}
+
+impl From<types::Level> for Level {
+    fn from(l: types::Level) -> Self {
+        match l {
+            types::Level::Trace => Level::Trace,
+            types::Level::Debug => Level::Debug,
+            types::Level::Info => Level::Info,
+            types::Level::Warn => Level::Warn,
+            types::Level::Error => Level::Error,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    async fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        self.log_buffer().push(level.into(), Source::Log, &message);
+        Ok(())
+    }
+
+    async fn progress(&mut self, percent: u8, label: String) -> wasmtime::Result<()> {
+        self.log_buffer().progress(percent, &label);
+        Ok(())
+    }
+
+    async fn call_tool(
+        &mut self,
+        name: String,
+        arguments: String,
+    ) -> wasmtime::Result<Result<String, types::PluginError>> {
+        Ok(match self.services("call-tool") {
+            Ok(s) => s.call_tool(&name, &arguments).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn put_artifact(
+        &mut self,
+        name: String,
+        media_type: String,
+        content: Vec<u8>,
+    ) -> wasmtime::Result<Result<String, types::PluginError>> {
+        Ok(match self.services("put-artifact") {
+            Ok(s) => s.put_artifact(&name, &media_type, &content).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn ask(
+        &mut self,
+        question: String,
+        answer_schema: Option<String>,
+    ) -> wasmtime::Result<Result<String, types::PluginError>> {
+        Ok(match self.services("ask") {
+            Ok(s) => s.ask(&question, answer_schema.as_deref()).await,
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        Ok(match &self.services {
+            Some(s) => s.state_get(&key).await,
+            None => None,
+        })
+    }
+
+    async fn state_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::PluginError>> {
+        Ok(match self.services("state-set") {
+            Ok(s) => s.state_set(&key, &value).await,
+            Err(e) => Err(e),
+        })
+    }
+}

@@ -1,0 +1,289 @@
+//! Loading: bytes -> a checked, compiled, pre-instantiated plugin.
+//!
+//! Everything a plugin could get wrong is found here, at load, never at call time:
+//! not a component, a disabled proposal, an unknown world, a missing export, an import
+//! the host does not provide.
+
+use super::bindings::{agent, connector, tool};
+use super::{Engine, Failure};
+use crate::capabilities::HostState;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, InstancePre};
+
+/// The contract's package and the versions of it this host speaks.
+const PACKAGE: &str = "corral:plugin";
+const VERSION_PREFIX: &str = "0.1.";
+
+/// Which plugin world a component implements, told by what it exports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum World {
+    /// Exports `corral:plugin/agent`.
+    #[serde(rename = "agent-plugin")]
+    Agent,
+    /// Exports `corral:plugin/tool`.
+    #[serde(rename = "tool-plugin")]
+    Tool,
+    /// Exports `corral:plugin/connector`.
+    #[serde(rename = "connector-plugin")]
+    Connector,
+}
+
+impl World {
+    /// The WIT world name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            World::Agent => "agent-plugin",
+            World::Tool => "tool-plugin",
+            World::Connector => "connector-plugin",
+        }
+    }
+
+    fn from_interface(name: &str) -> Option<World> {
+        match name {
+            "agent" => Some(World::Agent),
+            "tool" => Some(World::Tool),
+            "connector" => Some(World::Connector),
+            _ => None,
+        }
+    }
+}
+
+/// Interfaces a plugin may import: the contract's own, and WASI 0.2.
+fn import_allowed(name: &str) -> bool {
+    let Some((path, version)) = name.split_once('@') else {
+        return false;
+    };
+    match path.split_once('/') {
+        Some((PACKAGE, "host" | "types")) => version.starts_with(VERSION_PREFIX),
+        Some((
+            "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" | "wasi:filesystem"
+            | "wasi:sockets",
+            _,
+        )) => version.starts_with("0.2."),
+        _ => false,
+    }
+}
+
+pub(super) enum WorldPre {
+    Agent(agent::AgentPluginPre<HostState>),
+    Tool(tool::ToolPluginPre<HostState>),
+    Connector(connector::ConnectorPluginPre<HostState>),
+}
+
+/// A loaded plugin: checked, compiled, and ready to instantiate many times.
+pub struct Plugin {
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    /// The world it implements.
+    pub world: World,
+    /// Size of the component in bytes.
+    pub size: usize,
+    /// Interfaces it imports.
+    pub imports: Vec<String>,
+    /// Interfaces it exports.
+    pub exports: Vec<String>,
+    pub(super) pre: WorldPre,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("digest", &self.digest)
+            .field("world", &self.world)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// The chain of a wasmtime error as one line.
+pub(super) fn describe_error(e: &wasmtime::Error) -> String {
+    let parts: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    parts.join(": ")
+}
+
+/// What the first bytes say about a binary, before wasmtime sees it.
+fn check_header(bytes: &[u8]) -> Result<(), Failure> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(Failure::invalid_component(
+            "this is a core WebAssembly module, not a component: build it for \
+             wasm32-wasip2 (or wrap it with `wasm-tools component new`)",
+        )),
+        Some([0, b'a', b's', b'm', ..]) => Err(Failure::invalid_component(
+            "unsupported WebAssembly binary version or layer",
+        )),
+        _ => Err(Failure::invalid_component(
+            "not a WebAssembly binary (it does not start with \\0asm)",
+        )),
+    }
+}
+
+impl Engine {
+    /// Loads a plugin from a file.
+    pub async fn load_file(&self, path: &std::path::Path) -> Result<Arc<Plugin>, Failure> {
+        let max = self.config().max_component_bytes;
+        let meta = tokio::fs::metadata(path).await.map_err(|e| {
+            Failure::invalid_component(format!("cannot read {}: {e}", path.display()))
+        })?;
+        if !meta.is_file() {
+            return Err(Failure::invalid_component(format!(
+                "{} is not a file",
+                path.display()
+            )));
+        }
+        if meta.len() > max as u64 {
+            return Err(Failure::invalid_component(format!(
+                "{} is {} bytes, more than the {max}-byte limit for components",
+                path.display(),
+                meta.len()
+            )));
+        }
+        let bytes = tokio::fs::read(path).await.map_err(|e| {
+            Failure::invalid_component(format!("cannot read {}: {e}", path.display()))
+        })?;
+        self.load(bytes).await
+    }
+
+    /// Loads a plugin from component bytes: checks, compiles (or reuses the compiled
+    /// cache), and pre-instantiates it. Loading the same bytes again is a cache hit.
+    pub async fn load(&self, bytes: Vec<u8>) -> Result<Arc<Plugin>, Failure> {
+        let max = self.config().max_component_bytes;
+        if bytes.len() > max {
+            return Err(Failure::invalid_component(format!(
+                "component is {} bytes, more than the {max}-byte limit",
+                bytes.len()
+            )));
+        }
+        check_header(&bytes)?;
+        let digest_hex = hex::encode(Sha256::digest(&bytes));
+        let digest = format!("sha256:{digest_hex}");
+        if let Some(plugin) = self.cached(&digest) {
+            return Ok(plugin);
+        }
+        // Compiling is CPU-bound and can take seconds: keep it off the async workers.
+        let engine = self.clone();
+        let plugin = tokio::task::spawn_blocking(move || engine.compile(&bytes, digest_hex))
+            .await
+            .map_err(|e| Failure::invalid_component(format!("compiler task failed: {e}")))??;
+        let plugin = Arc::new(plugin);
+        self.remember(plugin.clone());
+        Ok(plugin)
+    }
+
+    fn compile(&self, bytes: &[u8], digest_hex: String) -> Result<Plugin, Failure> {
+        let wasmtime = self.wasmtime();
+        let cache = self.inner.cache.as_ref();
+        let component = match cache.and_then(|c| c.get(wasmtime, &digest_hex)) {
+            Some(component) => component,
+            None => {
+                let component = Component::from_binary(wasmtime, bytes)
+                    .map_err(|e| Failure::invalid_component(describe_error(&e)))?;
+                if let Some(cache) = cache {
+                    cache.put(&digest_hex, &component);
+                }
+                component
+            }
+        };
+        let ty = component.component_type();
+
+        let imports: Vec<String> = ty.imports(wasmtime).map(|(n, _)| n.to_string()).collect();
+        if let Some(bad) = imports.iter().find(|n| !import_allowed(n)) {
+            return Err(Failure::invalid_component(format!(
+                "imports `{bad}`, which this host does not provide (a plugin may import \
+                 {PACKAGE}/host@0.1 and WASI 0.2: io, clocks, random, cli, filesystem, sockets)"
+            )));
+        }
+
+        let mut exports = Vec::new();
+        let mut worlds = Vec::new();
+        for (name, item) in ty.exports(wasmtime) {
+            exports.push(name.to_string());
+            let interface = name
+                .split_once('@')
+                .filter(|(_, v)| v.starts_with(VERSION_PREFIX))
+                .and_then(|(path, _)| path.strip_prefix("corral:plugin/"));
+            if let (Some(world), ComponentItem::ComponentInstance(_)) =
+                (interface.and_then(World::from_interface), item.ty)
+            {
+                worlds.push(world);
+            }
+        }
+        let world = match worlds.as_slice() {
+            [world] => *world,
+            [] => {
+                return Err(Failure::invalid_component(format!(
+                    "exports none of corral:plugin/agent, tool or connector @0.1 \
+                     (it exports: {})",
+                    if exports.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        exports.join(", ")
+                    }
+                )));
+            }
+            _ => {
+                return Err(Failure::invalid_component(
+                    "exports more than one of corral:plugin/agent, tool and connector; \
+                     a plugin implements exactly one world",
+                ));
+            }
+        };
+
+        let pre: InstancePre<HostState> = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| Failure::invalid_component(describe_error(&e)))?;
+        let missing = |e: wasmtime::Error| {
+            Failure::invalid_component(format!(
+                "does not implement the {} world: {}",
+                world.as_str(),
+                describe_error(&e)
+            ))
+        };
+        let pre = match world {
+            World::Agent => WorldPre::Agent(agent::AgentPluginPre::new(pre).map_err(missing)?),
+            World::Tool => WorldPre::Tool(tool::ToolPluginPre::new(pre).map_err(missing)?),
+            World::Connector => {
+                WorldPre::Connector(connector::ConnectorPluginPre::new(pre).map_err(missing)?)
+            }
+        };
+        Ok(Plugin {
+            digest: format!("sha256:{digest_hex}"),
+            world,
+            size: bytes.len(),
+            imports,
+            exports,
+            pre,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_outside_the_contract_and_wasi_02_are_refused() {
+        assert!(import_allowed("corral:plugin/host@0.1.0"));
+        assert!(import_allowed("wasi:cli/environment@0.2.6"));
+        assert!(!import_allowed("corral:plugin/host@0.2.0"));
+        assert!(!import_allowed("wasi:http/outgoing-handler@0.2.0"));
+        assert!(!import_allowed("evil:escape/door@1.0.0"));
+        assert!(!import_allowed("wasi:cli/environment"));
+        assert!(!import_allowed("wasi:cli/environment@0.3.0"));
+    }
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(check_header(b"\0asm\x0d\0\x01\0rest").is_ok());
+        let core = check_header(b"\0asm\x01\0\0\0").unwrap_err();
+        assert!(core.message.contains("core WebAssembly module"));
+        let text = check_header(b"127.0.0.1 localhost").unwrap_err();
+        assert!(text.message.contains("not a WebAssembly binary"));
+        assert!(check_header(b"\0as").is_err());
+    }
+}
