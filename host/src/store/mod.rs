@@ -1,0 +1,788 @@
+//! Persistence: one set of queries for SQLite (the embedded default) and Postgres, through
+//! sqlx's `Any` driver. Every state transition and the event it produces commit in one
+//! transaction; guarded updates (`WHERE status IN (...)`) make "exactly one terminal
+//! state" a property of the database, not of the caller's care.
+
+#[macro_use]
+mod records;
+mod registry;
+
+pub use registry::*;
+
+pub use records::*;
+
+use serde_json::Value;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Store errors. Database failures are reported without their SQL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or refused the operation.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Applying migrations failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The URL names no supported database.
+    #[error("unsupported database URL `{0}` (use sqlite://PATH or postgres://...)")]
+    UnsupportedUrl(String),
+}
+
+/// A result with a [`StoreError`].
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (WAL mode, one file).
+    Sqlite,
+    /// Postgres.
+    Postgres,
+}
+
+/// The store: a connection pool and the queries.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+    /// SQLite has one writer: serializing writes in-process avoids busy retries.
+    write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A strictly increasing stamp for ordering (unix microseconds, bumped past the previous
+/// stamp this process handed out), so two runs queued or claimed within one clock tick still
+/// have a defined order. Across processes the clocks order them, which is all "first" means
+/// there.
+pub fn order_stamp() -> i64 {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
+}
+
+/// RFC 3339 timestamp with milliseconds, UTC.
+pub fn rfc3339_now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// A random id with a readable prefix: 128 random bits, hex.
+pub fn new_id(prefix: &str) -> String {
+    let bits: u128 = rand::random();
+    format!("{prefix}_{bits:032x}")
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database in `dir` (`corral.db`).
+    pub async fn open_in_dir(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Corrupt(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let url = format!("sqlite://{}?mode=rwc", dir.join("corral.db").display());
+        Store::open(&url).await
+    }
+
+    /// Opens a database by URL (`sqlite://PATH?mode=rwc` or `postgres://...`) and applies
+    /// migrations.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .acquire_timeout(Duration::from_secs(30));
+        let options = if backend == Backend::Sqlite {
+            options.after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(url).await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
+        }
+        Ok(Store {
+            pool,
+            backend,
+            write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn write_guard(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.write_lock.lock().await),
+            Backend::Postgres => None,
+        }
+    }
+
+    // ---- tenants ----
+
+    /// The tenant named `name`, created if missing.
+    pub async fn ensure_tenant(&self, name: &str) -> Result<String> {
+        if let Some(row) = sqlx::query("SELECT id FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+        {
+            return Ok(row.try_get("id")?);
+        }
+        let _w = self.write_guard().await;
+        let id = new_id("ten");
+        sqlx::query(
+            "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT id FROM tenants WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Total fuel a tenant's runs have used.
+    pub async fn tenant_fuel(&self, tenant_id: &str) -> Result<i64> {
+        let row = sqlx::query("SELECT fuel_used FROM tenants WHERE id = $1")
+            .bind(tenant_id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("fuel_used")?)
+    }
+
+    // ---- runs ----
+
+    /// Creates a queued run with its steps and its `queued` event (seq 1), atomically.
+    pub async fn create_run(&self, new: &NewRun) -> Result<(RunRecord, Event)> {
+        let _w = self.write_guard().await;
+        let now = now_ms();
+        let id = new_id("run");
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO runs (id, tenant_id, pipeline_id, pipeline_name, spec, input, status, \
+             queue_seq, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8)",
+        )
+        .bind(&id)
+        .bind(&new.tenant_id)
+        .bind(new.pipeline_id.as_deref())
+        .bind(&new.pipeline_name)
+        .bind(&new.spec)
+        .bind(&new.input)
+        .bind(order_stamp())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (idx, (name, plugin)) in new.steps.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO steps (run_id, idx, name, plugin, status) \
+                 VALUES ($1, $2, $3, $4, 'queued')",
+            )
+            .bind(&id)
+            .bind(i64::try_from(idx).unwrap_or(i64::MAX))
+            .bind(name)
+            .bind(plugin)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let steps: Vec<Value> = new
+            .steps
+            .iter()
+            .map(|(name, plugin)| serde_json::json!({"step_id": name, "agent_type": plugin}))
+            .collect();
+        let payload = serde_json::json!({
+            "pipeline": new.pipeline_name,
+            "steps": steps,
+        });
+        let event = append_event(&mut tx, &id, &new.tenant_id, "queued", &payload).await?;
+        tx.commit().await?;
+        let run = self
+            .run(&id)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("run vanished after insert".into()))?;
+        Ok((run, event))
+    }
+
+    /// A run by id (any tenant: callers that serve tenants use [`Store::run_for_tenant`]).
+    pub async fn run(&self, id: &str) -> Result<Option<RunRecord>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| RunRecord::from_row(&r)).transpose()
+    }
+
+    /// A run by id, only if it belongs to `tenant_id` (otherwise: not found).
+    pub async fn run_for_tenant(&self, tenant_id: &str, id: &str) -> Result<Option<RunRecord>> {
+        Ok(self.run(id).await?.filter(|r| r.tenant_id == tenant_id))
+    }
+
+    /// Runs of a tenant, newest first; `before` is the `created_at`/id cursor of the
+    /// last page's final run.
+    pub async fn list_runs(
+        &self,
+        tenant_id: &str,
+        status: Option<&str>,
+        limit: i64,
+        before: Option<(i64, String)>,
+    ) -> Result<Vec<RunRecord>> {
+        let (before_ts, before_id) = before.unwrap_or((i64::MAX, String::new()));
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE tenant_id = $1 AND ($2 = '' OR status = $2) \
+             AND (created_at < $3 OR (created_at = $3 AND id < $4)) \
+             ORDER BY created_at DESC, id DESC LIMIT $5"
+        ))
+        .bind(tenant_id)
+        .bind(status.unwrap_or(""))
+        .bind(before_ts)
+        .bind(if before_id.is_empty() {
+            "~"
+        } else {
+            before_id.as_str()
+        })
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(RunRecord::from_row).collect()
+    }
+
+    /// The steps of a run, in order.
+    pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
+        let rows = sqlx::query(
+            "SELECT run_id, idx, name, plugin, status, attempts, loops, output, fuel_used, \
+             error_code, error_message, started_at, finished_at FROM steps WHERE run_id = $1 \
+             ORDER BY idx",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(StepRecord::from_row).collect()
+    }
+
+    /// Every attempt of every step of a run.
+    pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query(
+            "SELECT run_id, step_idx, generation, attempt, status, fuel_used, error_code, \
+             error_message, started_at, finished_at FROM attempts WHERE run_id = $1 \
+             ORDER BY step_idx, generation, attempt",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(AttemptRecord::from_row).collect()
+    }
+
+    /// Claims the next queued run for `owner`: from the tenant with the fewest runs executing,
+    /// then the one that least recently started a run (round-robin across tenants), its
+    /// oldest queued run (FIFO within a tenant). `None` when nothing is queued.
+    pub async fn claim_next_run(&self, owner: &str, lease: Duration) -> Result<Option<RunRecord>> {
+        let _w = self.write_guard().await;
+        let candidates = sqlx::query(
+            "SELECT q.id AS id FROM runs q \
+             WHERE q.status = 'queued' AND q.cancel_requested = 0 \
+             ORDER BY (SELECT COUNT(*) FROM runs r WHERE r.tenant_id = q.tenant_id \
+                       AND r.status IN ('running', 'waiting')), \
+                      (SELECT COALESCE(MAX(r.claim_seq), 0) FROM runs r \
+                       WHERE r.tenant_id = q.tenant_id), \
+                      q.queue_seq, q.id \
+             LIMIT 8",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let now = now_ms();
+        let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        for row in candidates {
+            let id: String = row.try_get("id")?;
+            // Guarded: if another claimer took it first, this affects no row.
+            let done = sqlx::query(
+                "UPDATE runs SET status = 'running', owner = $2, lease_until = $3, \
+                 started_at = COALESCE(started_at, $4), updated_at = $4, claim_seq = $5 \
+                 WHERE id = $1 AND status = 'queued'",
+            )
+            .bind(&id)
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(order_stamp())
+            .execute(&self.pool)
+            .await?;
+            if done.rows_affected() == 1 {
+                return self.run(&id).await;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Claims one specific queued run for `owner` (guarded on `queued`).
+    pub async fn claim_run(
+        &self,
+        id: &str,
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<RunRecord>> {
+        let _w = self.write_guard().await;
+        let now = now_ms();
+        let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        let done = sqlx::query(
+            "UPDATE runs SET status = 'running', owner = $2, lease_until = $3, \
+             started_at = COALESCE(started_at, $4), updated_at = $4, claim_seq = $5 \
+             WHERE id = $1 AND status = 'queued' AND cancel_requested = 0",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(until)
+        .bind(now)
+        .bind(order_stamp())
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            self.run(id).await
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Extends the lease of the runs `owner` holds.
+    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<()> {
+        let _w = self.write_guard().await;
+        let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
+        sqlx::query(
+            "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND status IN ('running', 'waiting')",
+        )
+        .bind(owner)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Runs that were running or waiting under a host that is gone (its lease expired,
+    /// or it is `previous_owner` restarting): candidates for crash recovery.
+    pub async fn orphaned_runs(&self, live_owner: &str) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status IN ('running', 'waiting') \
+             AND (owner IS NULL OR owner <> $1) AND (lease_until IS NULL OR lease_until < $2)"
+        ))
+        .bind(live_owner)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(RunRecord::from_row).collect()
+    }
+
+    /// Applies `changes` and appends `event` in one transaction. If any guarded change
+    /// matches no row (the state moved on), nothing is written and `None` is returned.
+    pub async fn commit(
+        &self,
+        run: &RunRef,
+        changes: &[Change],
+        event: Option<(&str, Value)>,
+    ) -> Result<Option<Option<Event>>> {
+        let _w = self.write_guard().await;
+        let mut tx = self.pool.begin().await?;
+        let now = now_ms();
+        for change in changes {
+            let affected = change.apply(&mut tx, &run.id, now).await?;
+            if change.guarded() && affected == 0 {
+                tx.rollback().await?;
+                return Ok(None);
+            }
+        }
+        let event = match event {
+            Some((kind, payload)) => {
+                Some(append_event(&mut tx, &run.id, &run.tenant_id, kind, &payload).await?)
+            }
+            None => None,
+        };
+        tx.commit().await?;
+        Ok(Some(event))
+    }
+
+    /// Events of a run with `seq > after`, in order, at most `limit`.
+    pub async fn events_after(&self, run_id: &str, after: i64, limit: i64) -> Result<Vec<Event>> {
+        let rows = sqlx::query(
+            "SELECT run_id, seq, tenant_id, type, ts, payload FROM events \
+             WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(run_id)
+        .bind(after)
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Event::from_row).collect()
+    }
+
+    /// Marks a run for cancellation. Returns the run's status at that moment (a finished
+    /// run is left untouched).
+    pub async fn request_cancel(&self, run_id: &str) -> Result<Option<String>> {
+        let _w = self.write_guard().await;
+        sqlx::query(
+            "UPDATE runs SET cancel_requested = 1, updated_at = $2 \
+             WHERE id = $1 AND status IN ('queued', 'running', 'waiting')",
+        )
+        .bind(run_id)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("status").map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// Whether cancellation was requested for a run (polled by the executor, so a cancel
+    /// from another process takes effect too).
+    pub async fn cancel_requested(&self, run_id: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT cancel_requested FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<i64, _>("cancel_requested")? != 0,
+            None => false,
+        })
+    }
+
+    // ---- human input ----
+
+    /// Records a question (idempotent) and returns the stored answer, if one was given.
+    /// A different question text at the same position starts over.
+    pub async fn ask(&self, q: &Question) -> Result<Option<String>> {
+        let existing = sqlx::query(
+            "SELECT question, answer FROM answers WHERE run_id = $1 AND step_idx = $2 \
+             AND generation = $3 AND question_no = $4",
+        )
+        .bind(&q.run_id)
+        .bind(q.step_idx)
+        .bind(q.generation)
+        .bind(q.question_no)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = existing {
+            let text: String = row.try_get("question")?;
+            if text == q.question {
+                return Ok(row.try_get("answer")?);
+            }
+        }
+        let _w = self.write_guard().await;
+        sqlx::query(
+            "INSERT INTO answers (run_id, step_idx, generation, question_no, question, schema, asked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (run_id, step_idx, generation, question_no) \
+             DO UPDATE SET question = $5, schema = $6, answer = NULL, answered_at = NULL",
+        )
+        .bind(&q.run_id)
+        .bind(q.step_idx)
+        .bind(q.generation)
+        .bind(q.question_no)
+        .bind(&q.question)
+        .bind(q.schema.as_deref())
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(None)
+    }
+
+    /// The open question of a run (asked, not yet answered), if any.
+    pub async fn open_question(&self, run_id: &str) -> Result<Option<Question>> {
+        let row = sqlx::query(
+            "SELECT run_id, step_idx, generation, question_no, question, schema FROM answers \
+             WHERE run_id = $1 AND answer IS NULL ORDER BY asked_at DESC LIMIT 1",
+        )
+        .bind(run_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Question::from_row(&r)).transpose()
+    }
+
+    /// Stores the answer to an open question; `false` if it was answered already.
+    pub async fn answer(&self, q: &Question, answer: &str) -> Result<bool> {
+        let _w = self.write_guard().await;
+        let done = sqlx::query(
+            "UPDATE answers SET answer = $5, answered_at = $6 WHERE run_id = $1 AND step_idx = $2 \
+             AND generation = $3 AND question_no = $4 AND answer IS NULL",
+        )
+        .bind(&q.run_id)
+        .bind(q.step_idx)
+        .bind(q.generation)
+        .bind(q.question_no)
+        .bind(answer)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The stored answer to a question, if given.
+    pub async fn answer_of(&self, q: &Question) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT answer FROM answers WHERE run_id = $1 AND step_idx = $2 AND generation = $3 \
+             AND question_no = $4",
+        )
+        .bind(&q.run_id)
+        .bind(q.step_idx)
+        .bind(q.generation)
+        .bind(q.question_no)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get("answer")?,
+            None => None,
+        })
+    }
+
+    // ---- per-run state and artifacts ----
+
+    /// Reads a state value.
+    pub async fn state_get(&self, run_id: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT value FROM run_state WHERE run_id = $1 AND key = $2")
+            .bind(run_id)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("value")?),
+            None => None,
+        })
+    }
+
+    /// Writes a state value; `max_keys` bounds how many keys a run may hold.
+    pub async fn state_set(
+        &self,
+        run_id: &str,
+        key: &str,
+        value: &[u8],
+        max_keys: i64,
+    ) -> Result<bool> {
+        let _w = self.write_guard().await;
+        let count: i64 =
+            sqlx::query("SELECT COUNT(*) AS n FROM run_state WHERE run_id = $1 AND key <> $2")
+                .bind(run_id)
+                .bind(key)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("n")?;
+        if count >= max_keys {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO run_state (run_id, key, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (run_id, key) DO UPDATE SET value = $3",
+        )
+        .bind(run_id)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(true)
+    }
+
+    /// Stores an artifact (content-addressed: equal contents share one blob) and its
+    /// `artifact` event, atomically.
+    pub async fn put_artifact(
+        &self,
+        run: &RunRef,
+        new: &NewArtifact<'_>,
+    ) -> Result<(ArtifactRecord, Event)> {
+        use sha2::{Digest, Sha256};
+        let digest = format!("sha256:{}", hex::encode(Sha256::digest(new.content)));
+        let id = new_id("art");
+        let size = i64::try_from(new.content.len()).unwrap_or(i64::MAX);
+        let _w = self.write_guard().await;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO blobs (digest, size, content) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
+            .bind(&digest)
+            .bind(size)
+            .bind(new.content)
+            .execute(&mut *tx)
+            .await?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO artifacts (id, run_id, tenant_id, step, name, media_type, size, digest, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&id)
+        .bind(&run.id)
+        .bind(&run.tenant_id)
+        .bind(new.step)
+        .bind(new.name)
+        .bind(new.media_type)
+        .bind(size)
+        .bind(&digest)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let record = ArtifactRecord {
+            id,
+            run_id: run.id.clone(),
+            step: new.step.to_string(),
+            name: new.name.to_string(),
+            media_type: new.media_type.to_string(),
+            size,
+            digest,
+            created_at: now,
+        };
+        let payload = serde_json::json!({
+            "step_id": record.step,
+            "artifact_id": record.id,
+            "name": record.name,
+            "media_type": record.media_type,
+            "size": record.size,
+            "digest": record.digest,
+        });
+        let event = append_event(&mut tx, &run.id, &run.tenant_id, "artifact", &payload).await?;
+        tx.commit().await?;
+        Ok((record, event))
+    }
+
+    /// The artifacts of a run.
+    pub async fn artifacts(&self, run_id: &str) -> Result<Vec<ArtifactRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, run_id, step, name, media_type, size, digest, created_at FROM artifacts \
+             WHERE run_id = $1 ORDER BY created_at, id",
+        )
+        .bind(run_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(ArtifactRecord::from_row).collect()
+    }
+
+    /// An artifact's record and content, if it belongs to `tenant_id`.
+    pub async fn artifact_content(
+        &self,
+        tenant_id: &str,
+        artifact_id: &str,
+    ) -> Result<Option<(ArtifactRecord, Vec<u8>)>> {
+        let row = sqlx::query(
+            "SELECT a.id AS id, a.run_id AS run_id, a.step AS step, a.name AS name, \
+             a.media_type AS media_type, a.size AS size, a.digest AS digest, \
+             a.created_at AS created_at, b.content AS content \
+             FROM artifacts a JOIN blobs b ON b.digest = a.digest \
+             WHERE a.id = $1 AND a.tenant_id = $2",
+        )
+        .bind(artifact_id)
+        .bind(tenant_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(r) => Ok(Some((ArtifactRecord::from_row(&r)?, r.try_get("content")?))),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Appends an event with the run's next sequence number, inside `tx`.
+async fn append_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run_id: &str,
+    tenant_id: &str,
+    kind: &str,
+    payload: &Value,
+) -> Result<Event> {
+    let row: AnyRow = sqlx::query(
+        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq - 1 AS seq",
+    )
+    .bind(run_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    let seq: i64 = row.try_get("seq")?;
+    let ts = rfc3339_now();
+    let payload_text = payload.to_string();
+    sqlx::query(
+        "INSERT INTO events (run_id, seq, tenant_id, type, ts, payload) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(run_id)
+    .bind(seq)
+    .bind(tenant_id)
+    .bind(kind)
+    .bind(&ts)
+    .bind(&payload_text)
+    .execute(&mut **tx)
+    .await?;
+    Ok(Event {
+        kind: kind.to_string(),
+        run_id: run_id.to_string(),
+        seq,
+        ts,
+        payload: payload.clone(),
+        tenant_id: tenant_id.to_string(),
+    })
+}
+
+/// Hides a password in a database URL before it reaches a message.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = url.get(scheme + 3..at).unwrap_or_default();
+            let user = creds.split(':').next().unwrap_or_default();
+            format!(
+                "{}{user}:***{}",
+                url.get(..scheme + 3).unwrap_or_default(),
+                url.get(at..).unwrap_or_default()
+            )
+        }
+        _ => url.to_string(),
+    }
+}

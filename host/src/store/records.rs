@@ -1,0 +1,612 @@
+//! Rows as Rust types, and the state changes the run lifecycle makes.
+
+use super::{Result, StoreError};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+/// The columns of a run row, for `concat!`-built static queries.
+macro_rules! run_columns {
+    () => {
+        "id, tenant_id, pipeline_id, pipeline_name, spec, input, output, status, error_code, \
+         error_message, fuel_used, next_seq, cancel_requested, owner, claim_seq, created_at, \
+         started_at, finished_at"
+    };
+}
+
+/// Run statuses that end a run.
+pub const TERMINAL: &[&str] = &["succeeded", "failed", "cancelled"];
+/// Run statuses of a live run.
+pub const LIVE: &[&str] = &["queued", "running", "waiting"];
+
+/// One event of a run's log. Its JSON is the wire format clients see.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct Event {
+    /// `queued`, `running`, `complete`, `error`, `retrying`, `log`, `artifact`,
+    /// `input_required`, `cancelled`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The run.
+    pub run_id: String,
+    /// Strictly increasing per run, from 1.
+    pub seq: i64,
+    /// RFC 3339 commit time.
+    pub ts: String,
+    /// Type-specific fields.
+    pub payload: Value,
+    /// The owning tenant (never sent to clients: the stream is already scoped).
+    #[serde(skip)]
+    pub tenant_id: String,
+}
+
+impl Event {
+    pub(super) fn from_row(r: &AnyRow) -> Result<Event> {
+        let payload: String = r.try_get("payload")?;
+        Ok(Event {
+            kind: r.try_get("type")?,
+            run_id: r.try_get("run_id")?,
+            seq: r.try_get("seq")?,
+            ts: r.try_get("ts")?,
+            payload: serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("event payload: {e}")))?,
+            tenant_id: r.try_get("tenant_id")?,
+        })
+    }
+
+    /// Whether this is the run's final event (`complete` with `all_done`).
+    pub fn is_final(&self) -> bool {
+        self.kind == "complete" && self.payload.get("all_done") == Some(&Value::Bool(true))
+    }
+}
+
+/// What identifies a run in a write: its id and tenant.
+#[derive(Debug, Clone)]
+pub struct RunRef {
+    /// Run id.
+    pub id: String,
+    /// Tenant id.
+    pub tenant_id: String,
+}
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// Owner.
+    pub tenant_id: String,
+    /// The stored pipeline it came from, if any.
+    pub pipeline_id: Option<String>,
+    /// The pipeline's name.
+    pub pipeline_name: String,
+    /// The pipeline as JSON (a snapshot: later edits don't change this run).
+    pub spec: String,
+    /// Input JSON.
+    pub input: String,
+    /// (step name, plugin name) in order.
+    pub steps: Vec<(String, String)>,
+}
+
+/// A run row.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    /// Id.
+    pub id: String,
+    /// Owner.
+    pub tenant_id: String,
+    /// Stored pipeline id.
+    pub pipeline_id: Option<String>,
+    /// Pipeline name.
+    pub pipeline_name: String,
+    /// Pipeline JSON snapshot.
+    #[serde(skip)]
+    pub spec: String,
+    /// Input JSON.
+    #[serde(skip)]
+    pub input: String,
+    /// Output JSON of the last step, when succeeded.
+    #[serde(skip)]
+    pub output: Option<String>,
+    /// `queued`, `running`, `waiting`, `succeeded`, `failed`, `cancelled`.
+    pub status: String,
+    /// Failure code, when failed.
+    pub error_code: Option<String>,
+    /// Failure message, when failed.
+    pub error_message: Option<String>,
+    /// Fuel used by all attempts.
+    pub fuel_used: i64,
+    /// The seq the next event will get.
+    #[serde(skip)]
+    pub next_seq: i64,
+    /// The seq of the run's latest event (how far a client must read to be current).
+    pub last_seq: i64,
+    /// Whether cancellation was requested.
+    pub cancel_requested: bool,
+    /// The host executing it.
+    #[serde(skip)]
+    pub owner: Option<String>,
+    /// The scheduler's stamp of its latest claim (orders claims made within one millisecond).
+    #[serde(skip)]
+    pub claim_seq: Option<i64>,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+impl RunRecord {
+    pub(super) fn from_row(r: &AnyRow) -> Result<RunRecord> {
+        Ok(RunRecord {
+            id: r.try_get("id")?,
+            tenant_id: r.try_get("tenant_id")?,
+            pipeline_id: r.try_get("pipeline_id")?,
+            pipeline_name: r.try_get("pipeline_name")?,
+            spec: r.try_get("spec")?,
+            input: r.try_get("input")?,
+            output: r.try_get("output")?,
+            status: r.try_get("status")?,
+            error_code: r.try_get("error_code")?,
+            error_message: r.try_get("error_message")?,
+            fuel_used: r.try_get("fuel_used")?,
+            next_seq: r.try_get("next_seq")?,
+            last_seq: r.try_get::<i64, _>("next_seq")? - 1,
+            cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
+            owner: r.try_get("owner")?,
+            claim_seq: r.try_get("claim_seq")?,
+            created_at: r.try_get("created_at")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+
+    /// Whether the run has ended.
+    pub fn is_terminal(&self) -> bool {
+        TERMINAL.contains(&self.status.as_str())
+    }
+
+    /// A reference for writes.
+    pub fn as_ref(&self) -> RunRef {
+        RunRef {
+            id: self.id.clone(),
+            tenant_id: self.tenant_id.clone(),
+        }
+    }
+}
+
+/// A step row.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    /// Position.
+    pub idx: i64,
+    /// Step name.
+    pub name: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// `queued`, `running`, `waiting`, `retrying`, `succeeded`, `failed`, `cancelled`, `skipped`.
+    pub status: String,
+    /// Attempts made in the current generation.
+    pub attempts: i64,
+    /// The generation: how many feedback loops re-ran this step.
+    pub loops: i64,
+    /// Output JSON, when succeeded.
+    #[serde(skip)]
+    pub output: Option<String>,
+    /// Fuel used by all its attempts.
+    pub fuel_used: i64,
+    /// Failure code.
+    pub error_code: Option<String>,
+    /// Failure message.
+    pub error_message: Option<String>,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+impl StepRecord {
+    pub(super) fn from_row(r: &AnyRow) -> Result<StepRecord> {
+        Ok(StepRecord {
+            idx: r.try_get("idx")?,
+            name: r.try_get("name")?,
+            plugin: r.try_get("plugin")?,
+            status: r.try_get("status")?,
+            attempts: r.try_get("attempts")?,
+            loops: r.try_get("loops")?,
+            output: r.try_get("output")?,
+            fuel_used: r.try_get("fuel_used")?,
+            error_code: r.try_get("error_code")?,
+            error_message: r.try_get("error_message")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+}
+
+/// An attempt row.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    /// Step position.
+    pub step_idx: i64,
+    /// Feedback-loop generation.
+    pub generation: i64,
+    /// 1-based attempt number within the step.
+    pub attempt: i64,
+    /// `running`, `succeeded`, `failed`, `crashed`.
+    pub status: String,
+    /// Fuel used.
+    pub fuel_used: i64,
+    /// Failure code.
+    pub error_code: Option<String>,
+    /// Failure message.
+    pub error_message: Option<String>,
+    /// Unix ms.
+    pub started_at: i64,
+    /// Unix ms.
+    pub finished_at: Option<i64>,
+}
+
+impl AttemptRecord {
+    pub(super) fn from_row(r: &AnyRow) -> Result<AttemptRecord> {
+        Ok(AttemptRecord {
+            step_idx: r.try_get("step_idx")?,
+            generation: r.try_get("generation")?,
+            attempt: r.try_get("attempt")?,
+            status: r.try_get("status")?,
+            fuel_used: r.try_get("fuel_used")?,
+            error_code: r.try_get("error_code")?,
+            error_message: r.try_get("error_message")?,
+            started_at: r.try_get("started_at")?,
+            finished_at: r.try_get("finished_at")?,
+        })
+    }
+}
+
+/// A question asked by a step (`host.ask`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Question {
+    /// Run.
+    pub run_id: String,
+    /// Step position.
+    pub step_idx: i64,
+    /// How many feedback loops the step had when it asked (answers replay within one).
+    pub generation: i64,
+    /// 1 for the step's first question in this generation, 2 for the next, ...
+    pub question_no: i64,
+    /// The question text.
+    pub question: String,
+    /// The answer's JSON Schema, if any.
+    pub schema: Option<String>,
+}
+
+impl Question {
+    pub(super) fn from_row(r: &AnyRow) -> Result<Question> {
+        Ok(Question {
+            run_id: r.try_get("run_id")?,
+            step_idx: r.try_get("step_idx")?,
+            generation: r.try_get("generation")?,
+            question_no: r.try_get("question_no")?,
+            question: r.try_get("question")?,
+            schema: r.try_get("schema")?,
+        })
+    }
+}
+
+/// An artifact to store.
+#[derive(Debug)]
+pub struct NewArtifact<'a> {
+    /// Step name.
+    pub step: &'a str,
+    /// File name.
+    pub name: &'a str,
+    /// MIME type.
+    pub media_type: &'a str,
+    /// Bytes.
+    pub content: &'a [u8],
+}
+
+/// An artifact row.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArtifactRecord {
+    /// Id.
+    pub id: String,
+    /// Run.
+    pub run_id: String,
+    /// Step name.
+    pub step: String,
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub media_type: String,
+    /// Bytes.
+    pub size: i64,
+    /// `sha256:<hex>` of the content.
+    pub digest: String,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+impl ArtifactRecord {
+    pub(super) fn from_row(r: &AnyRow) -> Result<ArtifactRecord> {
+        Ok(ArtifactRecord {
+            id: r.try_get("id")?,
+            run_id: r.try_get("run_id")?,
+            step: r.try_get("step")?,
+            name: r.try_get("name")?,
+            media_type: r.try_get("media_type")?,
+            size: r.try_get("size")?,
+            digest: r.try_get("digest")?,
+            created_at: r.try_get("created_at")?,
+        })
+    }
+}
+
+/// One change within a transition. Guarded changes abort the whole transition when they
+/// match no row, which is how "exactly one terminal state" is enforced.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// Run status `from` one of these `to` another (guarded).
+    RunStatus {
+        /// Allowed current statuses.
+        from: &'static [&'static str],
+        /// New status.
+        to: &'static str,
+    },
+    /// Ends the run (guarded: only a live run can end).
+    RunFinish {
+        /// `succeeded`, `failed` or `cancelled`.
+        status: &'static str,
+        /// Output JSON, on success.
+        output: Option<String>,
+        /// Failure code.
+        error_code: Option<String>,
+        /// Failure message.
+        error_message: Option<String>,
+    },
+    /// Back to the queue after a crash (guarded on `running`/`waiting`).
+    RunRequeue,
+    /// Adds fuel to the run and its tenant.
+    AddFuel {
+        /// Step position.
+        step_idx: i64,
+        /// Fuel units.
+        fuel: i64,
+    },
+    /// A step attempt starts: the step is `running`, an attempt row is added.
+    StepStart {
+        /// Step position.
+        idx: i64,
+        /// Feedback-loop generation of the step.
+        generation: i64,
+        /// Attempt number within the generation.
+        attempt: i64,
+    },
+    /// A step's status changes (guarded when `from` is given).
+    StepStatus {
+        /// Step position.
+        idx: i64,
+        /// Allowed current statuses, if guarded.
+        from: Option<&'static [&'static str]>,
+        /// New status.
+        to: &'static str,
+    },
+    /// An attempt ends.
+    AttemptEnd {
+        /// Step position.
+        idx: i64,
+        /// Feedback-loop generation of the step.
+        generation: i64,
+        /// Attempt number within the generation.
+        attempt: i64,
+        /// `succeeded`, `failed` or `crashed`.
+        status: &'static str,
+        /// Fuel used by the attempt.
+        fuel: i64,
+        /// Failure code.
+        error_code: Option<String>,
+        /// Failure message.
+        error_message: Option<String>,
+    },
+    /// A step succeeded with an output.
+    StepSucceeded {
+        /// Step position.
+        idx: i64,
+        /// Output JSON.
+        output: String,
+    },
+    /// A step failed (or was cancelled) for good.
+    StepFailed {
+        /// Step position.
+        idx: i64,
+        /// `failed` or `cancelled`.
+        status: &'static str,
+        /// Code.
+        error_code: String,
+        /// Message.
+        error_message: String,
+    },
+    /// A feedback loop: this step runs again, and so do the ones after it.
+    Loop {
+        /// The step sent back to.
+        idx: i64,
+    },
+    /// Steps still queued when a run ends are skipped.
+    SkipRemaining,
+}
+
+impl Change {
+    pub(super) fn guarded(&self) -> bool {
+        matches!(
+            self,
+            Change::RunStatus { .. }
+                | Change::RunFinish { .. }
+                | Change::RunRequeue
+                | Change::StepStatus { from: Some(_), .. }
+        )
+    }
+
+    pub(super) async fn apply(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        run_id: &str,
+        now: i64,
+    ) -> Result<u64> {
+        let q = match self {
+            Change::RunStatus { from, to } => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE runs SET status = $2, updated_at = $3 WHERE id = $1 AND status IN ({})",
+                in_list(from)
+            )))
+            .bind(run_id)
+            .bind(*to)
+            .bind(now),
+            Change::RunFinish {
+                status,
+                output,
+                error_code,
+                error_message,
+            } => sqlx::query(
+                "UPDATE runs SET status = $2, output = $3, error_code = $4, error_message = $5, \
+                 finished_at = $6, updated_at = $6, owner = NULL, lease_until = NULL \
+                 WHERE id = $1 AND status IN ('queued', 'running', 'waiting')",
+            )
+            .bind(run_id)
+            .bind(*status)
+            .bind(output.as_deref())
+            .bind(error_code.as_deref())
+            .bind(error_message.as_deref())
+            .bind(now),
+            Change::RunRequeue => sqlx::query(
+                "UPDATE runs SET status = 'queued', owner = NULL, lease_until = NULL, updated_at = $2 \
+                 WHERE id = $1 AND status IN ('running', 'waiting')",
+            )
+            .bind(run_id)
+            .bind(now),
+            Change::AddFuel { step_idx, fuel } => {
+                sqlx::query("UPDATE runs SET fuel_used = fuel_used + $2 WHERE id = $1")
+                    .bind(run_id)
+                    .bind(*fuel)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query("UPDATE steps SET fuel_used = fuel_used + $3 WHERE run_id = $1 AND idx = $2")
+                    .bind(run_id)
+                    .bind(*step_idx)
+                    .bind(*fuel)
+                    .execute(&mut **tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE tenants SET fuel_used = fuel_used + $2 \
+                     WHERE id = (SELECT tenant_id FROM runs WHERE id = $1)",
+                )
+                .bind(run_id)
+                .bind(*fuel)
+            }
+            Change::StepStart {
+                idx,
+                generation,
+                attempt,
+            } => {
+                sqlx::query(
+                    "INSERT INTO attempts (run_id, step_idx, generation, attempt, status, started_at) \
+                     VALUES ($1, $2, $3, $4, 'running', $5)",
+                )
+                .bind(run_id)
+                .bind(*idx)
+                .bind(*generation)
+                .bind(*attempt)
+                .bind(now)
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query(
+                    "UPDATE steps SET status = 'running', attempts = $3, \
+                     started_at = COALESCE(started_at, $4), finished_at = NULL \
+                     WHERE run_id = $1 AND idx = $2",
+                )
+                .bind(run_id)
+                .bind(*idx)
+                .bind(*attempt)
+                .bind(now)
+            }
+            Change::StepStatus { idx, from, to } => match from {
+                Some(from) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE steps SET status = $3 WHERE run_id = $1 AND idx = $2 AND status IN ({})",
+                    in_list(from)
+                )))
+                .bind(run_id)
+                .bind(*idx)
+                .bind(*to),
+                None => sqlx::query("UPDATE steps SET status = $3 WHERE run_id = $1 AND idx = $2")
+                    .bind(run_id)
+                    .bind(*idx)
+                    .bind(*to),
+            },
+            Change::AttemptEnd {
+                idx,
+                generation,
+                attempt,
+                status,
+                fuel,
+                error_code,
+                error_message,
+            } => sqlx::query(
+                "UPDATE attempts SET status = $5, fuel_used = $6, error_code = $7, \
+                 error_message = $8, finished_at = $9 \
+                 WHERE run_id = $1 AND step_idx = $2 AND generation = $3 AND attempt = $4",
+            )
+            .bind(run_id)
+            .bind(*idx)
+            .bind(*generation)
+            .bind(*attempt)
+            .bind(*status)
+            .bind(*fuel)
+            .bind(error_code.as_deref())
+            .bind(error_message.as_deref())
+            .bind(now),
+            Change::StepSucceeded { idx, output } => sqlx::query(
+                "UPDATE steps SET status = 'succeeded', output = $3, error_code = NULL, \
+                 error_message = NULL, finished_at = $4 WHERE run_id = $1 AND idx = $2",
+            )
+            .bind(run_id)
+            .bind(*idx)
+            .bind(output.as_str())
+            .bind(now),
+            Change::StepFailed {
+                idx,
+                status,
+                error_code,
+                error_message,
+            } => sqlx::query(
+                "UPDATE steps SET status = $3, error_code = $4, error_message = $5, \
+                 finished_at = $6 WHERE run_id = $1 AND idx = $2",
+            )
+            .bind(run_id)
+            .bind(*idx)
+            .bind(*status)
+            .bind(error_code.as_str())
+            .bind(error_message.as_str())
+            .bind(now),
+            // Every step from the target on runs again as a new generation, so its attempt
+            // count restarts and answers given to its previous generation are not replayed.
+            Change::Loop { idx } => sqlx::query(
+                "UPDATE steps SET status = 'queued', output = NULL, finished_at = NULL, \
+                 attempts = 0, loops = loops + 1 WHERE run_id = $1 AND idx >= $2",
+            )
+            .bind(run_id)
+            .bind(*idx),
+            Change::SkipRemaining => sqlx::query(
+                "UPDATE steps SET status = 'skipped' WHERE run_id = $1 AND status = 'queued'",
+            )
+            .bind(run_id),
+        };
+        Ok(q.execute(&mut **tx).await?.rows_affected())
+    }
+}
+
+/// `'a', 'b'` for an `IN (...)` list. Only ever called with the `&'static` status names
+/// of [`Change`], never with user input: that is what makes the `AssertSqlSafe` above true.
+fn in_list(items: &[&str]) -> String {
+    items
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
