@@ -1,0 +1,924 @@
+//! Drives one run through its steps: attempts, retries with backoff, feedback loops,
+//! budgets, cancellation, and the events of each transition.
+
+use super::pipeline::{Pipeline, Step};
+use super::services::StepServices;
+use super::{HOST_CRASH, Live, RunError, Runner, code_str};
+use crate::capabilities::log::{GuestEvent, Level, Source};
+use crate::engine::{
+    Call, Deadline, ErrorCode, Failure, Invocation, Limits, Output, Plugin, Retry, RunContext,
+};
+use crate::store::{Change, RunRecord, RunRef, StepRecord, StoreError};
+use serde_json::{Value, json};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Longest `output_preview` in a step's `complete` event.
+const PREVIEW: usize = 200;
+/// Log and progress events one attempt may write; past it, one truncation notice.
+const MAX_GUEST_EVENTS: usize = 2_000;
+/// Progress events closer together than this are coalesced (except 100%).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// The `agent_type` of a step in events: its plugin's file stem or registered name.
+pub(crate) fn agent_type(step: &Step) -> String {
+    match &step.plugin {
+        super::pipeline::PluginRef::Path(path) => path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("plugin")
+            .to_string(),
+        super::pipeline::PluginRef::Named { name, .. } => name.clone(),
+        super::pipeline::PluginRef::Id(id) => id.clone(),
+    }
+}
+
+/// Why the run stopped before its last step succeeded.
+enum Stop {
+    Failed { code: String, message: String },
+    Cancelled,
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Self {
+        Stop::Failed {
+            code: "STORE_ERROR".into(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Executes a claimed run to its end. Never panics; every path ends the run exactly once.
+pub(crate) async fn execute(runner: Runner, run: RunRecord) {
+    let cancel = CancellationToken::new();
+    let live = Live {
+        cancel: cancel.clone(),
+        answered: Arc::new(tokio::sync::Notify::new()),
+    };
+    runner
+        .inner
+        .live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .insert(run.id.clone(), live.clone());
+    // A cancel requested from another process arrives through the store.
+    let watcher = spawn_cancel_watcher(runner.clone(), run.id.clone(), cancel.clone());
+
+    let run_ref = run.as_ref();
+    let result = drive(&runner, &run, &live).await;
+    let fuel = match runner.store().run(&run.id).await {
+        Ok(Some(r)) => r.fuel_used,
+        _ => run.fuel_used,
+    };
+    let ended = match result {
+        Ok(output) => finish(&runner, &run_ref, "succeeded", Some(output), None, fuel).await,
+        Err(Stop::Cancelled) => finish_cancelled(&runner, &run_ref, None, fuel).await,
+        Err(Stop::Failed { code, message }) => {
+            finish(
+                &runner,
+                &run_ref,
+                "failed",
+                None,
+                Some((code, message)),
+                fuel,
+            )
+            .await
+        }
+    };
+    if let Err(e) = ended {
+        tracing::error!("could not record the end of run {}: {e}", run.id);
+    }
+    watcher.abort();
+    runner
+        .inner
+        .live
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(&run.id);
+}
+
+fn spawn_cancel_watcher(
+    runner: Runner,
+    run_id: String,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Ok(true) = runner.store().cancel_requested(&run_id).await {
+                cancel.cancel();
+                return;
+            }
+        }
+    })
+}
+
+/// The run's final `complete` event, with the terminal status change (guarded: a run
+/// that already ended is left alone, so there is exactly one final event).
+async fn finish(
+    runner: &Runner,
+    run: &RunRef,
+    status: &'static str,
+    output: Option<String>,
+    error: Option<(String, String)>,
+    fuel: i64,
+) -> Result<bool, StoreError> {
+    let (error_code, error_message) = match &error {
+        Some((c, m)) => (Some(c.clone()), Some(m.clone())),
+        None => (None, None),
+    };
+    let mut payload = json!({
+        "run_id": run.id,
+        "all_done": true,
+        "status": status,
+        "error": error.is_some() || status != "succeeded",
+        "fuel_used": fuel,
+    });
+    if let (Some(obj), Some((code, message))) = (payload.as_object_mut(), &error) {
+        obj.insert("error_code".into(), json!(code));
+        obj.insert("message".into(), json!(message));
+    }
+    runner
+        .commit(
+            run,
+            &[
+                Change::RunFinish {
+                    status,
+                    output,
+                    error_code,
+                    error_message,
+                },
+                Change::SkipRemaining,
+            ],
+            Some(("complete", payload)),
+        )
+        .await
+}
+
+/// Ends a run as cancelled: the `cancelled` event, then the final `complete`.
+pub(crate) async fn finish_cancelled(
+    runner: &Runner,
+    run: &RunRef,
+    step: Option<&str>,
+    fuel: i64,
+) -> Result<bool, StoreError> {
+    // The guard on RunFinish makes a second cancel (or a cancel racing completion) a no-op.
+    let still_live = runner
+        .store()
+        .run(&run.id)
+        .await?
+        .is_some_and(|r| !r.is_terminal());
+    if !still_live {
+        return Ok(false);
+    }
+    runner
+        .commit(
+            run,
+            &[],
+            Some(("cancelled", json!({"run_id": run.id, "step_id": step}))),
+        )
+        .await?;
+    finish(runner, run, "cancelled", None, None, fuel).await
+}
+
+/// The state the executor keeps while it walks the steps.
+struct Walk<'a> {
+    runner: &'a Runner,
+    run: &'a RunRecord,
+    run_ref: RunRef,
+    pipeline: Pipeline,
+    plugins: Vec<Arc<Plugin>>,
+    tools: std::collections::BTreeMap<String, super::pipeline::LoadedTool>,
+    steps: Vec<StepRecord>,
+    live: &'a Live,
+    started: Instant,
+}
+
+async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, Stop> {
+    let pipeline = super::pipeline::parse_json(&run.spec, Some(std::path::Path::new("/")))
+        .map_err(|e| Stop::Failed {
+            code: "INVALID_PIPELINE".into(),
+            message: e.to_string(),
+        })?;
+    let registry = super::StoreRegistry::new(runner.store().clone(), &run.tenant_id);
+    // Plugins could have changed (or gone) since the run was queued: load them again.
+    let unloadable = |e: super::pipeline::PipelineError| Stop::Failed {
+        code: "INVALID_COMPONENT".into(),
+        message: e.to_string(),
+    };
+    let plugins = pipeline
+        .load_plugins(runner.engine(), Some(&registry))
+        .await
+        .map_err(unloadable)?;
+    let tools = pipeline
+        .load_tools(runner.engine(), Some(&registry))
+        .await
+        .map_err(unloadable)?;
+    let steps = runner.store().steps(&run.id).await?;
+    let mut walk = Walk {
+        runner,
+        run,
+        run_ref: run.as_ref(),
+        pipeline,
+        plugins,
+        tools,
+        steps,
+        live,
+        started: Instant::now(),
+    };
+    walk.walk().await
+}
+
+impl Walk<'_> {
+    /// The input of step `idx`: the previous step's stored output, or the run's input.
+    fn input_of(&self, idx: usize) -> String {
+        idx.checked_sub(1)
+            .and_then(|prev| self.steps.get(prev))
+            .and_then(|s| s.output.clone())
+            .unwrap_or_else(|| self.run.input.clone())
+    }
+
+    async fn walk(&mut self) -> Result<String, Stop> {
+        // Resume where a previous host left off: the first step that has not succeeded.
+        let mut idx = self
+            .steps
+            .iter()
+            .position(|s| s.status != "succeeded")
+            .unwrap_or(self.steps.len());
+        let mut feedback: Option<Value> = None;
+        let mut last_output = self.input_of(idx);
+        while let Some(step) = self.pipeline.steps.get(idx).cloned() {
+            let input = self.input_of(idx);
+            match self.run_step(idx, &step, &input, feedback.take()).await? {
+                Ok(output) => {
+                    if let Some(s) = self.steps.get_mut(idx) {
+                        s.output = Some(output.clone());
+                        s.status = "succeeded".into();
+                    }
+                    last_output = output;
+                    idx += 1;
+                }
+                Err(failure) => {
+                    // A plugin error in a step with a feedback loop goes back to an earlier step.
+                    let target = step.on_failure.as_ref().and_then(|fl| {
+                        let loops = self.steps.get(idx).map(|s| s.loops).unwrap_or(0);
+                        let target = self
+                            .pipeline
+                            .steps
+                            .iter()
+                            .position(|s| s.name == fl.send_back_to)?;
+                        (failure.code == ErrorCode::PluginError
+                            && loops < i64::from(fl.max_loops)
+                            && target < idx)
+                            .then_some((target, loops + 1))
+                    });
+                    let Some((target, generation)) = target else {
+                        return Err(Stop::Failed {
+                            code: code_str(failure.code).into(),
+                            message: format!(
+                                "step `{}` failed: {}",
+                                step.name,
+                                split_detail(&failure.message).0
+                            ),
+                        });
+                    };
+                    let (message, detail) = split_detail(&failure.message);
+                    let target_name = self
+                        .pipeline
+                        .steps
+                        .get(target)
+                        .map(|s| s.name.clone())
+                        .unwrap_or_default();
+                    feedback = Some(json!({
+                        "from_step": step.name,
+                        "error_code": code_str(failure.code),
+                        "message": message,
+                        "detail": detail,
+                        "loop": generation,
+                    }));
+                    self.runner
+                        .commit(
+                            &self.run_ref,
+                            &[Change::Loop {
+                                idx: to_i64(target),
+                            }],
+                            Some((
+                                "retrying",
+                                json!({
+                                    "step_id": target_name,
+                                    "reason": "feedback",
+                                    "from_step": step.name,
+                                    "loop": generation,
+                                    "message": message,
+                                }),
+                            )),
+                        )
+                        .await?;
+                    self.steps = self.runner.store().steps(&self.run.id).await?;
+                    idx = target;
+                }
+            }
+        }
+        Ok(last_output)
+    }
+
+    /// Runs one step's attempts: retries transient failures and traps with exponential
+    /// backoff. `Ok(Err(failure))` is a step that failed for good (the caller decides
+    /// between a feedback loop and failing the run); `Err(stop)` ends the run now.
+    async fn run_step(
+        &mut self,
+        idx: usize,
+        step: &Step,
+        input: &str,
+        feedback: Option<Value>,
+    ) -> Result<Result<String, Failure>, Stop> {
+        let plugin = self.plugins.get(idx).cloned().ok_or_else(|| Stop::Failed {
+            code: "INVALID_PIPELINE".into(),
+            message: format!("no plugin for step {idx}"),
+        })?;
+        let agent = agent_type(step);
+        let record = self.steps.get(idx).cloned();
+        let generation = record.as_ref().map(|s| s.loops).unwrap_or(0);
+        let mut attempt = record.as_ref().map(|s| s.attempts).unwrap_or(0);
+        let mut delay = step.backoff;
+        loop {
+            if self.live.cancel.is_cancelled() {
+                return Err(Stop::Cancelled);
+            }
+            attempt += 1;
+            let limits = self.attempt_limits(step)?;
+            self.runner
+                .commit(
+                    &self.run_ref,
+                    &[
+                        Change::RunStatus {
+                            from: &["running", "waiting"],
+                            to: "running",
+                        },
+                        Change::StepStart {
+                            idx: to_i64(idx),
+                            generation,
+                            attempt,
+                        },
+                    ],
+                    Some((
+                        "running",
+                        json!({
+                            "step_id": step.name,
+                            "agent_type": agent,
+                            "progress_pct": 0,
+                            "progress_label": "started",
+                            "attempt": attempt,
+                        }),
+                    )),
+                )
+                .await
+                .map_err(Stop::from)
+                .and_then(|ok| if ok { Ok(()) } else { Err(Stop::Cancelled) })?;
+
+            let outcome = self
+                .invoke(
+                    idx,
+                    step,
+                    &agent,
+                    &plugin,
+                    input,
+                    &feedback,
+                    attempt,
+                    generation,
+                    limits.clone(),
+                )
+                .await?;
+            let fuel = i64::try_from(outcome.0).unwrap_or(i64::MAX);
+            let (result, artifact_id) = (outcome.1, outcome.2);
+            let (status, error_code, error_message) = match &result {
+                Ok(_) => ("succeeded", None, None),
+                Err(f) => (
+                    "failed",
+                    Some(code_str(f.code).to_string()),
+                    Some(f.message.clone()),
+                ),
+            };
+            self.runner
+                .commit(
+                    &self.run_ref,
+                    &[
+                        Change::AddFuel {
+                            step_idx: to_i64(idx),
+                            fuel,
+                        },
+                        Change::AttemptEnd {
+                            idx: to_i64(idx),
+                            generation,
+                            attempt,
+                            status,
+                            fuel,
+                            error_code,
+                            error_message,
+                        },
+                    ],
+                    None,
+                )
+                .await?;
+
+            let failure = match result {
+                Ok(output) => {
+                    self.runner
+                        .commit(
+                            &self.run_ref,
+                            &[Change::StepSucceeded {
+                                idx: to_i64(idx),
+                                output: output.clone(),
+                            }],
+                            Some((
+                                "complete",
+                                json!({
+                                    "step_id": step.name,
+                                    "agent_type": agent,
+                                    "fuel_used": fuel,
+                                    "tokens_used": 0,
+                                    "artifact_id": artifact_id,
+                                    "output_preview": preview(&output),
+                                    "attempt": attempt,
+                                }),
+                            )),
+                        )
+                        .await?;
+                    return Ok(Ok(output));
+                }
+                Err(f) => f,
+            };
+            if failure.code == ErrorCode::Cancelled || self.live.cancel.is_cancelled() {
+                self.commit_step_end(idx, "cancelled", &failure).await?;
+                return Err(Stop::Cancelled);
+            }
+            let retryable = matches!(
+                (failure.code, failure.retry),
+                (ErrorCode::PluginError, Retry::Transient) | (ErrorCode::Trap, _)
+            );
+            let will_retry = retryable && attempt < i64::from(step.max_attempts);
+            let (message, detail) = split_detail(&failure.message);
+            self.runner
+                .commit(
+                    &self.run_ref,
+                    &[],
+                    Some((
+                        "error",
+                        json!({
+                            "step_id": step.name,
+                            "agent_type": agent,
+                            "error_code": code_str(failure.code),
+                            "message": message,
+                            "detail": detail,
+                            "attempt": attempt,
+                            "will_retry": will_retry,
+                        }),
+                    )),
+                )
+                .await?;
+            // The run's own budget ran out: the run fails, whatever the step would do.
+            if let Some(stop) = self.run_budget_spent(&failure).await? {
+                self.commit_step_end(idx, "failed", &failure).await?;
+                return Err(stop);
+            }
+            if !will_retry {
+                self.commit_step_end(idx, "failed", &failure).await?;
+                return Ok(Err(failure));
+            }
+            self.runner
+                .commit(
+                    &self.run_ref,
+                    &[Change::StepStatus {
+                        idx: to_i64(idx),
+                        from: None,
+                        to: "retrying",
+                    }],
+                    Some((
+                        "retrying",
+                        json!({
+                            "step_id": step.name,
+                            "agent_type": agent,
+                            "attempt": attempt + 1,
+                            "delay_ms": u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                            "reason": "retry",
+                            "error_code": code_str(failure.code),
+                        }),
+                    )),
+                )
+                .await?;
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.live.cancel.cancelled() => {
+                    let cancelled = Failure::new(ErrorCode::Cancelled, "cancelled during retry backoff");
+                    self.commit_step_end(idx, "cancelled", &cancelled).await?;
+                    return Err(Stop::Cancelled);
+                }
+            }
+            delay = (delay * 2).min(step.backoff_max);
+        }
+    }
+
+    async fn commit_step_end(
+        &self,
+        idx: usize,
+        status: &'static str,
+        f: &Failure,
+    ) -> Result<(), Stop> {
+        self.runner
+            .commit(
+                &self.run_ref,
+                &[Change::StepFailed {
+                    idx: to_i64(idx),
+                    status,
+                    error_code: code_str(f.code).into(),
+                    error_message: f.message.clone(),
+                }],
+                None,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Per-attempt limits: the step's own, narrowed to what is left of the run's budget.
+    fn attempt_limits(&self, step: &Step) -> Result<Limits, Stop> {
+        let mut limits = Limits {
+            fuel: Some(step.fuel),
+            timeout: step.timeout,
+            memory_bytes: step.memory,
+            ..Limits::default()
+        };
+        let elapsed = self.started.elapsed();
+        let left = self.pipeline.budget.timeout.saturating_sub(elapsed);
+        if left.is_zero() {
+            return Err(Stop::Failed {
+                code: code_str(ErrorCode::DeadlineExceeded).into(),
+                message: format!(
+                    "the run used its whole {:?} time budget",
+                    self.pipeline.budget.timeout
+                ),
+            });
+        }
+        limits.timeout = limits.timeout.min(left);
+        Ok(limits)
+    }
+
+    /// Whether the run's fuel or time budget is spent; if so, the run stops here.
+    async fn run_budget_spent(&self, failure: &Failure) -> Result<Option<Stop>, Stop> {
+        if let Some(budget) = self.pipeline.budget.fuel {
+            let used = self
+                .runner
+                .store()
+                .run(&self.run.id)
+                .await?
+                .map(|r| r.fuel_used)
+                .unwrap_or(0);
+            if u64::try_from(used).unwrap_or(0) >= budget {
+                return Ok(Some(Stop::Failed {
+                    code: code_str(ErrorCode::BudgetExhausted).into(),
+                    message: format!("the run used its whole fuel budget of {budget}"),
+                }));
+            }
+        }
+        if failure.code == ErrorCode::DeadlineExceeded
+            && self.started.elapsed() >= self.pipeline.budget.timeout
+        {
+            return Ok(Some(Stop::Failed {
+                code: code_str(ErrorCode::DeadlineExceeded).into(),
+                message: format!(
+                    "the run used its whole {:?} time budget",
+                    self.pipeline.budget.timeout
+                ),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// One attempt in the engine; guest logs and progress become events as they happen.
+    #[allow(clippy::too_many_arguments)]
+    async fn invoke(
+        &self,
+        idx: usize,
+        step: &Step,
+        agent: &str,
+        plugin: &Plugin,
+        input: &str,
+        feedback: &Option<Value>,
+        attempt: i64,
+        generation: i64,
+        mut limits: Limits,
+    ) -> Result<(u64, Result<String, Failure>, Option<String>), Stop> {
+        // The run's fuel budget narrows the attempt's.
+        if let Some(budget) = self.pipeline.budget.fuel {
+            let used = self
+                .runner
+                .store()
+                .run(&self.run.id)
+                .await?
+                .map(|r| u64::try_from(r.fuel_used).unwrap_or(0))
+                .unwrap_or(0);
+            let left = budget.saturating_sub(used);
+            if left == 0 {
+                return Err(Stop::Failed {
+                    code: code_str(ErrorCode::BudgetExhausted).into(),
+                    message: format!("the run used its whole fuel budget of {budget}"),
+                });
+            }
+            limits.fuel = limits.fuel.map(|f| f.min(left));
+        }
+        let deadline = Deadline::after(limits.timeout);
+        // The step's tools: only those it lists (its plugin's grants were checked at load).
+        let granted = step
+            .tools
+            .iter()
+            .filter_map(|name| self.tools.get(name).cloned())
+            .collect();
+        let services = Arc::new(StepServices::new(
+            self.runner.clone(),
+            self.run_ref.clone(),
+            step.name.clone(),
+            to_i64(idx),
+            generation,
+            deadline.clone(),
+            self.live.clone(),
+            super::services::ToolGrant {
+                tools: granted,
+                fuel: step.fuel,
+                timeout: step.timeout,
+                run_budget: self.pipeline.budget.fuel,
+            },
+        ));
+        let (tx, rx) = mpsc::channel::<GuestEvent>(1024);
+        let committer = tokio::spawn(commit_guest_events(
+            self.runner.clone(),
+            self.run_ref.clone(),
+            step.name.clone(),
+            agent.to_string(),
+            attempt,
+            rx,
+        ));
+        let observer: crate::capabilities::log::Observer = Arc::new(move |event| {
+            // Never block the guest: a full channel drops the event (bounded DB rows).
+            let _ = tx.try_send(event);
+        });
+        let how = Invocation {
+            limits,
+            observer: Some(observer),
+            services: Some(services.clone()),
+            cancel: self.live.cancel.child_token(),
+            deadline: Some(deadline),
+        };
+        let call = Call::Run {
+            ctx: RunContext {
+                run_id: self.run.id.clone(),
+                step: step.name.clone(),
+                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                config: step.config.to_string(),
+                feedback: feedback.as_ref().map(Value::to_string),
+            },
+            input: input.to_string(),
+        };
+        let outcome = self.runner.engine().invoke(plugin, call, how).await;
+        let metrics = crate::metrics::global();
+        metrics.step_duration.observe(outcome.duration);
+        metrics
+            .fuel_used
+            .fetch_add(outcome.fuel_used, std::sync::atomic::Ordering::Relaxed);
+        // The invocation (and with it the observer's sender) is gone: drain the events so
+        // they are committed before this attempt's outcome.
+        if let Err(e) = committer.await {
+            tracing::warn!("guest event committer failed: {e}");
+        }
+        let result = outcome.result.and_then(|output| match output {
+            Output::Json(text) => Ok(text),
+            other => Err(Failure::new(
+                ErrorCode::PluginError,
+                format!("unexpected output {other:?}"),
+            )),
+        });
+        Ok((outcome.fuel_used, result, services.last_artifact()))
+    }
+}
+
+/// Turns a guest's logs and progress into `log` and `running` events, bounded per attempt.
+async fn commit_guest_events(
+    runner: Runner,
+    run: RunRef,
+    step: String,
+    agent: String,
+    attempt: i64,
+    mut rx: mpsc::Receiver<GuestEvent>,
+) {
+    let mut written = 0usize;
+    let mut last_progress: Option<Instant> = None;
+    let mut truncated = false;
+    while let Some(event) = rx.recv().await {
+        if written >= MAX_GUEST_EVENTS {
+            if !truncated {
+                truncated = true;
+                let payload = json!({"step_id": step, "level": "warn", "source": "host",
+                    "message": format!("log truncated: more than {MAX_GUEST_EVENTS} events from one attempt")});
+                let _ = runner.commit(&run, &[], Some(("log", payload))).await;
+            }
+            continue;
+        }
+        let payload = match event {
+            GuestEvent::Log(line) => (
+                "log",
+                json!({
+                    "step_id": step,
+                    "level": level_str(line.level),
+                    "source": source_str(line.source),
+                    "message": line.message,
+                }),
+            ),
+            GuestEvent::Progress { percent, label } => {
+                let now = Instant::now();
+                if percent < 100
+                    && last_progress.is_some_and(|t| now.duration_since(t) < PROGRESS_EVERY)
+                {
+                    continue;
+                }
+                last_progress = Some(now);
+                (
+                    "running",
+                    json!({
+                        "step_id": step,
+                        "agent_type": agent,
+                        "progress_pct": percent,
+                        "progress_label": label,
+                        "attempt": attempt,
+                    }),
+                )
+            }
+            GuestEvent::LogTruncated => (
+                "log",
+                json!({"step_id": step, "level": "warn", "source": "host",
+                       "message": "log truncated: the plugin's log budget is spent"}),
+            ),
+        };
+        written += 1;
+        if let Err(e) = runner.commit(&run, &[], Some(payload)).await {
+            tracing::warn!("could not record a guest event: {e}");
+        }
+    }
+}
+
+fn level_str(l: Level) -> &'static str {
+    match l {
+        Level::Trace => "trace",
+        Level::Debug => "debug",
+        Level::Info => "info",
+        Level::Warn => "warn",
+        Level::Error => "error",
+    }
+}
+
+fn source_str(s: Source) -> &'static str {
+    match s {
+        Source::Log => "log",
+        Source::Stdout => "stdout",
+        Source::Stderr => "stderr",
+    }
+}
+
+/// A plugin error whose message is `{"message": ..., "detail": ...}` (the SDK's
+/// `with_detail`) is unpacked; anything else is a plain message.
+fn split_detail(message: &str) -> (String, Value) {
+    if let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(message)
+        && let Some(Value::String(m)) = obj.get("message")
+    {
+        return (m.clone(), obj.get("detail").cloned().unwrap_or(Value::Null));
+    }
+    (message.to_string(), Value::Null)
+}
+
+fn preview(output: &str) -> String {
+    if output.len() <= PREVIEW {
+        return output.to_string();
+    }
+    let mut end = PREVIEW;
+    while !output.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", output.get(..end).unwrap_or_default())
+}
+
+fn to_i64(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Crash recovery for one orphaned run (see [`Runner::recover`]).
+pub(crate) async fn recover_run(runner: &Runner, run: &RunRecord) -> Result<(), RunError> {
+    let run_ref = run.as_ref();
+    let pipeline = super::pipeline::parse_json(&run.spec, Some(std::path::Path::new("/")))
+        .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+    let steps = runner.store().steps(&run.id).await?;
+    let interrupted = steps
+        .iter()
+        .find(|s| matches!(s.status.as_str(), "running" | "waiting" | "retrying"));
+    let Some(step) = interrupted else {
+        // Claimed but no step started: just queue it again.
+        runner.commit(&run_ref, &[Change::RunRequeue], None).await?;
+        return Ok(());
+    };
+    let max_attempts = pipeline
+        .steps
+        .get(usize::try_from(step.idx).unwrap_or(usize::MAX))
+        .map(|s| i64::from(s.max_attempts))
+        .unwrap_or(1);
+    let was_waiting = step.status == "waiting";
+    // A step that was waiting for a person did not fail: it re-runs and its answers replay.
+    let out_of_attempts = !was_waiting && step.attempts >= max_attempts;
+    let message = "the host running this step stopped unexpectedly";
+    let changes = vec![Change::AttemptEnd {
+        idx: step.idx,
+        generation: step.loops,
+        attempt: step.attempts,
+        status: "crashed",
+        fuel: 0,
+        error_code: Some(HOST_CRASH.into()),
+        error_message: Some(message.into()),
+    }];
+    runner
+        .commit(
+            &run_ref,
+            &changes,
+            Some((
+                "error",
+                json!({
+                    "step_id": step.name,
+                    "agent_type": step.plugin,
+                    "error_code": HOST_CRASH,
+                    "message": message,
+                    "attempt": step.attempts,
+                    "will_retry": !out_of_attempts,
+                }),
+            )),
+        )
+        .await?;
+    if out_of_attempts {
+        runner
+            .commit(
+                &run_ref,
+                &[Change::StepFailed {
+                    idx: step.idx,
+                    status: "failed",
+                    error_code: HOST_CRASH.into(),
+                    error_message: message.into(),
+                }],
+                None,
+            )
+            .await?;
+        finish(
+            runner,
+            &run_ref,
+            "failed",
+            None,
+            Some((
+                HOST_CRASH.into(),
+                format!("step `{}`: {message}", step.name),
+            )),
+            run.fuel_used,
+        )
+        .await?;
+    } else {
+        runner
+            .commit(
+                &run_ref,
+                &[
+                    Change::StepStatus {
+                        idx: step.idx,
+                        from: None,
+                        to: "queued",
+                    },
+                    Change::RunRequeue,
+                ],
+                None,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detail_is_unpacked_from_sdk_errors() {
+        let (m, d) = split_detail(r#"{"message":"2 of 5 failed","detail":{"failures":[1]}}"#);
+        assert_eq!(m, "2 of 5 failed");
+        assert_eq!(d, json!({"failures": [1]}));
+        let (m, d) = split_detail("plain words");
+        assert_eq!((m.as_str(), d), ("plain words", Value::Null));
+    }
+
+    #[test]
+    fn previews_cut_on_char_boundaries() {
+        let long = "é".repeat(300);
+        let p = preview(&long);
+        assert!(p.ends_with('…') && p.len() <= PREVIEW + 3);
+    }
+}

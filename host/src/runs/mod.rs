@@ -1,0 +1,508 @@
+//! Runs: pipelines as data, the durable run lifecycle, and the scheduler.
+//!
+//! A run moves `queued -> running -> (waiting) -> succeeded | failed | cancelled`; each
+//! transition is committed with its event before the event is published. The executor
+//! (`executor.rs`) drives one run through its steps; the [`Runner`] owns the scheduler,
+//! crash recovery, cancellation and answers.
+
+mod executor;
+pub mod manifest;
+pub mod pipeline;
+mod services;
+
+use crate::engine::{Engine, ErrorCode, json};
+use crate::events::Bus;
+use crate::store::{Change, Event, NewRun, RunRecord, Store, StoreError};
+use pipeline::Pipeline;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// Why a run request was refused. `code` values are stable.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No such run (or another tenant's).
+    #[error("RUN_NOT_FOUND: no run `{0}`")]
+    NotFound(String),
+    /// The run has ended; nothing changed.
+    #[error("ALREADY_FINISHED: run `{0}` has already finished ({1})")]
+    AlreadyFinished(String, String),
+    /// The run is not waiting for input.
+    #[error("NOT_WAITING: run `{0}` is not waiting for input")]
+    NotWaiting(String),
+    /// The answer does not match the question's schema.
+    #[error("INVALID_ANSWER: {0}")]
+    InvalidAnswer(String),
+    /// The pipeline or its plugins are not usable.
+    #[error("INVALID_PIPELINE: {0}")]
+    InvalidPipeline(String),
+    /// The input is not acceptable.
+    #[error("INVALID_INPUT: {0}")]
+    InvalidInput(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl RunError {
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            RunError::NotFound(_) => "RUN_NOT_FOUND",
+            RunError::AlreadyFinished(..) => "ALREADY_FINISHED",
+            RunError::NotWaiting(_) => "NOT_WAITING",
+            RunError::InvalidAnswer(_) => "INVALID_ANSWER",
+            RunError::InvalidPipeline(_) => "INVALID_PIPELINE",
+            RunError::InvalidInput(_) => "INVALID_INPUT",
+            RunError::Store(_) => "STORE_ERROR",
+        }
+    }
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Runs executed at once.
+    pub max_concurrent_runs: usize,
+    /// How long a host's claim on a run lasts without renewal. After a crash, another
+    /// host (or this one restarted) recovers the run once the lease has expired.
+    pub lease: Duration,
+    /// Largest run input accepted.
+    pub max_input_bytes: usize,
+    /// Largest artifact a step may store.
+    pub max_artifact_bytes: usize,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            max_concurrent_runs: 8,
+            lease: Duration::from_secs(15),
+            max_input_bytes: 16 << 20,
+            max_artifact_bytes: 16 << 20,
+        }
+    }
+}
+
+/// Runs pipelines: submits, schedules, executes, recovers, cancels and answers.
+#[derive(Clone)]
+pub struct Runner {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) engine: Engine,
+    pub(crate) store: Store,
+    pub(crate) bus: Bus,
+    pub(crate) config: RunnerConfig,
+    /// This host's identity in run leases.
+    pub(crate) owner: String,
+    /// Runs executing in this process.
+    pub(crate) live: Mutex<HashMap<String, Live>>,
+    wake: Notify,
+}
+
+/// Handles to a run executing in this process.
+#[derive(Clone)]
+pub(crate) struct Live {
+    pub(crate) cancel: CancellationToken,
+    pub(crate) answered: Arc<Notify>,
+}
+
+impl Runner {
+    /// A runner over an engine and a store.
+    pub fn new(engine: Engine, store: Store, config: RunnerConfig) -> Runner {
+        Runner {
+            inner: Arc::new(Inner {
+                engine,
+                store,
+                bus: Bus::default(),
+                config,
+                owner: crate::store::new_id("host"),
+                live: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &Bus {
+        &self.inner.bus
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    /// Commits `changes` with `event` and publishes the event. `Ok(false)`: a guard failed
+    /// (the state had moved on) and nothing was written.
+    pub(crate) async fn commit(
+        &self,
+        run: &crate::store::RunRef,
+        changes: &[Change],
+        event: Option<(&str, serde_json::Value)>,
+    ) -> Result<bool, StoreError> {
+        match self.inner.store.commit(run, changes, event).await? {
+            None => Ok(false),
+            Some(event) => {
+                if let Some(event) = event {
+                    self.inner.bus.publish(event);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Checks a pipeline (its plugins load and are agents) and the input, then queues a run.
+    pub async fn submit(
+        &self,
+        tenant_id: &str,
+        pipeline: &Pipeline,
+        pipeline_id: Option<String>,
+        input: &str,
+    ) -> Result<RunRecord, RunError> {
+        json::check("input", input, self.inner.config.max_input_bytes)
+            .map_err(RunError::InvalidInput)?;
+        let registry = StoreRegistry::new(self.inner.store.clone(), tenant_id);
+        // Load every plugin now, so a bad pipeline fails before anything is queued.
+        pipeline
+            .load_plugins(&self.inner.engine, Some(&registry))
+            .await
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        pipeline
+            .load_tools(&self.inner.engine, Some(&registry))
+            .await
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        let spec = serde_json::to_string(pipeline)
+            .map_err(|e| RunError::InvalidPipeline(format!("cannot store pipeline: {e}")))?;
+        let steps = pipeline
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), executor::agent_type(s)))
+            .collect();
+        let (run, event) = self
+            .inner
+            .store
+            .create_run(&NewRun {
+                tenant_id: tenant_id.to_string(),
+                pipeline_id,
+                pipeline_name: pipeline.name.clone(),
+                spec,
+                input: input.to_string(),
+                steps,
+            })
+            .await?;
+        self.inner
+            .store
+            .link_run_plugins(&run.id, &registry.used())
+            .await?;
+        self.inner.bus.publish(event);
+        self.inner.wake.notify_one();
+        Ok(run)
+    }
+
+    /// Follows a run's events after `after` (0 = all), ending after its final event.
+    pub async fn subscribe(
+        &self,
+        tenant_id: &str,
+        run_id: &str,
+        after: i64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Event>, RunError> {
+        self.own_run(tenant_id, run_id).await?;
+        Ok(crate::events::subscribe(
+            self.inner.store.clone(),
+            &self.inner.bus,
+            run_id.to_string(),
+            after,
+        ))
+    }
+
+    /// Cancels a queued, running, waiting or retrying run. A finished run is refused with
+    /// `ALREADY_FINISHED` and left unchanged.
+    pub async fn cancel(&self, tenant_id: &str, run_id: &str) -> Result<(), RunError> {
+        let store = &self.inner.store;
+        let run = self.own_run(tenant_id, run_id).await?;
+        if run.is_terminal() {
+            return Err(RunError::AlreadyFinished(run.id, run.status));
+        }
+        let status = store.request_cancel(run_id).await?.unwrap_or_default();
+        if let Some(live) = self.live(run_id) {
+            live.cancel.cancel();
+            return Ok(());
+        }
+        match status.as_str() {
+            // Nobody is executing it: end it here (guarded, so a claimer racing us wins
+            // or loses cleanly, and the run still ends exactly once).
+            "queued" => {
+                executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await?;
+                Ok(())
+            }
+            s if crate::store::TERMINAL.contains(&s) => {
+                Err(RunError::AlreadyFinished(run.id, status))
+            }
+            // Running in another process: it polls the flag and stops within a second.
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers the question a waiting run asked. The answer is validated against the
+    /// question's schema; a wrong one is refused with the reason and changes nothing.
+    pub async fn answer(
+        &self,
+        tenant_id: &str,
+        run_id: &str,
+        answer: &str,
+    ) -> Result<(), RunError> {
+        let store = &self.inner.store;
+        let run = self.own_run(tenant_id, run_id).await?;
+        if run.is_terminal() {
+            return Err(RunError::AlreadyFinished(run.id, run.status));
+        }
+        let question = store
+            .open_question(run_id)
+            .await?
+            .ok_or_else(|| RunError::NotWaiting(run_id.to_string()))?;
+        json::check("answer", answer, 1 << 20).map_err(RunError::InvalidAnswer)?;
+        let value: serde_json::Value =
+            serde_json::from_str(answer).map_err(|e| RunError::InvalidAnswer(e.to_string()))?;
+        if let Some(schema) = &question.schema {
+            validate_against(schema, &value).map_err(RunError::InvalidAnswer)?;
+        }
+        if !store.answer(&question, answer).await? {
+            return Err(RunError::NotWaiting(run_id.to_string()));
+        }
+        if let Some(live) = self.live(run_id) {
+            live.answered.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// How many runs this process is executing.
+    pub fn live_runs(&self) -> usize {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// The tenant's run, or `RUN_NOT_FOUND` (also for another tenant's run).
+    async fn own_run(&self, tenant_id: &str, run_id: &str) -> Result<RunRecord, RunError> {
+        self.inner
+            .store
+            .run_for_tenant(tenant_id, run_id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(run_id.to_string()))
+    }
+
+    pub(crate) fn live(&self, run_id: &str) -> Option<Live> {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(run_id)
+            .cloned()
+    }
+
+    /// Recovers runs whose host died (their lease expired): a run that was running is
+    /// queued again with the interrupted attempt marked crashed (its step gets attempt + 1),
+    /// or fails `HOST_CRASH` when the step is out of attempts. Waiting runs are queued
+    /// too: their step re-runs and answers already given are replayed.
+    pub async fn recover(&self) -> Result<usize, RunError> {
+        let orphans = self.inner.store.orphaned_runs(&self.inner.owner).await?;
+        let n = orphans.len();
+        for run in orphans {
+            executor::recover_run(self, &run).await?;
+        }
+        if n > 0 {
+            self.inner.wake.notify_one();
+        }
+        Ok(n)
+    }
+
+    /// Runs one specific queued run in this task, to its end (used by `corral run`).
+    pub async fn execute(&self, run_id: &str) -> Result<(), RunError> {
+        let _lease = self.spawn_lease_renewal();
+        let store = &self.inner.store;
+        let run = store
+            .claim_run(run_id, &self.inner.owner, self.inner.config.lease)
+            .await?;
+        match run {
+            Some(run) => {
+                executor::execute(self.clone(), run).await;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The scheduler: claims queued runs (fair across tenants, FIFO within one) and executes
+    /// up to `max_concurrent_runs` at once. With `until_idle`, returns once the queue is empty
+    /// and nothing is executing; otherwise runs until `stop` is cancelled.
+    pub async fn work(&self, until_idle: bool, stop: CancellationToken) -> Result<(), RunError> {
+        let _lease = self.spawn_lease_renewal();
+        let slots = Arc::new(Semaphore::new(self.inner.config.max_concurrent_runs.max(1)));
+        let max = self.inner.config.max_concurrent_runs.max(1);
+        loop {
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            let permit = tokio::select! {
+                p = slots.clone().acquire_owned() => p.map_err(|_| RunError::InvalidInput("scheduler closed".into()))?,
+                _ = stop.cancelled() => return Ok(()),
+            };
+            match self
+                .inner
+                .store
+                .claim_next_run(&self.inner.owner, self.inner.config.lease)
+                .await
+            {
+                Ok(Some(run)) => {
+                    let runner = self.clone();
+                    tokio::spawn(async move {
+                        executor::execute(runner, run).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    if until_idle && slots.available_permits() == max {
+                        return Ok(());
+                    }
+                    tokio::select! {
+                        _ = self.inner.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = stop.cancelled() => return Ok(()),
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    tracing::warn!("claiming a run failed (will retry): {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Renews this host's leases until the returned guard drops.
+    fn spawn_lease_renewal(&self) -> LeaseGuard {
+        let runner = self.clone();
+        let every = self.inner.config.lease / 3;
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = runner
+                    .inner
+                    .store
+                    .renew_leases(&runner.inner.owner, runner.inner.config.lease)
+                    .await
+                {
+                    tracing::warn!("renewing run leases failed: {e}");
+                }
+            }
+        });
+        LeaseGuard(task)
+    }
+}
+
+struct LeaseGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A tenant's registered plugins, for pipelines that name them (`name@version`, `plg_...`).
+pub struct StoreRegistry {
+    store: Store,
+    tenant_id: String,
+    used: Mutex<Vec<String>>,
+}
+
+impl StoreRegistry {
+    /// The registry of `tenant_id`.
+    pub fn new(store: Store, tenant_id: &str) -> Self {
+        StoreRegistry {
+            store,
+            tenant_id: tenant_id.to_string(),
+            used: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Ids of the plugins fetched so far.
+    pub fn used(&self) -> Vec<String> {
+        self.used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl pipeline::Registry for StoreRegistry {
+    async fn fetch(&self, plugin: &pipeline::PluginRef) -> Result<Vec<u8>, String> {
+        let record = match plugin {
+            pipeline::PluginRef::Id(id) => self.store.plugin(&self.tenant_id, id).await,
+            pipeline::PluginRef::Named { name, version } => {
+                self.store
+                    .plugin_named(&self.tenant_id, name, version)
+                    .await
+            }
+            pipeline::PluginRef::Path(path) => {
+                return Err(format!(
+                    "`{}` is a path, not a registered plugin",
+                    path.display()
+                ));
+            }
+        }
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no registered plugin `{plugin}`"))?;
+        let bytes = self
+            .store
+            .plugin_bytes(&self.tenant_id, &record.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the component of plugin `{plugin}` is missing"))?;
+        self.used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(record.id);
+        Ok(bytes)
+    }
+}
+
+/// Validates `value` against the JSON Schema text `schema`, naming the first problem.
+pub fn validate_against(schema: &str, value: &serde_json::Value) -> Result<(), String> {
+    let schema: serde_json::Value = serde_json::from_str(schema)
+        .map_err(|e| format!("the question's schema is not JSON: {e}"))?;
+    let validator = jsonschema::validator_for(&schema)
+        .map_err(|e| format!("the question's schema is not a valid JSON Schema: {e}"))?;
+    match validator.iter_errors(value).next() {
+        None => Ok(()),
+        Some(e) => {
+            let path = e.instance_path().to_string();
+            Err(if path.is_empty() {
+                format!("the answer does not match the schema: {e}")
+            } else {
+                format!("the answer does not match the schema at {path}: {e}")
+            })
+        }
+    }
+}
+
+/// `HOST_CRASH`: the code of a step interrupted by its host dying.
+pub const HOST_CRASH: &str = "HOST_CRASH";
+
+/// The code string of an engine failure, for events.
+pub(crate) fn code_str(code: ErrorCode) -> &'static str {
+    code.as_str()
+}

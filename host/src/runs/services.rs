@@ -1,0 +1,442 @@
+//! What a run gives its steps through `corral:plugin/host`: human input, per-run state
+//! and artifacts. Tools arrive with the capabilities issue; until then `call-tool` is
+//! refused naming the missing grant.
+
+use super::{Live, Runner};
+use crate::capabilities::{RunServices, not_granted};
+use crate::engine::Deadline;
+use crate::engine::bindings::types::PluginError;
+use crate::store::{Change, NewArtifact, Question, RunRef};
+use serde_json::json;
+use std::sync::Mutex;
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+/// Longest state key.
+const MAX_KEY: usize = 256;
+/// Largest state value.
+const MAX_VALUE: usize = 1 << 20;
+/// Most keys in one run's state.
+const MAX_KEYS: i64 = 1024;
+/// Longest question text and name fields.
+const MAX_TEXT: usize = 8 << 10;
+
+/// The tools a step attempt may call, and the limits a tool call runs under.
+pub(crate) struct ToolGrant {
+    pub(crate) tools: Vec<super::pipeline::LoadedTool>,
+    pub(crate) fuel: u64,
+    pub(crate) timeout: Duration,
+    pub(crate) run_budget: Option<u64>,
+}
+
+/// The services of one step attempt.
+pub(crate) struct StepServices {
+    grant: ToolGrant,
+    runner: Runner,
+    run: RunRef,
+    step: String,
+    step_idx: i64,
+    generation: i64,
+    deadline: Deadline,
+    live: Live,
+    questions: AtomicI64,
+    last_artifact: Mutex<Option<String>>,
+}
+
+impl StepServices {
+    #[allow(clippy::too_many_arguments)] // one call site; each part is a distinct handle
+    pub(crate) fn new(
+        runner: Runner,
+        run: RunRef,
+        step: String,
+        step_idx: i64,
+        generation: i64,
+        deadline: Deadline,
+        live: Live,
+        grant: ToolGrant,
+    ) -> Self {
+        StepServices {
+            grant,
+            runner,
+            run,
+            step,
+            step_idx,
+            generation,
+            deadline,
+            live,
+            questions: AtomicI64::new(0),
+            last_artifact: Mutex::new(None),
+        }
+    }
+
+    /// The last artifact this attempt stored, for the step's `complete` event.
+    pub(crate) fn last_artifact(&self) -> Option<String> {
+        self.last_artifact
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn store_error(e: impl std::fmt::Display) -> PluginError {
+        tracing::warn!("run service failed: {e}");
+        PluginError::Transient("the host's database is unavailable; try again".into())
+    }
+
+    async fn wait_for_answer(&self, q: &Question) -> Result<String, PluginError> {
+        loop {
+            let notified = self.live.answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(answer) = self
+                .runner
+                .store()
+                .answer_of(q)
+                .await
+                .map_err(Self::store_error)?
+            {
+                return Ok(answer);
+            }
+            // Answers from this process wake us at once; answers written by another
+            // process (`corral answer`) are found by polling.
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RunServices for StepServices {
+    async fn call_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
+        self.call_granted_tool(name, arguments).await
+    }
+
+    async fn put_artifact(
+        &self,
+        name: &str,
+        media_type: &str,
+        content: &[u8],
+    ) -> Result<String, PluginError> {
+        let max = self.runner.inner.config.max_artifact_bytes;
+        if content.len() > max {
+            return Err(PluginError::InvalidInput(format!(
+                "artifact `{name}` is {} bytes, more than the {max}-byte limit",
+                content.len()
+            )));
+        }
+        if name.is_empty() || name.len() > 255 || media_type.len() > 255 {
+            return Err(PluginError::InvalidInput(
+                "artifact name must be 1-255 bytes and media type at most 255".into(),
+            ));
+        }
+        let name = crate::capabilities::log::neutralise(name, 255);
+        let media_type = crate::capabilities::log::neutralise(media_type, 255);
+        let (record, event) = self
+            .runner
+            .store()
+            .put_artifact(
+                &self.run,
+                &NewArtifact {
+                    step: &self.step,
+                    name: &name,
+                    media_type: &media_type,
+                    content,
+                },
+            )
+            .await
+            .map_err(Self::store_error)?;
+        self.runner.bus().publish(event);
+        *self
+            .last_artifact
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(record.id.clone());
+        Ok(record.id)
+    }
+
+    async fn ask(&self, question: &str, schema: Option<&str>) -> Result<String, PluginError> {
+        if question.len() > MAX_TEXT {
+            return Err(PluginError::InvalidInput(format!(
+                "question is longer than {MAX_TEXT} bytes"
+            )));
+        }
+        if let Some(schema) = schema {
+            let value: serde_json::Value = serde_json::from_str(schema)
+                .map_err(|e| PluginError::InvalidInput(format!("answer schema: {e}")))?;
+            jsonschema::validator_for(&value).map_err(|e| {
+                PluginError::InvalidInput(format!("answer schema is not a JSON Schema: {e}"))
+            })?;
+        }
+        let q = Question {
+            run_id: self.run.id.clone(),
+            step_idx: self.step_idx,
+            generation: self.generation,
+            question_no: self.questions.fetch_add(1, Ordering::Relaxed) + 1,
+            question: crate::capabilities::log::neutralise(question, MAX_TEXT),
+            schema: schema.map(str::to_string),
+        };
+        // Asked before (the step is re-running after a restart)? Replay the answer.
+        if let Some(answer) = self
+            .runner
+            .store()
+            .ask(&q)
+            .await
+            .map_err(Self::store_error)?
+        {
+            return Ok(answer);
+        }
+        let schema_json = schema
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+            .unwrap_or(serde_json::Value::Null);
+        self.runner
+            .commit(
+                &self.run,
+                &[
+                    Change::StepStatus {
+                        idx: self.step_idx,
+                        from: Some(&["running"]),
+                        to: "waiting",
+                    },
+                    Change::RunStatus {
+                        from: &["running"],
+                        to: "waiting",
+                    },
+                ],
+                Some((
+                    "input_required",
+                    json!({
+                        "step_id": self.step,
+                        "question": q.question,
+                        "answer_schema": schema_json,
+                        "question_no": q.question_no,
+                    }),
+                )),
+            )
+            .await
+            .map_err(Self::store_error)?;
+        // Waiting for a person uses neither fuel (the guest is not running) nor the step's
+        // wall clock.
+        self.deadline.pause();
+        let answer = self.wait_for_answer(&q).await;
+        self.deadline.resume();
+        let answer = answer?;
+        self.runner
+            .commit(
+                &self.run,
+                &[
+                    Change::StepStatus {
+                        idx: self.step_idx,
+                        from: Some(&["waiting"]),
+                        to: "running",
+                    },
+                    Change::RunStatus {
+                        from: &["waiting"],
+                        to: "running",
+                    },
+                ],
+                Some((
+                    "running",
+                    json!({
+                        "step_id": self.step,
+                        "progress_label": "answer received",
+                        "question_no": q.question_no,
+                    }),
+                )),
+            )
+            .await
+            .map_err(Self::store_error)?;
+        Ok(answer)
+    }
+
+    async fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        if key.len() > MAX_KEY {
+            return None;
+        }
+        match self.runner.store().state_get(&self.run.id, key).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!("state-get failed: {e}");
+                None
+            }
+        }
+    }
+
+    async fn state_set(&self, key: &str, value: &[u8]) -> Result<(), PluginError> {
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(PluginError::InvalidInput(format!(
+                "state keys are 1-{MAX_KEY} bytes"
+            )));
+        }
+        if value.len() > MAX_VALUE {
+            return Err(PluginError::InvalidInput(format!(
+                "state values are at most {MAX_VALUE} bytes"
+            )));
+        }
+        let stored = self
+            .runner
+            .store()
+            .state_set(&self.run.id, key, value, MAX_KEYS)
+            .await
+            .map_err(Self::store_error)?;
+        if stored {
+            Ok(())
+        } else {
+            Err(PluginError::Permanent(format!(
+                "a run's state holds at most {MAX_KEYS} keys"
+            )))
+        }
+    }
+}
+
+impl StepServices {
+    /// `host.call-tool`: a granted tool, arguments checked against its schema before it
+    /// runs, in its own fresh sandbox, its fuel charged to the run.
+    async fn call_granted_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
+        let (tool, spec) = self.find_tool(name)?;
+        crate::engine::json::check("arguments", arguments, 1 << 20)
+            .map_err(PluginError::InvalidInput)?;
+        let args: serde_json::Value = serde_json::from_str(arguments)
+            .map_err(|e| PluginError::InvalidInput(format!("arguments for `{name}`: {e}")))?;
+        let qualified = format!("{}/{}", tool.name, spec.name);
+        // Bad arguments never reach the tool.
+        super::validate_against(&spec.input_schema.to_string(), &args)
+            .map_err(|e| PluginError::InvalidInput(format!("arguments for `{qualified}`: {e}")))?;
+        let summary = crate::capabilities::log::neutralise(arguments, 200);
+        self.event(json!({"step_id": self.step, "tool": qualified, "phase": "started", "arguments": summary}))
+            .await;
+
+        let mut fuel = self.grant.fuel;
+        if let Some(budget) = self.grant.run_budget {
+            let used = self
+                .runner
+                .store()
+                .run(&self.run.id)
+                .await
+                .map_err(Self::store_error)?
+                .map(|r| u64::try_from(r.fuel_used).unwrap_or(0))
+                .unwrap_or(0);
+            fuel = fuel.min(budget.saturating_sub(used));
+            if fuel == 0 {
+                return Err(PluginError::Permanent(
+                    "the run's fuel budget is spent".into(),
+                ));
+            }
+        }
+        let how = crate::engine::Invocation {
+            limits: crate::engine::Limits {
+                fuel: Some(fuel),
+                timeout: self.grant.timeout,
+                ..crate::engine::Limits::default()
+            },
+            cancel: self.live.cancel.child_token(),
+            ..crate::engine::Invocation::default()
+        };
+        let call = crate::engine::Call::CallTool {
+            name: spec.name.clone(),
+            arguments: arguments.to_string(),
+        };
+        let outcome = self.runner.engine().invoke(&tool.plugin, call, how).await;
+        let used = i64::try_from(outcome.fuel_used).unwrap_or(i64::MAX);
+        if let Err(e) = self
+            .runner
+            .commit(
+                &self.run,
+                &[Change::AddFuel {
+                    step_idx: self.step_idx,
+                    fuel: used,
+                }],
+                None,
+            )
+            .await
+        {
+            tracing::warn!("could not charge tool fuel: {e}");
+        }
+        let (status, code) = match &outcome.result {
+            Ok(_) => ("ok", None),
+            Err(f) => ("failed", Some(f.code.as_str())),
+        };
+        self.event(json!({
+            "step_id": self.step, "tool": qualified, "phase": "completed", "status": status,
+            "error_code": code, "fuel_used": used,
+            "duration_ms": u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        }))
+        .await;
+        match outcome.result {
+            Ok(crate::engine::Output::Json(text)) => Ok(text),
+            Ok(_) => Err(PluginError::Permanent(format!(
+                "`{qualified}` returned no JSON"
+            ))),
+            Err(f) if f.retry == crate::engine::Retry::Transient => Err(PluginError::Transient(
+                format!("`{qualified}`: {}", f.message),
+            )),
+            Err(f) if f.code == crate::engine::ErrorCode::InvalidInput => Err(
+                PluginError::InvalidInput(format!("`{qualified}`: {}", f.message)),
+            ),
+            Err(f) => Err(PluginError::Permanent(format!(
+                "`{qualified}` failed: {}: {}",
+                f.code, f.message
+            ))),
+        }
+    }
+
+    /// A granted tool by `plugin/tool`, or by a tool name only one granted plugin has.
+    fn find_tool(
+        &self,
+        name: &str,
+    ) -> Result<(&super::pipeline::LoadedTool, &crate::engine::ToolSpec), PluginError> {
+        let (plugin, tool) = match name.split_once('/') {
+            Some((p, t)) => (Some(p), t),
+            None => (None, name),
+        };
+        let matches: Vec<_> = self
+            .grant
+            .tools
+            .iter()
+            .filter(|t| plugin.is_none_or(|p| p == t.name))
+            .flat_map(|t| {
+                t.specs
+                    .iter()
+                    .filter(|s| s.name == tool)
+                    .map(move |s| (t, s))
+            })
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => {
+                let granted: Vec<String> = self
+                    .grant
+                    .tools
+                    .iter()
+                    .flat_map(|t| {
+                        t.specs
+                            .iter()
+                            .map(move |s| format!("{}/{}", t.name, s.name))
+                    })
+                    .collect();
+                Err(not_granted(&format!(
+                    "tool `{name}` (this step may call: {})",
+                    if granted.is_empty() {
+                        "no tools".to_string()
+                    } else {
+                        granted.join(", ")
+                    }
+                )))
+            }
+            _ => Err(PluginError::InvalidInput(format!(
+                "tool `{name}` is ambiguous: name it as plugin/tool"
+            ))),
+        }
+    }
+
+    /// Commits and publishes a `tool_call` event.
+    async fn event(&self, payload: serde_json::Value) {
+        if let Err(e) = self
+            .runner
+            .commit(&self.run, &[], Some(("tool_call", payload)))
+            .await
+        {
+            tracing::warn!("could not record a tool call: {e}");
+        }
+    }
+}
