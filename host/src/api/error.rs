@@ -1,0 +1,115 @@
+//! One error shape for the whole API: `{"error": {"code": "RUN_NOT_FOUND", "message": "..."}}`
+//! with a stable code. Internal details (SQL, paths) are logged, never returned.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// An API error: status, stable code, message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code, e.g. `RUN_NOT_FOUND`.
+    pub code: &'static str,
+    /// What went wrong.
+    pub message: String,
+    /// Seconds to wait, for 429s.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 404 with a `<KIND>_NOT_FOUND` code. Another tenant's object answers exactly like
+    /// a missing one.
+    pub fn not_found(code: &'static str, what: &str, id: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, code, format!("no {what} `{id}`"))
+    }
+
+    /// 400 `INVALID_REQUEST`.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
+    }
+
+    /// 429 with Retry-After.
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after),
+            ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
+    /// 500, with the detail logged and hidden.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!("internal error: {detail}");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "something went wrong on the server; it has been logged",
+        )
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+impl From<crate::runs::RunError> for ApiError {
+    fn from(e: crate::runs::RunError) -> Self {
+        use crate::runs::RunError as E;
+        let message = e.to_string();
+        let message = message
+            .split_once(": ")
+            .map(|(_, m)| m.to_string())
+            .unwrap_or(message);
+        match e {
+            E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "RUN_NOT_FOUND", message),
+            E::AlreadyFinished(..) => {
+                ApiError::new(StatusCode::CONFLICT, "ALREADY_FINISHED", message)
+            }
+            E::NotWaiting(_) => ApiError::new(StatusCode::CONFLICT, "NOT_WAITING", message),
+            E::InvalidAnswer(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ANSWER", message)
+            }
+            E::InvalidPipeline(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PIPELINE", message)
+            }
+            E::InvalidInput(_) => ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", message),
+            E::Store(e) => ApiError::internal(e),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}
+
+/// Axum's own rejections (bad JSON, wrong content type, body too large) in our shape.
+pub fn from_rejection(status: StatusCode, message: String) -> ApiError {
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "BODY_TOO_LARGE",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+        _ => "INVALID_REQUEST",
+    };
+    ApiError::new(status, code, message)
+}

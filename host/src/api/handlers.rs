@@ -1,0 +1,648 @@
+//! REST handlers. The tenant always comes from the token; an object of another tenant
+//! answers exactly like a missing one.
+
+use super::AppState;
+use super::auth::{Admin, Caller, Operator, Role};
+use super::error::{ApiError, from_rejection};
+use crate::engine::{Output, World};
+use crate::runs::pipeline;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Instant;
+
+/// A JSON body whose problems (syntax, unknown fields, size) answer in our error shape.
+pub(super) struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            // A body that parses but does not fit (unknown or missing fields, wrong types)
+            // is a 400 naming the field, like every other bad request.
+            Err(e) if e.status() == StatusCode::UNPROCESSABLE_ENTITY => {
+                Err(from_rejection(StatusCode::BAD_REQUEST, e.body_text()))
+            }
+            Err(e) => Err(from_rejection(e.status(), e.body_text())),
+        }
+    }
+}
+
+/// Raw body bytes within the route's cap, as our error on overflow.
+async fn bytes(req: Request) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, &())
+        .await
+        .map_err(|e| from_rejection(e.status(), e.body_text()))
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+}
+
+pub(super) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+    match state.runner.store().ping().await {
+        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Err(e) => {
+            tracing::warn!("readiness check failed: {e}");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NOT_READY",
+                "the database is not reachable",
+            )
+            .into_response()
+        }
+    }
+}
+
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    let open_streams: usize = state
+        .streams
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .sum();
+    let runs = state.runner.store().run_counts().await.unwrap_or_default();
+    let fuel = state.runner.store().tenants().await.unwrap_or_default();
+    let text = super::metrics::render(&runs, &fuel, open_streams);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+pub(super) async fn openapi() -> Json<Value> {
+    Json(super::openapi())
+}
+
+// ---- plugins ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UploadQuery {
+    name: Option<String>,
+    version: Option<String>,
+}
+
+fn valid_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'))
+}
+
+pub(super) async fn upload_plugin(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Query(q): Query<UploadQuery>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !matches!(
+        content_type,
+        "application/wasm" | "application/octet-stream"
+    ) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UNSUPPORTED_MEDIA_TYPE",
+            "upload the component's bytes as application/wasm",
+        ));
+    }
+    // An existing name@version is refused before the body is read or compiled.
+    if let (Some(name), Some(version)) = (&q.name, &q.version)
+        && state
+            .runner
+            .store()
+            .plugin_named(&caller.tenant_id, name, version)
+            .await?
+            .is_some()
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "PLUGIN_EXISTS",
+            format!("plugin {name}@{version} already exists; upload a new version"),
+        ));
+    }
+    let body = bytes(req).await?;
+    // Compiling is CPU-heavy: a few at a time, however many uploads arrive.
+    let _permit = state.compiles.acquire().await.map_err(ApiError::internal)?;
+    let started = Instant::now();
+    let engine = state.runner.engine();
+    let plugin = engine.load(body.to_vec()).await.map_err(|f| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_COMPONENT",
+            f.message,
+        )
+    })?;
+    crate::metrics::global()
+        .plugin_load
+        .observe(started.elapsed());
+    let described = engine.describe(&plugin).await;
+    let (info, said_name, said_version) = match described.result {
+        Ok(Output::AgentInfo(i)) => (json!(i), Some(i.name), Some(i.version)),
+        Ok(Output::ConnectorInfo(i)) => (json!(i), Some(i.name), Some(i.version)),
+        Ok(Output::Tools(t)) => (json!({"tools": t}), None, None),
+        Ok(_) => (Value::Null, None, None),
+        Err(f) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_COMPONENT",
+                format!("describing the plugin failed: {f}"),
+            ));
+        }
+    };
+    let name = q.name.or(said_name).unwrap_or_default();
+    let version = q.version.or(said_version).unwrap_or_else(|| "0.0.0".into());
+    if !valid_label(&name) || !valid_label(&version) {
+        return Err(ApiError::bad_request(format!(
+            "name `{name}` and version `{version}` must be 1-64 of [A-Za-z0-9._+-] \
+             (pass ?name=&version= for plugins that do not describe themselves)"
+        )));
+    }
+    let record = state
+        .runner
+        .store()
+        .insert_plugin(
+            &caller.tenant_id,
+            &name,
+            &version,
+            &plugin.digest,
+            plugin.world.as_str(),
+            &info,
+            &body,
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "PLUGIN_EXISTS",
+                format!("plugin {name}@{version} already exists; upload a new version"),
+            )
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": record.id, "name": record.name, "version": record.version,
+            "digest": record.digest, "world": record.world,
+        })),
+    )
+        .into_response())
+}
+
+pub(super) async fn list_plugins(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let plugins = state.runner.store().plugins(&caller.tenant_id).await?;
+    Ok(Json(json!({ "plugins": plugins })))
+}
+
+pub(super) async fn list_tools(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let plugins = state.runner.store().plugins(&caller.tenant_id).await?;
+    let tools: Vec<Value> = plugins
+        .iter()
+        .filter(|p| p.world == World::Tool.as_str())
+        .flat_map(|p| {
+            let specs = p
+                .info
+                .get("tools")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            specs.into_iter().map(move |spec| {
+                json!({
+                    "name": spec.get("name"),
+                    "description": spec.get("description"),
+                    "inputSchema": spec.get("inputSchema"),
+                    "plugin": format!("{}@{}", p.name, p.version),
+                })
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "tools": tools })))
+}
+
+pub(super) async fn get_plugin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let plugin = state
+        .runner
+        .store()
+        .plugin(&caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("PLUGIN_NOT_FOUND", "plugin", &id))?;
+    Ok(Json(json!(plugin)))
+}
+
+pub(super) async fn delete_plugin(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match state
+        .runner
+        .store()
+        .delete_plugin(&caller.tenant_id, &id)
+        .await?
+    {
+        None => Err(ApiError::not_found("PLUGIN_NOT_FOUND", "plugin", &id)),
+        Some(false) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "PLUGIN_IN_USE",
+            format!("plugin `{id}` is used by a run that has not finished"),
+        )),
+        Some(true) => Ok(StatusCode::NO_CONTENT),
+    }
+}
+
+// ---- pipelines ----
+
+async fn check_pipeline(
+    state: &AppState,
+    tenant_id: &str,
+    doc: &Value,
+) -> Result<pipeline::Pipeline, ApiError> {
+    let text = doc.to_string();
+    let p = pipeline::parse_json(&text, None)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PIPELINE", e.to_string()))?;
+    let registry = crate::runs::StoreRegistry::new(state.runner.store().clone(), tenant_id);
+    p.load_plugins(state.runner.engine(), Some(&registry))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PIPELINE", e.to_string()))?;
+    Ok(p)
+}
+
+pub(super) async fn create_pipeline(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Body(doc): Body<Value>,
+) -> Result<Response, ApiError> {
+    let p = check_pipeline(&state, &caller.tenant_id, &doc).await?;
+    let record = state
+        .runner
+        .store()
+        .insert_pipeline(&caller.tenant_id, &p.name, &doc)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": record.id, "name": record.name})),
+    )
+        .into_response())
+}
+
+pub(super) async fn list_pipelines(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Value>, ApiError> {
+    let pipelines = state.runner.store().pipelines(&caller.tenant_id).await?;
+    Ok(Json(json!({ "pipelines": pipelines })))
+}
+
+pub(super) async fn get_pipeline(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let p = state
+        .runner
+        .store()
+        .pipeline(&caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("PIPELINE_NOT_FOUND", "pipeline", &id))?;
+    Ok(Json(json!(p)))
+}
+
+pub(super) async fn delete_pipeline(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state
+        .runner
+        .store()
+        .delete_pipeline(&caller.tenant_id, &id)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("PIPELINE_NOT_FOUND", "pipeline", &id))
+    }
+}
+
+// ---- runs ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewRun {
+    pipeline: Value,
+    #[serde(default = "empty_object")]
+    input: Value,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+pub(super) async fn create_run(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Body(new): Body<NewRun>,
+) -> Result<Response, ApiError> {
+    let store = state.runner.store();
+    let queued = store.queued_count(&caller.tenant_id).await?;
+    if queued >= state.config.max_queued_per_tenant {
+        return Err(ApiError::too_many(
+            "TOO_MANY_QUEUED_RUNS",
+            format!("this tenant already has {queued} queued runs; wait for some to start"),
+            5,
+        ));
+    }
+    let (doc, pipeline_id) = match &new.pipeline {
+        Value::String(id) => {
+            let record = store
+                .pipeline(&caller.tenant_id, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("PIPELINE_NOT_FOUND", "pipeline", id))?;
+            (record.spec, Some(record.id))
+        }
+        Value::Object(_) => (new.pipeline.clone(), None),
+        _ => {
+            return Err(ApiError::bad_request(
+                "pipeline: give a pipeline id or an inline pipeline object",
+            ));
+        }
+    };
+    let p = pipeline::parse_json(&doc.to_string(), None).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PIPELINE",
+            format!("pipeline: {e}"),
+        )
+    })?;
+    let run = state
+        .runner
+        .submit(&caller.tenant_id, &p, pipeline_id, &new.input.to_string())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"run_id": run.id, "status": run.status})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListRuns {
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+pub(super) async fn list_runs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListRuns>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit: between 1 and 1000"));
+    }
+    if let Some(s) = &q.status
+        && ![
+            "queued",
+            "running",
+            "waiting",
+            "succeeded",
+            "failed",
+            "cancelled",
+        ]
+        .contains(&s.as_str())
+    {
+        return Err(ApiError::bad_request(format!(
+            "status: unknown status `{s}`"
+        )));
+    }
+    let before = match &q.cursor {
+        None => None,
+        Some(c) => {
+            let (ts, id) = c
+                .split_once('.')
+                .and_then(|(ts, id)| Some((ts.parse::<i64>().ok()?, id.to_string())))
+                .ok_or_else(|| {
+                    ApiError::bad_request("cursor: use the next_cursor of a previous page")
+                })?;
+            Some((ts, id))
+        }
+    };
+    let runs = state
+        .runner
+        .store()
+        .list_runs(&caller.tenant_id, q.status.as_deref(), limit, before)
+        .await?;
+    let next = (i64::try_from(runs.len()).unwrap_or(0) == limit)
+        .then(|| runs.last().map(|r| format!("{}.{}", r.created_at, r.id)))
+        .flatten();
+    Ok(Json(json!({"runs": runs, "next_cursor": next})))
+}
+
+async fn own_run(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<crate::store::RunRecord, ApiError> {
+    state
+        .runner
+        .store()
+        .run_for_tenant(&caller.tenant_id, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("RUN_NOT_FOUND", "run", id))
+}
+
+pub(super) async fn get_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run = own_run(&state, &caller, &id).await?;
+    let store = state.runner.store();
+    let steps = store.steps(&id).await?;
+    let attempts = store.attempts(&id).await?;
+    let output: Option<Value> = run
+        .output
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok());
+    Ok(Json(
+        json!({"run": run, "output": output, "steps": steps, "attempts": attempts}),
+    ))
+}
+
+pub(super) async fn cancel_run(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    state.runner.cancel(&caller.tenant_id, &id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": id, "cancel_requested": true})),
+    )
+        .into_response())
+}
+
+pub(super) async fn answer_run(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let body = bytes(req).await?;
+    let text =
+        std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the answer is not UTF-8"))?;
+    own_run(&state, &caller, &id).await?;
+    state.runner.answer(&caller.tenant_id, &id, text).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"run_id": id, "answered": true})),
+    )
+        .into_response())
+}
+
+pub(super) async fn list_artifacts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    own_run(&state, &caller, &id).await?;
+    let artifacts = state.runner.store().artifacts(&id).await?;
+    Ok(Json(json!({ "artifacts": artifacts })))
+}
+
+/// A guest-chosen media type, reduced to `type/subtype` characters.
+fn safe_media_type(m: &str) -> String {
+    let ok = m.split_once('/').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && m.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'/' | b'.' | b'+' | b'-'))
+    });
+    if ok {
+        m.to_string()
+    } else {
+        "application/octet-stream".into()
+    }
+}
+
+pub(super) async fn get_artifact(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (record, content) = state
+        .runner
+        .store()
+        .artifact_content(&caller.tenant_id, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("ARTIFACT_NOT_FOUND", "artifact", &id))?;
+    let mut response = content.into_response();
+    let headers = response.headers_mut();
+    let media = HeaderValue::from_str(&safe_media_type(&record.media_type))
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    headers.insert(header::CONTENT_TYPE, media);
+    // Plugin-made content is downloaded, never rendered in the API's origin.
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&record.digest) {
+        headers.insert(header::ETAG, v);
+    }
+    Ok(response)
+}
+
+// ---- tokens ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewToken {
+    role: String,
+    #[serde(default)]
+    name: String,
+}
+
+pub(super) async fn create_token(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Body(new): Body<NewToken>,
+) -> Result<Response, ApiError> {
+    let role = Role::parse(&new.role)
+        .ok_or_else(|| ApiError::bad_request("role: one of admin, operator, viewer"))?;
+    if new.name.len() > 128 {
+        return Err(ApiError::bad_request("name: at most 128 bytes"));
+    }
+    let (record, secret) = state
+        .runner
+        .store()
+        .create_token(&caller.tenant_id, role.as_str(), &new.name)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": record.id, "role": record.role, "name": record.name, "token": secret})),
+    )
+        .into_response())
+}
+
+pub(super) async fn list_tokens(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+) -> Result<Json<Value>, ApiError> {
+    let tokens = state.runner.store().tokens(&caller.tenant_id).await?;
+    Ok(Json(json!({ "tokens": tokens })))
+}
+
+pub(super) async fn revoke_token(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if state
+        .runner
+        .store()
+        .revoke_token(&caller.tenant_id, &id)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("TOKEN_NOT_FOUND", "token", &id))
+    }
+}

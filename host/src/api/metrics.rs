@@ -1,0 +1,91 @@
+//! `GET /metrics` rendering and the request-counting middleware.
+
+use crate::metrics::global;
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+/// Counts responses by class.
+pub async fn track(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let class = match response.status().as_u16() {
+        200..=399 => 0,
+        400..=499 => 1,
+        _ => 2,
+    };
+    if let Some(c) = global().http.get(class) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    response
+}
+
+/// The Prometheus text for runs by status, tenants' fuel and the process metrics.
+pub fn render(
+    runs: &[(String, i64)],
+    tenants: &[crate::store::TenantRecord],
+    open_streams: usize,
+) -> String {
+    let m = global();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP corral_runs Runs by status.\n# TYPE corral_runs gauge"
+    );
+    for (status, n) in runs {
+        let _ = writeln!(out, "corral_runs{{status=\"{status}\"}} {n}");
+    }
+    let queued = runs
+        .iter()
+        .find(|(s, _)| s == "queued")
+        .map(|(_, n)| *n)
+        .unwrap_or(0);
+    let _ = writeln!(
+        out,
+        "# HELP corral_queue_depth Queued runs.\n# TYPE corral_queue_depth gauge\ncorral_queue_depth {queued}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP corral_tenant_fuel_used Fuel used by each tenant's runs.\n# TYPE corral_tenant_fuel_used counter"
+    );
+    for t in tenants {
+        let _ = writeln!(
+            out,
+            "corral_tenant_fuel_used{{tenant=\"{}\"}} {}",
+            t.name.replace(['"', '\\', '\n'], "_"),
+            t.fuel_used
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP corral_fuel_used_total Fuel used by step attempts in this process.\n# TYPE corral_fuel_used_total counter\ncorral_fuel_used_total {}",
+        m.fuel_used.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP corral_open_streams Open SSE streams.\n# TYPE corral_open_streams gauge\ncorral_open_streams {open_streams}"
+    );
+    let _ = writeln!(
+        out,
+        "# HELP corral_http_responses_total HTTP responses by class.\n# TYPE corral_http_responses_total counter"
+    );
+    for (class, c) in ["2xx", "4xx", "5xx"].iter().zip(&m.http) {
+        let _ = writeln!(
+            out,
+            "corral_http_responses_total{{class=\"{class}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
+    }
+    m.step_duration.render(
+        "corral_step_duration_seconds",
+        "Step attempt durations.",
+        &mut out,
+    );
+    m.plugin_load.render(
+        "corral_plugin_load_seconds",
+        "Plugin load and compile times.",
+        &mut out,
+    );
+    out
+}

@@ -1,0 +1,365 @@
+//! `corral serve`, and the offline `tenant` and `token` commands.
+
+use super::Cli;
+use crate::api::{ApiConfig, AppState, Role};
+use crate::runs::{Runner, RunnerConfig};
+use crate::store::Store;
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Every setting comes from a flag, else a `CORRAL_*` variable, else the config file, else
+/// its default.
+#[derive(Debug, Args)]
+pub(super) struct ServeArgs {
+    /// Address to listen on. Default: 127.0.0.1:8080.
+    #[arg(long, env = "CORRAL_LISTEN")]
+    listen: Option<String>,
+    /// Database URL (postgres://... or sqlite://PATH). Default: SQLite in the data dir.
+    #[arg(long, env = "CORRAL_DATABASE_URL")]
+    database_url: Option<String>,
+    /// A TOML config file. Default: ./corral.toml when it exists.
+    #[arg(long, env = "CORRAL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format. Default: text (`RUST_LOG` sets the level).
+    #[arg(long, value_enum, env = "CORRAL_LOG_FORMAT")]
+    pub(super) log_format: Option<LogFormat>,
+    /// Runs executed at once. Default: 8.
+    #[arg(long, env = "CORRAL_MAX_CONCURRENT_RUNS")]
+    max_concurrent_runs: Option<usize>,
+    /// Open SSE streams per tenant. Default: 100.
+    #[arg(long, env = "CORRAL_MAX_STREAMS_PER_TENANT")]
+    max_streams_per_tenant: Option<usize>,
+    /// Seconds running steps get to finish on shutdown before they are left for recovery.
+    /// Default: 10.
+    #[arg(long, env = "CORRAL_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
+    /// Queued runs per tenant before new submissions get 429. Default: 1000.
+    #[arg(long, env = "CORRAL_MAX_QUEUED_PER_TENANT")]
+    max_queued_per_tenant: Option<i64>,
+    /// Seconds of silence before a stream heartbeat. Default: 15.
+    #[arg(long, env = "CORRAL_HEARTBEAT_SECS", hide = true)]
+    heartbeat_secs: Option<u64>,
+}
+
+/// The config file's keys (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    database_url: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    max_concurrent_runs: Option<usize>,
+    max_streams_per_tenant: Option<usize>,
+    max_queued_per_tenant: Option<i64>,
+    shutdown_grace_secs: Option<u64>,
+    heartbeat_secs: Option<u64>,
+}
+
+fn load_file_config(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
+    let (path, required) = match path {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from("corral.toml"), false),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
+        Err(_) if !required => Ok(FileConfig::default()),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The log format `serve` will use, known before the runtime starts.
+pub(super) fn log_format(args: &ServeArgs) -> LogFormat {
+    args.log_format
+        .or_else(|| {
+            load_file_config(args.config.as_ref())
+                .ok()
+                .and_then(|f| f.log_format)
+        })
+        .unwrap_or(LogFormat::Text)
+}
+
+async fn open_store(
+    cli: &Cli,
+    url: Option<&str>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Store> {
+    let _ = cli;
+    Ok(match url {
+        Some(url) => Store::open(url).await?,
+        None => Store::open_in_dir(data_dir).await?,
+    })
+}
+
+pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let file = load_file_config(args.config.as_ref())?;
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| cli.data_dir());
+    let listen = args
+        .listen
+        .clone()
+        .or(file.listen)
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let database_url = args.database_url.clone().or(file.database_url);
+    let store = open_store(cli, database_url.as_deref(), &data_dir).await?;
+
+    // First start on an empty database: a tenant and an admin token, shown once.
+    if store.tenants().await?.is_empty() {
+        let tenant = store.ensure_tenant("default").await?;
+        let (_, secret) = store.create_token(&tenant, "admin", "first admin").await?;
+        println!("created tenant `default` with an admin token (shown once, keep it):\n  {secret}");
+    }
+
+    let engine = crate::engine::Engine::new(crate::engine::EngineConfig {
+        cache_dir: Some(data_dir.join("cache")),
+        scratch_root: cli
+            .scratch_dir
+            .clone()
+            .unwrap_or(crate::engine::EngineConfig::default().scratch_root),
+        ..crate::engine::EngineConfig::default()
+    })?;
+    let runner_config = RunnerConfig {
+        max_concurrent_runs: args
+            .max_concurrent_runs
+            .or(file.max_concurrent_runs)
+            .unwrap_or(8),
+        ..RunnerConfig::default()
+    };
+    let lease = runner_config.lease;
+    let runner = Runner::new(engine, store, runner_config);
+    let defaults = ApiConfig::default();
+    let api_config = ApiConfig {
+        max_streams_per_tenant: args
+            .max_streams_per_tenant
+            .or(file.max_streams_per_tenant)
+            .unwrap_or(defaults.max_streams_per_tenant),
+        max_queued_per_tenant: args
+            .max_queued_per_tenant
+            .or(file.max_queued_per_tenant)
+            .unwrap_or(defaults.max_queued_per_tenant),
+        heartbeat: Duration::from_secs(
+            args.heartbeat_secs
+                .or(file.heartbeat_secs)
+                .unwrap_or(15)
+                .max(1),
+        ),
+        ..defaults
+    };
+    let grace = Duration::from_secs(
+        args.shutdown_grace_secs
+            .or(file.shutdown_grace_secs)
+            .unwrap_or(10),
+    );
+    let state = AppState::new(runner.clone(), api_config);
+    let app = crate::api::router(state.clone());
+
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    println!("corral listening on http://{addr}");
+    tracing::info!(%addr, "listening");
+
+    // The scheduler, and recovery of runs whose host died (checked every lease period).
+    let stop = CancellationToken::new();
+    let worker = {
+        let (runner, stop) = (runner.clone(), stop.clone());
+        tokio::spawn(async move { runner.work(false, stop).await })
+    };
+    let recovery = {
+        let (runner, stop) = (runner.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = runner.recover().await {
+                    tracing::warn!("recovery failed: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(lease) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let shutdown = state.shutdown.clone();
+    let serving = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: no new requests; running steps get the grace period");
+        shutdown.cancel();
+    });
+    serving.await?;
+    stop.cancel();
+    recovery.abort();
+    // Let running steps finish, up to the grace period; whatever is still running then is
+    // recovered by the next start once its lease expires. No run is lost either way.
+    let deadline = tokio::time::Instant::now() + grace;
+    while runner.live_runs() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.abort();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TenantCommand {
+    /// Create a tenant and print an admin token for it (shown once).
+    Create {
+        /// The tenant's name.
+        name: String,
+        #[command(flatten)]
+        db: super::runs::DbArgs,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        db: super::runs::DbArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum TokenCommand {
+    /// Create a token (the secret is printed once).
+    Create {
+        /// The tenant's name.
+        #[arg(long)]
+        tenant: String,
+        /// admin, operator or viewer.
+        #[arg(long)]
+        role: String,
+        /// A label.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[command(flatten)]
+        db: super::runs::DbArgs,
+    },
+    /// List a tenant's tokens.
+    List {
+        /// The tenant's name.
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        db: super::runs::DbArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        /// The tenant's name.
+        #[arg(long)]
+        tenant: String,
+        /// The token id (`tok_...`).
+        id: String,
+        #[command(flatten)]
+        db: super::runs::DbArgs,
+    },
+}
+
+pub(super) async fn tenant(cli: &Cli, cmd: &TenantCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TenantCommand::Create { name, db } => {
+            let store = cli.store(db).await?;
+            if store.tenant_id(name).await?.is_some() {
+                eprintln!("TENANT_EXISTS: tenant `{name}` already exists");
+                return Ok(ExitCode::from(2));
+            }
+            let id = store.ensure_tenant(name).await?;
+            let (_, secret) = store.create_token(&id, "admin", "tenant admin").await?;
+            println!("{secret}");
+            eprintln!("created tenant `{name}` ({id}); the admin token above is shown once");
+            Ok(ExitCode::SUCCESS)
+        }
+        TenantCommand::List { db } => {
+            let store = cli.store(db).await?;
+            for t in store.tenants().await? {
+                println!("{}  {:<24} fuel {}", t.id, t.name, t.fuel_used);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+pub(super) async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitCode> {
+    let (tenant, db) = match cmd {
+        TokenCommand::Create { tenant, db, .. }
+        | TokenCommand::List { tenant, db }
+        | TokenCommand::Revoke { tenant, db, .. } => (tenant, db),
+    };
+    let store = cli.store(db).await?;
+    let Some(tenant_id) = store.tenant_id(tenant).await? else {
+        eprintln!("TENANT_NOT_FOUND: no tenant `{tenant}`");
+        return Ok(ExitCode::from(2));
+    };
+    match cmd {
+        TokenCommand::Create { role, name, .. } => {
+            let Some(role) = Role::parse(role) else {
+                eprintln!("INVALID_ROLE: use admin, operator or viewer");
+                return Ok(ExitCode::from(2));
+            };
+            let (record, secret) = store.create_token(&tenant_id, role.as_str(), name).await?;
+            println!("{secret}");
+            eprintln!(
+                "created {} token {} for `{tenant}`; the secret above is shown once",
+                record.role, record.id
+            );
+        }
+        TokenCommand::List { .. } => {
+            for t in store.tokens(&tenant_id).await? {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "live"
+                };
+                println!("{}  {:<8} {:<8} {}", t.id, t.role, state, t.name);
+            }
+        }
+        TokenCommand::Revoke { id, .. } => {
+            if !store.revoke_token(&tenant_id, id).await? {
+                eprintln!("TOKEN_NOT_FOUND: no live token `{id}` for `{tenant}`");
+                return Ok(ExitCode::from(2));
+            }
+            eprintln!("revoked {id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,5 @@
+//! The `corral` binary.
+
+fn main() -> std::process::ExitCode {
+    corral::cli::main()
+}
