@@ -1,0 +1,294 @@
+//! Loading, checking and calling components: the happy path and malformed input (MAL, SBX-12).
+
+use crate::util::*;
+use corral::capabilities::log::{GuestEvent, Level, Source};
+use corral::engine::{Call, ErrorCode, Invocation, Output, World};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[tokio::test]
+async fn echo_returns_its_input_and_reports_progress_live() {
+    let engine = engine();
+    let plugin = load(&engine, "echo").await;
+    assert_eq!(plugin.world, World::Agent);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let how = Invocation {
+        limits: limits(),
+        observer: Some(Arc::new(move |e| sink.lock().unwrap().push(e))),
+        ..Invocation::default()
+    };
+    let input = r#"{"text":"hello","n":[1,2,3],"nested":{"ok":true}}"#;
+    let outcome = engine.invoke(&plugin, run_call(input), how).await;
+    assert_eq!(
+        json_output(&outcome),
+        serde_json::from_str::<serde_json::Value>(input).unwrap()
+    );
+    assert!(outcome.fuel_used > 0);
+    let events = seen.lock().unwrap().clone();
+    assert!(
+        events.contains(&GuestEvent::Progress {
+            percent: 100,
+            label: "done".into()
+        }),
+        "{events:?}"
+    );
+    assert!(
+        outcome.logs.iter().any(|l| l.level == Level::Info
+            && l.source == Source::Log
+            && l.message.contains("step test-step attempt 1")),
+        "{:?}",
+        outcome.logs
+    );
+}
+
+#[tokio::test]
+async fn describe_returns_the_agents_info() {
+    let engine = engine();
+    let plugin = load(&engine, "echo").await;
+    let outcome = engine
+        .invoke(&plugin, Call::Describe, Invocation::default())
+        .await;
+    match outcome.result {
+        Ok(Output::AgentInfo(info)) => {
+            assert_eq!(info.name, "echo");
+            assert!(!info.version.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn loading_the_same_bytes_twice_reuses_the_loaded_plugin() {
+    let engine = engine();
+    let bytes = std::fs::read(plugin_path("echo")).unwrap();
+    let a = engine.load(bytes.clone()).await.unwrap();
+    let b = engine.load(bytes).await.unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert!(a.digest.starts_with("sha256:") && a.digest.len() == 7 + 64);
+}
+
+#[tokio::test]
+async fn compiled_code_cache_survives_a_new_engine_and_ignores_tampered_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let config = || corral::engine::EngineConfig {
+        cache_dir: Some(cache.clone()),
+        scratch_root: dir.path().join("scratch"),
+        max_concurrent: 4,
+        ..Default::default()
+    };
+    let bytes = std::fs::read(plugin_path("echo")).unwrap();
+    let first = corral::engine::Engine::new(config()).unwrap();
+    first.load(bytes.clone()).await.unwrap();
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(entries.len(), 1);
+
+    // Flip a byte of the compiled code: the HMAC no longer verifies, so the entry is
+    // ignored and the component is compiled again rather than deserialized.
+    let mut code = std::fs::read(&entries[0]).unwrap();
+    let last = code.len() - 1;
+    code[last] ^= 0xff;
+    std::fs::write(&entries[0], &code).unwrap();
+    let second = corral::engine::Engine::new(config()).unwrap();
+    let plugin = second.load(bytes).await.unwrap();
+    let out = second
+        .invoke(&plugin, run_call("[1]"), Invocation::default())
+        .await;
+    assert_eq!(json_output(&out), serde_json::json!([1]));
+    let rewritten = std::fs::read(&entries[0]).unwrap();
+    assert_ne!(
+        rewritten, code,
+        "the tampered entry was replaced by a fresh compile"
+    );
+}
+
+#[tokio::test]
+async fn res_12_json_nested_deeper_than_128_is_invalid_input() {
+    let engine = engine();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let outcome = run_agent(&engine, "echo", &deep, limits()).await;
+    let f = outcome.result.unwrap_err();
+    assert_eq!(f.code, ErrorCode::InvalidInput);
+    assert!(f.message.contains("deeper than 128"), "{}", f.message);
+    assert_eq!(outcome.fuel_used, 0, "bad input never reaches the guest");
+}
+
+#[tokio::test]
+async fn input_that_is_not_json_is_invalid_input_before_the_guest_runs() {
+    let engine = engine();
+    let outcome = run_agent(&engine, "echo", "{not json", limits()).await;
+    let f = outcome.result.unwrap_err();
+    assert_eq!(f.code, ErrorCode::InvalidInput);
+    assert_eq!(outcome.fuel_used, 0);
+}
+
+#[tokio::test]
+async fn calling_a_tool_export_on_an_agent_is_refused() {
+    let engine = engine();
+    let plugin = load(&engine, "echo").await;
+    let outcome = engine
+        .invoke(&plugin, Call::ListTools, Invocation::default())
+        .await;
+    let f = outcome.result.unwrap_err();
+    assert_eq!(f.code, ErrorCode::InvalidInput);
+    assert!(f.message.contains("agent-plugin"), "{}", f.message);
+}
+
+async fn load_err(bytes: Vec<u8>) -> corral::engine::Failure {
+    engine().load(bytes).await.expect_err("load must fail")
+}
+
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap()
+}
+
+#[tokio::test]
+async fn mal_01_every_truncation_of_a_real_component_is_invalid_component() {
+    let bytes = std::fs::read(plugin_path("echo")).unwrap();
+    let engine = engine();
+    // Every cut offset, spread over the cores; none may panic. A cut either fails with
+    // INVALID_COMPONENT or, when it only drops trailing custom sections (names,
+    // producers), leaves a component that still loads and works.
+    let mut tasks = Vec::new();
+    let workers = 4;
+    for w in 0..workers {
+        let (engine, bytes) = (engine.clone(), bytes.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut cut, mut valid) = (w, Vec::new());
+            while cut < bytes.len() {
+                match engine.load(bytes[..cut].to_vec()).await {
+                    Err(f) => assert_eq!(f.code, ErrorCode::InvalidComponent, "cut at {cut}: {f}"),
+                    Ok(plugin) => {
+                        let out = engine
+                            .invoke(&plugin, run_call("[7]"), Invocation::default())
+                            .await;
+                        assert_eq!(json_output(&out), serde_json::json!([7]), "cut at {cut}");
+                        valid.push(cut);
+                    }
+                }
+                cut += workers;
+            }
+            valid
+        }));
+    }
+    let mut valid = Vec::new();
+    for t in tasks {
+        valid.extend(t.await.unwrap());
+    }
+    // Only cuts near the end (inside the trailing custom sections) can be valid.
+    assert!(valid.len() < 64, "{} truncations loaded", valid.len());
+    assert_echo_still_works(&engine).await;
+}
+
+#[tokio::test]
+async fn mal_01_garbage_bytes_are_invalid_component() {
+    for bytes in [
+        vec![],
+        b"\0asm".to_vec(),
+        vec![0xff; 1000],
+        b"\0asm\x0d\0\x01\0garbage".to_vec(),
+    ] {
+        let f = load_err(bytes).await;
+        assert_eq!(f.code, ErrorCode::InvalidComponent);
+    }
+}
+
+#[tokio::test]
+async fn mal_02_a_core_module_is_rejected_at_load() {
+    let f = load_err(wat("(module (func (export \"run\")))")).await;
+    assert_eq!(f.code, ErrorCode::InvalidComponent);
+    assert!(
+        f.message.contains("core WebAssembly module"),
+        "{}",
+        f.message
+    );
+}
+
+#[tokio::test]
+async fn mal_02_a_component_of_no_known_world_is_rejected_at_load() {
+    let f = load_err(wat("(component)")).await;
+    assert_eq!(f.code, ErrorCode::InvalidComponent);
+    assert!(f.message.contains("exports none of"), "{}", f.message);
+
+    let other = wat(r#"(component (instance $i) (export "acme:thing/api@1.0.0" (instance $i)))"#);
+    let f = load_err(other).await;
+    assert!(f.message.contains("acme:thing/api@1.0.0"), "{}", f.message);
+}
+
+#[tokio::test]
+async fn mal_02_a_component_missing_an_export_of_its_world_is_rejected_at_load() {
+    let empty_agent =
+        wat(r#"(component (instance $i) (export "corral:plugin/agent@0.1.0" (instance $i)))"#);
+    let f = load_err(empty_agent).await;
+    assert_eq!(f.code, ErrorCode::InvalidComponent);
+    assert!(
+        f.message
+            .contains("does not implement the agent-plugin world"),
+        "{}",
+        f.message
+    );
+}
+
+#[tokio::test]
+async fn sbx_12_an_import_the_host_does_not_provide_is_rejected_naming_it() {
+    for name in [
+        "evil:escape/door@1.0.0",
+        "wasi:http/outgoing-handler@0.2.0",
+        "corral:plugin/host@9.0.0",
+    ] {
+        let f = load_err(wat(&format!(r#"(component (import "{name}" (instance)))"#))).await;
+        assert_eq!(f.code, ErrorCode::InvalidComponent);
+        assert!(
+            f.message.contains(&format!("imports `{name}`")),
+            "{}",
+            f.message
+        );
+    }
+}
+
+#[tokio::test]
+async fn mal_03_components_using_disabled_proposals_are_rejected_at_load() {
+    let cases = [
+        ("threads", "(component (core module (memory 1 1 shared)))"),
+        ("memory64", "(component (core module (memory i64 1)))"),
+        ("gc", "(component (core module (type (struct))))"),
+        ("exceptions", "(component (core module (tag)))"),
+    ];
+    for (proposal, text) in cases {
+        let f = load_err(wat(text)).await;
+        assert_eq!(f.code, ErrorCode::InvalidComponent, "{proposal}: {f}");
+    }
+}
+
+#[tokio::test]
+async fn an_invocation_can_be_cancelled_from_outside_promptly() {
+    let engine = engine();
+    let plugin = load(&engine, "spin_loop").await;
+    let how = Invocation {
+        limits: corral::engine::Limits {
+            fuel: None,
+            timeout: Duration::from_secs(120),
+            ..limits()
+        },
+        ..Invocation::default()
+    };
+    let cancel = how.cancel.clone();
+    let started = std::time::Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+    });
+    let outcome = engine.invoke(&plugin, run_call("{}"), how).await;
+    assert_eq!(outcome.result.unwrap_err().code, ErrorCode::Cancelled);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_echo_still_works(&engine).await;
+}

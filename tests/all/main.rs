@@ -1,0 +1,19 @@
+//! Corral's integration tests: one binary, a module per area. They run real components
+//! (built by `cargo xtask build-plugins` into target/plugins/) in real wasmtime sandboxes.
+//! Tests named after ../shared/SECURITY-CASES.md ids prove those cases.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod cli;
+mod durability;
+mod engine;
+mod hostile;
+mod remote;
+mod runs;
+mod server;
+mod util;

@@ -1,0 +1,873 @@
+//! The run lifecycle on real databases: every test in `both!` runs on SQLite and, when
+//! CORRAL_TEST_POSTGRES_URL is set (.ci/run sets it), on Postgres in a fresh schema.
+
+use crate::util::*;
+use corral::runs::pipeline::{self, Pipeline};
+use corral::runs::{RunError, Runner, RunnerConfig};
+use corral::store::{Event, Store};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+pub enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Db {
+    async fn store(&self) -> Store {
+        match self {
+            Db::Sqlite(dir) => Store::open_in_dir(dir.path()).await.unwrap(),
+            Db::Postgres(url) => Store::open(url).await.unwrap(),
+        }
+    }
+}
+
+/// A Postgres URL whose connections use a schema of their own.
+async fn postgres_schema(base: &str) -> String {
+    let schema = format!("corral_test_{:016x}", rand_u64());
+    let admin = sqlx::PgPool::connect(base).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish()
+}
+
+/// Runs `body` on SQLite, and on Postgres when it is configured.
+macro_rules! both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Db::Sqlite(tempfile::tempdir().unwrap())).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                match std::env::var("CORRAL_TEST_POSTGRES_URL") {
+                    Ok(url) if !url.is_empty() => {
+                        super::$name(super::Db::Postgres(super::postgres_schema(&url).await)).await
+                    }
+                    _ => eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run"),
+                }
+            }
+        }
+    };
+}
+
+struct Env {
+    runner: Runner,
+    tenant: String,
+    /// Keeps the SQLite directory alive as long as the runner uses it.
+    _db: Db,
+}
+
+async fn env(db: Db) -> Env {
+    let store = db.store().await;
+    let tenant = store.ensure_tenant("tests").await.unwrap();
+    let runner = Runner::new(
+        engine(),
+        store,
+        RunnerConfig {
+            lease: Duration::from_secs(30),
+            ..RunnerConfig::default()
+        },
+    );
+    Env {
+        runner,
+        tenant,
+        _db: db,
+    }
+}
+
+fn sqlite() -> Db {
+    Db::Sqlite(tempfile::tempdir().unwrap())
+}
+
+fn pipeline(toml: &str) -> Pipeline {
+    pipeline::parse_toml(toml, &root().join("target/plugins")).unwrap()
+}
+
+impl Env {
+    async fn submit(&self, p: &Pipeline, input: &str) -> String {
+        self.runner
+            .submit(&self.tenant, p, None, input)
+            .await
+            .unwrap()
+            .id
+    }
+
+    /// Submits and executes to the end; returns all events.
+    async fn run(&self, p: &Pipeline, input: &str) -> (String, Vec<Event>) {
+        let id = self.submit(p, input).await;
+        self.runner.execute(&id).await.unwrap();
+        let events = self.events(&id).await;
+        (id, events)
+    }
+
+    async fn events(&self, id: &str) -> Vec<Event> {
+        self.runner
+            .store()
+            .events_after(id, 0, 10_000)
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until the run has an event of `kind`.
+    async fn wait_for(&self, id: &str, kind: &str) -> Vec<Event> {
+        for _ in 0..600 {
+            let events = self.events(id).await;
+            if events.iter().any(|e| e.kind == kind) {
+                return events;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "no `{kind}` event in run {id}: {:#?}",
+            self.events(id).await
+        );
+    }
+}
+
+/// Every run's log: seq 1..n with no gap, exactly one final event, and it is last.
+fn assert_well_formed(events: &[Event]) -> &Value {
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(
+            e.seq,
+            i as i64 + 1,
+            "seq gap or duplicate at {i}: {events:#?}"
+        );
+    }
+    let finals: Vec<_> = events.iter().filter(|e| e.is_final()).collect();
+    assert_eq!(finals.len(), 1, "exactly one final event: {events:#?}");
+    let last = events.last().unwrap();
+    assert!(last.is_final(), "the final event is the last one");
+    &last.payload
+}
+
+both!(etl_pipeline_runs_to_success_with_its_events);
+async fn etl_pipeline_runs_to_success_with_its_events(db: Db) {
+    let env = env(db).await;
+    let p = pipeline::load_file(&root().join("examples/etl/pipeline.toml")).unwrap();
+    let csv = std::fs::read_to_string(root().join("examples/etl/data/orders.csv")).unwrap();
+    let (id, events) = env.run(&p, &json!({"csv": csv}).to_string()).await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "succeeded");
+    assert_eq!(last["all_done"], true);
+    assert_eq!(last["error"], false);
+    assert_eq!(events[0].kind, "queued");
+    assert_eq!(events[0].payload["steps"].as_array().unwrap().len(), 3);
+    let completes: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "complete" && !e.is_final())
+        .collect();
+    assert_eq!(completes.len(), 3);
+    for c in &completes {
+        for field in [
+            "step_id",
+            "agent_type",
+            "fuel_used",
+            "tokens_used",
+            "artifact_id",
+            "output_preview",
+        ] {
+            assert!(
+                c.payload.get(field).is_some(),
+                "{field} missing in {}",
+                c.payload
+            );
+        }
+    }
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    assert_eq!(run.status, "succeeded");
+    let step_fuel: i64 = completes
+        .iter()
+        .map(|c| c.payload["fuel_used"].as_i64().unwrap())
+        .sum();
+    assert_eq!(run.fuel_used, step_fuel);
+    assert_eq!(last["fuel_used"], run.fuel_used);
+    let report: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    assert_eq!(report["row_count"], 40);
+    // Cost tracking: the tenant's total includes this run.
+    assert!(env.runner.store().tenant_fuel(&env.tenant).await.unwrap() >= run.fuel_used);
+}
+
+fn flaky(config: &str, extra: &str) -> Pipeline {
+    let backoff = if extra.contains("backoff") {
+        ""
+    } else {
+        "backoff = \"10ms\""
+    };
+    pipeline(&format!(
+        r#"name = "flaky"
+[defaults]
+{backoff}
+max_attempts = 3
+{extra}
+[[steps]]
+name = "only"
+plugin = "flaky.wasm"
+config = {config}
+"#
+    ))
+}
+
+both!(dur_05_transient_failures_retry_with_backoff_then_succeed);
+async fn dur_05_transient_failures_retry_with_backoff_then_succeed(db: Db) {
+    let env = env(db).await;
+    let (id, events) = env
+        .run(&flaky("{ fail_until_attempt = 3 }", ""), "{}")
+        .await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "succeeded");
+    let errors: Vec<_> = events.iter().filter(|e| e.kind == "error").collect();
+    assert_eq!(errors.len(), 2);
+    assert!(errors.iter().all(|e| e.payload["will_retry"] == true));
+    let retrying: Vec<_> = events.iter().filter(|e| e.kind == "retrying").collect();
+    assert_eq!(retrying.len(), 2);
+    // Exponential backoff: the second delay doubles the first.
+    assert_eq!(retrying[0].payload["delay_ms"], 10);
+    assert_eq!(retrying[1].payload["delay_ms"], 20);
+    let attempts = env.runner.store().attempts(&id).await.unwrap();
+    assert_eq!(
+        attempts
+            .iter()
+            .map(|a| a.status.as_str())
+            .collect::<Vec<_>>(),
+        ["failed", "failed", "succeeded"]
+    );
+    let output: Value = serde_json::from_str(
+        &env.runner
+            .store()
+            .run(&id)
+            .await
+            .unwrap()
+            .unwrap()
+            .output
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(output["attempt"], 3, "ctx.attempt counts");
+}
+
+#[tokio::test]
+async fn dur_05_transient_failures_stop_at_max_attempts() {
+    let env = env(sqlite()).await;
+    let (_, events) = env
+        .run(&flaky("{ fail_until_attempt = 10 }", ""), "{}")
+        .await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["error"], true);
+    let errors: Vec<_> = events.iter().filter(|e| e.kind == "error").collect();
+    assert_eq!(errors.len(), 3);
+    assert_eq!(errors[2].payload["will_retry"], false);
+}
+
+#[tokio::test]
+async fn traps_are_retried_and_permanent_errors_are_not() {
+    let env = env(sqlite()).await;
+    let (_, events) = env
+        .run(
+            &flaky(r#"{ fail_until_attempt = 2, kind = "trap" }"#, ""),
+            "{}",
+        )
+        .await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    assert_eq!(events.iter().filter(|e| e.kind == "error").count(), 1);
+
+    for kind in ["permanent", "invalid"] {
+        let (_, events) = env
+            .run(
+                &flaky(
+                    &format!(r#"{{ fail_until_attempt = 5, kind = "{kind}" }}"#),
+                    "",
+                ),
+                "{}",
+            )
+            .await;
+        let last = assert_well_formed(&events);
+        assert_eq!(last["status"], "failed", "{kind}");
+        let errors: Vec<_> = events.iter().filter(|e| e.kind == "error").collect();
+        assert_eq!(errors.len(), 1, "{kind} is not retried");
+        assert_eq!(errors[0].payload["will_retry"], false);
+    }
+}
+
+#[tokio::test]
+async fn res_01_budget_exhaustion_fails_the_step_and_the_run_and_is_not_retried() {
+    let env = env(sqlite()).await;
+    let p = flaky("{ spin = true }", "fuel = 50_000_000");
+    let (id, events) = env.run(&p, "{}").await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["error_code"], "BUDGET_EXHAUSTED");
+    let errors: Vec<_> = events.iter().filter(|e| e.kind == "error").collect();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].payload["error_code"], "BUDGET_EXHAUSTED");
+    let steps = env.runner.store().steps(&id).await.unwrap();
+    assert_eq!(steps[0].status, "failed", "the step never stays running");
+}
+
+#[tokio::test]
+async fn the_run_fuel_budget_spans_all_steps() {
+    let env = env(sqlite()).await;
+    let p = pipeline(
+        r#"name = "budget"
+[budget]
+fuel = 60_000_000
+[[steps]]
+name = "first"
+plugin = "echo.wasm"
+[[steps]]
+name = "second"
+plugin = "flaky.wasm"
+config = { spin = true }
+"#,
+    );
+    let (_, events) = env.run(&p, "{}").await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["error_code"], "BUDGET_EXHAUSTED");
+    assert!(
+        last["fuel_used"].as_i64().unwrap() <= 60_000_000 + 1_000_000,
+        "{last}"
+    );
+}
+
+both!(feedback_loop_sends_failures_back_and_is_bounded);
+async fn feedback_loop_sends_failures_back_and_is_bounded(db: Db) {
+    let env = env(db).await;
+    let p = pipeline(
+        r#"name = "loop"
+[[steps]]
+name = "developer"
+plugin = "flaky.wasm"
+[[steps]]
+name = "tester"
+plugin = "flaky.wasm"
+config = { fail_until_attempt = 99, kind = "permanent" }
+on_failure = { send_back_to = "developer", max_loops = 2 }
+"#,
+    );
+    let (id, events) = env.run(&p, r#"{"task":"x"}"#).await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "failed");
+    let loops: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "retrying" && e.payload["reason"] == "feedback")
+        .collect();
+    assert_eq!(loops.len(), 2, "max_loops bounds the loop");
+    assert_eq!(loops[0].payload["step_id"], "developer");
+    let developer_runs = events
+        .iter()
+        .filter(|e| e.kind == "complete" && e.payload["step_id"] == "developer")
+        .count();
+    assert_eq!(developer_runs, 3);
+    let steps = env.runner.store().steps(&id).await.unwrap();
+    assert_eq!(steps[0].loops, 2);
+    // The developer's re-runs saw the tester's failure as ctx.feedback.
+    let preview = events
+        .iter()
+        .rfind(|e| e.kind == "complete" && e.payload["step_id"] == "developer")
+        .unwrap()
+        .payload["output_preview"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        preview.contains("from_step") && preview.contains("tester"),
+        "{preview}"
+    );
+}
+
+both!(ask_waits_for_an_answer_refuses_a_wrong_one_and_resumes);
+async fn ask_waits_for_an_answer_refuses_a_wrong_one_and_resumes(db: Db) {
+    let env = env(db).await;
+    let p = flaky(r#"{ ask = "Ship it?" }"#, "");
+    let id = env.submit(&p, r#"{"n":1}"#).await;
+    let exec = {
+        let (runner, id) = (env.runner.clone(), id.clone());
+        tokio::spawn(async move { runner.execute(&id).await })
+    };
+    let events = env.wait_for(&id, "input_required").await;
+    let asked = events.iter().find(|e| e.kind == "input_required").unwrap();
+    assert_eq!(asked.payload["question"], "Ship it?");
+    assert_eq!(
+        asked.payload["answer_schema"]["required"],
+        json!(["approved"])
+    );
+    assert_eq!(
+        env.runner.store().run(&id).await.unwrap().unwrap().status,
+        "waiting"
+    );
+
+    let wrong = env
+        .runner
+        .answer(&env.tenant, &id, r#"{"approved":"yes"}"#)
+        .await
+        .unwrap_err();
+    assert!(matches!(wrong, RunError::InvalidAnswer(_)), "{wrong}");
+    assert!(
+        wrong.to_string().contains("/approved"),
+        "the reason names the field: {wrong}"
+    );
+    assert_eq!(
+        env.runner.store().run(&id).await.unwrap().unwrap().status,
+        "waiting"
+    );
+
+    env.runner
+        .answer(&env.tenant, &id, r#"{"approved":true}"#)
+        .await
+        .unwrap();
+    exec.await.unwrap().unwrap();
+    let events = env.events(&id).await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["answer"], json!({"approved": true}));
+}
+
+both!(artifacts_and_run_state_are_real);
+async fn artifacts_and_run_state_are_real(db: Db) {
+    let env = env(db).await;
+    let p = pipeline(
+        r#"name = "stateful"
+[[steps]]
+name = "one"
+plugin = "flaky.wasm"
+config = { count_key = "visits", artifact = true }
+[[steps]]
+name = "two"
+plugin = "flaky.wasm"
+config = { count_key = "visits" }
+"#,
+    );
+    let (id, events) = env.run(&p, r#"{"hello":"world"}"#).await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["count"], 2, "state is shared by the run's steps");
+    let artifacts = env.runner.store().artifacts(&id).await.unwrap();
+    assert_eq!(artifacts.len(), 1);
+    assert_eq!(artifacts[0].name, "input.json");
+    assert_eq!(artifacts[0].media_type, "application/json");
+    assert!(artifacts[0].digest.starts_with("sha256:"));
+    let (_, content) = env
+        .runner
+        .store()
+        .artifact_content(&env.tenant, &artifacts[0].id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<Value>(&content).unwrap(),
+        json!({"hello": "world"})
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "artifact" && e.payload["artifact_id"] == artifacts[0].id.as_str())
+    );
+    let one_done = events
+        .iter()
+        .find(|e| e.kind == "complete" && e.payload["step_id"] == "one")
+        .unwrap();
+    assert_eq!(one_done.payload["artifact_id"], artifacts[0].id.as_str());
+    // Another tenant cannot read it.
+    let other = env
+        .runner
+        .store()
+        .ensure_tenant("someone-else")
+        .await
+        .unwrap();
+    assert!(
+        env.runner
+            .store()
+            .artifact_content(&other, &artifacts[0].id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+both!(dur_06_cancel_in_every_state_ends_the_run_once);
+async fn dur_06_cancel_in_every_state_ends_the_run_once(db: Db) {
+    let env = env(db).await;
+    let cancelled = |events: &[Event]| {
+        let last = assert_well_formed(events);
+        assert_eq!(last["status"], "cancelled", "{events:#?}");
+        assert!(events.iter().any(|e| e.kind == "cancelled"));
+    };
+
+    // Queued: nobody has claimed it.
+    let id = env.submit(&flaky("{}", ""), "{}").await;
+    env.runner.cancel(&env.tenant, &id).await.unwrap();
+    cancelled(&env.events(&id).await);
+    env.runner.execute(&id).await.unwrap();
+    cancelled(&env.events(&id).await);
+
+    // Running (burning CPU), waiting (for an answer), retrying (in a long backoff).
+    for (config, extra, wait_for) in [
+        ("{ spin = true }", "", "running"),
+        (r#"{ ask = "ok?" }"#, "", "input_required"),
+        ("{ fail_until_attempt = 9 }", "backoff = \"1h\"", "retrying"),
+    ] {
+        let id = env.submit(&flaky(config, extra), "{}").await;
+        let exec = {
+            let (runner, id) = (env.runner.clone(), id.clone());
+            tokio::spawn(async move { runner.execute(&id).await })
+        };
+        env.wait_for(&id, wait_for).await;
+        let started = std::time::Instant::now();
+        env.runner.cancel(&env.tenant, &id).await.unwrap();
+        exec.await.unwrap().unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{config}: {:?}",
+            started.elapsed()
+        );
+        cancelled(&env.events(&id).await);
+        let steps = env.runner.store().steps(&id).await.unwrap();
+        assert!(
+            matches!(steps[0].status.as_str(), "cancelled" | "failed" | "skipped"),
+            "{steps:?}"
+        );
+    }
+
+    // Finished: refused, and nothing changes.
+    let (id, before) = env.run(&flaky("{}", ""), "{}").await;
+    let err = env.runner.cancel(&env.tenant, &id).await.unwrap_err();
+    assert!(matches!(err, RunError::AlreadyFinished(..)), "{err}");
+    assert_eq!(env.events(&id).await, before);
+}
+
+#[tokio::test]
+async fn res_13_cancel_while_the_guest_is_inside_a_host_call() {
+    let env = env(sqlite()).await;
+    let p = pipeline("name = \"sleepy\"\n[[steps]]\nname = \"sleep\"\nplugin = \"sleeper.wasm\"\n");
+    let id = env.submit(&p, r#"{"secs": 3600}"#).await;
+    let exec = {
+        let (runner, id) = (env.runner.clone(), id.clone());
+        tokio::spawn(async move { runner.execute(&id).await })
+    };
+    env.wait_for(&id, "running").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    env.runner.cancel(&env.tenant, &id).await.unwrap();
+    exec.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        assert_well_formed(&env.events(&id).await)["status"],
+        "cancelled"
+    );
+}
+
+both!(dur_07_subscribers_see_committed_events_in_order_from_any_point);
+async fn dur_07_subscribers_see_committed_events_in_order_from_any_point(db: Db) {
+    let env = env(db).await;
+    let p = flaky("{ fail_until_attempt = 2 }", "");
+    let id = env.submit(&p, "{}").await;
+    // Two live subscribers before the run starts, one from the start and one from seq 1.
+    let mut a = env.runner.subscribe(&env.tenant, &id, 0).await.unwrap();
+    let mut b = env.runner.subscribe(&env.tenant, &id, 1).await.unwrap();
+    env.runner.execute(&id).await.unwrap();
+    let mut seen_a = Vec::new();
+    while let Some(e) = a.recv().await {
+        seen_a.push(e);
+    }
+    let mut seen_b = Vec::new();
+    while let Some(e) = b.recv().await {
+        seen_b.push(e);
+    }
+    let stored = env.events(&id).await;
+    assert_well_formed(&stored);
+    assert_eq!(seen_a, stored, "live delivery equals the committed log");
+    assert_eq!(seen_b, stored[1..].to_vec());
+    // A late subscriber replays and the stream ends after the final event.
+    let mut late = env.runner.subscribe(&env.tenant, &id, 3).await.unwrap();
+    let mut seen_late = Vec::new();
+    while let Some(e) = late.recv().await {
+        seen_late.push(e);
+    }
+    assert_eq!(seen_late, stored[3..].to_vec());
+    // Another tenant's subscription is refused as not found.
+    let other = env.runner.store().ensure_tenant("intruder").await.unwrap();
+    assert!(matches!(
+        env.runner.subscribe(&other, &id, 0).await,
+        Err(RunError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_pipeline_with_a_bad_plugin_is_refused_before_anything_runs() {
+    let env = env(sqlite()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.wasm"), b"not wasm").unwrap();
+    let p = pipeline::parse_toml(
+        "name = \"bad\"\n[[steps]]\nname = \"x\"\nplugin = \"bad.wasm\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let err = env
+        .runner
+        .submit(&env.tenant, &p, None, "{}")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunError::InvalidPipeline(_)), "{err}");
+    assert!(err.to_string().contains("INVALID_COMPONENT"), "{err}");
+    let runs = env
+        .runner
+        .store()
+        .list_runs(&env.tenant, None, 10, None)
+        .await
+        .unwrap();
+    assert!(runs.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engineering_loop_tester_fails_the_first_draft_and_passes_after_feedback() {
+    let env = env(sqlite()).await;
+    let p = pipeline::load_file(&root().join("examples/engineering-loop/pipeline.toml")).unwrap();
+    let input =
+        std::fs::read_to_string(root().join("examples/engineering-loop/input.json")).unwrap();
+    let (id, events) = env.run(&p, &input).await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "succeeded", "{events:#?}");
+    let tester_errors: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "error" && e.payload["step_id"] == "tester")
+        .collect();
+    assert_eq!(tester_errors.len(), 1, "the first draft fails the tests");
+    assert!(
+        tester_errors[0].payload["detail"]["failures"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+    );
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.kind == "retrying" && e.payload["reason"] == "feedback")
+            .count(),
+        1
+    );
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["failed"], 0);
+    assert_eq!(
+        output["revision"], 2,
+        "the developer used the feedback once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scheduler_is_fifo_per_tenant_and_fair_across_tenants() {
+    let db = sqlite();
+    let store = db.store().await;
+    let a = store.ensure_tenant("a").await.unwrap();
+    let b = store.ensure_tenant("b").await.unwrap();
+    let runner = Runner::new(
+        engine(),
+        store,
+        RunnerConfig {
+            max_concurrent_runs: 1,
+            ..RunnerConfig::default()
+        },
+    );
+    let p = flaky("{}", "");
+    let mut a_runs = Vec::new();
+    for _ in 0..4 {
+        a_runs.push(runner.submit(&a, &p, None, "{}").await.unwrap().id);
+    }
+    let b_run = runner.submit(&b, &p, None, "{}").await.unwrap().id;
+    runner
+        .work(true, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
+    let mut started = Vec::new();
+    for id in a_runs.iter().chain([&b_run]) {
+        let run = runner.store().run(id).await.unwrap().unwrap();
+        assert_eq!(run.status, "succeeded");
+        started.push((run.claim_seq.unwrap(), id.clone()));
+    }
+    started.sort();
+    let order: Vec<&str> = started.iter().map(|(_, id)| id.as_str()).collect();
+    // A's first run, then B's (B had nothing running), then A's in submission order.
+    assert_eq!(order[0], a_runs[0]);
+    assert_eq!(order[1], b_run);
+    assert_eq!(
+        &order[2..],
+        &[a_runs[1].as_str(), a_runs[2].as_str(), a_runs[3].as_str()]
+    );
+}
+
+/// A directory with flaky.wasm (granted `grants` by its manifest, if any) and a pipeline
+/// whose [tools] table names text_tools.wasm as `text`.
+fn tool_setup(
+    grants: Option<&str>,
+    step_tools: &str,
+    call: Value,
+) -> (tempfile::TempDir, Pipeline) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin_path("flaky"), dir.path().join("agent.wasm")).unwrap();
+    if let Some(grants) = grants {
+        std::fs::write(
+            dir.path().join("agent.corral.toml"),
+            format!("[grants]\ntools = {grants}\n"),
+        )
+        .unwrap();
+    }
+    let text = format!(
+        "name = \"tools\"\n[tools]\ntext = \"{}\"\n[[steps]]\nname = \"agent\"\nplugin = \"agent.wasm\"\ntools = {step_tools}\nconfig = {{ call_tool = {} }}\n",
+        plugin_path("text_tools").display(),
+        toml_inline(&call)
+    );
+    let p = pipeline::parse_toml(&text, dir.path()).unwrap();
+    (dir, p)
+}
+
+fn toml_inline(v: &Value) -> String {
+    match v {
+        Value::Object(m) => format!(
+            "{{ {} }}",
+            m.iter()
+                .map(|(k, v)| format!("{k} = {}", toml_inline(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Value::Array(a) => format!(
+            "[{}]",
+            a.iter().map(toml_inline).collect::<Vec<_>>().join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_tool_is_called_in_its_own_sandbox_and_its_fuel_counts_for_the_run() {
+    let env = env(sqlite()).await;
+    let call = json!({"name": "word_count", "arguments": {"text": "one two three"}});
+    let (_dir, p) = tool_setup(Some("[\"text\"]"), "[\"text\"]", call);
+    let (id, events) = env.run(&p, "{}").await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    assert_eq!(output["tool_result"]["words"], 3, "{output}");
+    let calls: Vec<_> = events.iter().filter(|e| e.kind == "tool_call").collect();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].payload["phase"], "started");
+    assert_eq!(calls[0].payload["tool"], "text/word_count");
+    assert_eq!(calls[1].payload["phase"], "completed");
+    assert_eq!(calls[1].payload["status"], "ok");
+    let tool_fuel = calls[1].payload["fuel_used"].as_i64().unwrap();
+    assert!(tool_fuel > 0);
+    let step_fuel = events
+        .iter()
+        .find(|e| e.kind == "complete" && !e.is_final())
+        .unwrap()
+        .payload["fuel_used"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        run.fuel_used,
+        step_fuel + tool_fuel,
+        "the tool's fuel is charged to the run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schema_invalid_tool_arguments_never_reach_the_tool() {
+    let env = env(sqlite()).await;
+    let call = json!({"name": "word_count", "arguments": {"txt": 1}});
+    let (_dir, p) = tool_setup(Some("[\"text\"]"), "[\"text\"]", call);
+    let (id, events) = env.run(&p, "{}").await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    let err = output["tool_error"].as_str().unwrap();
+    assert!(
+        err.contains("invalid input") && err.contains("arguments for `text/word_count`"),
+        "{err}"
+    );
+    assert!(
+        !events.iter().any(|e| e.kind == "tool_call"),
+        "the tool never ran"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ungranted_tool_is_refused_at_load_naming_the_missing_grant() {
+    let env = env(sqlite()).await;
+    let call = json!({"name": "word_count", "arguments": {"text": "x"}});
+    let (_dir, p) = tool_setup(None, "[\"text\"]", call);
+    let err = env
+        .runner
+        .submit(&env.tenant, &p, None, "{}")
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("steps[0].tools[0]") && msg.contains("missing grant `tools = [\"text\"]`"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_can_only_narrow_its_plugins_grants() {
+    let env = env(sqlite()).await;
+    // The manifest grants `text`, but this step lists no tools: the call is refused.
+    let call = json!({"name": "word_count", "arguments": {"text": "x"}});
+    let (_dir, p) = tool_setup(Some("[\"text\"]"), "[]", call);
+    let (id, events) = env.run(&p, "{}").await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    let err = output["tool_error"].as_str().unwrap();
+    assert!(
+        err.contains("not granted: tool `word_count` (this step may call: no tools)"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_research_example_calls_its_granted_tools() {
+    let env = env(sqlite()).await;
+    let p = pipeline::load_file(&root().join("examples/research/pipeline.toml")).unwrap();
+    let input = std::fs::read_to_string(root().join("examples/research/input.json")).unwrap();
+    let (id, events) = env.run(&p, &input).await;
+    assert_eq!(
+        assert_well_formed(&events)["status"],
+        "succeeded",
+        "{events:#?}"
+    );
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let brief: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    assert!(brief["words"].as_u64().unwrap() > 40, "{brief}");
+    assert!(
+        brief["keywords"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "sandboxes" || k == "plugin" || k == "budget"),
+        "{brief}"
+    );
+    assert_eq!(events.iter().filter(|e| e.kind == "tool_call").count(), 4);
+}

@@ -1,0 +1,1113 @@
+//! `corral serve` over real HTTP on loopback, read with a real SSE client.
+
+use crate::util::*;
+use eventsource_stream::Eventsource;
+use futures::StreamExt;
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+struct Api {
+    http: Client,
+    url: String,
+}
+
+impl Api {
+    fn new(server: &Server) -> Api {
+        Api {
+            http: Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+            url: server.url.clone(),
+        }
+    }
+
+    fn req(&self, method: Method, path: &str, token: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(method, format!("{}{path}", self.url));
+        if token.is_empty() {
+            r
+        } else {
+            r.bearer_auth(token)
+        }
+    }
+
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self.req(method, path, token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn upload(&self, token: &str, plugin: &str) -> Value {
+        let bytes = std::fs::read(plugin_path(plugin)).unwrap();
+        let resp = self
+            .req(Method::POST, "/v1/plugins", token)
+            .header("content-type", "application/wasm")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        resp.json().await.unwrap()
+    }
+
+    /// Starts a run of `steps` (name, plugin name@version, config) and returns its id.
+    async fn run(&self, token: &str, steps: Value, input: Value) -> String {
+        let (status, body) = self
+            .json(Method::POST, "/v1/runs", token, Some(json!({"pipeline": {"name": "t", "defaults": {"backoff": "10ms"}, "steps": steps}, "input": input})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["status"], "queued");
+        body["run_id"].as_str().unwrap().to_string()
+    }
+
+    /// Reads a run's SSE stream to its end (or `max` events), with an optional Last-Event-ID.
+    async fn stream(
+        &self,
+        token: &str,
+        run: &str,
+        last: Option<i64>,
+        max: usize,
+    ) -> Vec<(Option<String>, Value)> {
+        let mut r = self.req(Method::GET, &format!("/v1/runs/{run}/events"), token);
+        if let Some(last) = last {
+            r = r.header("Last-Event-ID", last.to_string());
+        }
+        let resp = r.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        assert_eq!(resp.headers()["cache-control"], "no-cache");
+        assert_eq!(resp.headers()["x-accel-buffering"], "no");
+        let mut events = resp.bytes_stream().eventsource();
+        let mut out = Vec::new();
+        while let Some(e) = tokio::time::timeout(Duration::from_secs(60), events.next())
+            .await
+            .unwrap()
+        {
+            let e = e.unwrap();
+            let id = (!e.id.is_empty()).then(|| e.id.clone());
+            out.push((id, serde_json::from_str(&e.data).unwrap()));
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+}
+
+fn seqs(events: &[(Option<String>, Value)]) -> Vec<i64> {
+    events
+        .iter()
+        .filter(|(_, e)| e["type"] != "heartbeat")
+        .map(|(id, e)| {
+            assert_eq!(
+                id.as_deref(),
+                Some(e["seq"].to_string().as_str()),
+                "id is the seq"
+            );
+            e["seq"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+fn agent(name: &str, plugin: &str, config: Value) -> Value {
+    json!({"name": name, "plugin": plugin, "config": config})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_run_flow_over_the_api() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let echo = api.upload(&admin, "echo").await;
+    assert_eq!(echo["name"], "echo");
+    assert_eq!(echo["world"], "agent-plugin");
+    assert!(echo["digest"].as_str().unwrap().starts_with("sha256:"));
+    let flaky = api.upload(&admin, "flaky").await;
+
+    // A stored pipeline naming plugins by name@version and by id.
+    let (status, p) = api
+        .json(
+            Method::POST,
+            "/v1/pipelines",
+            &admin,
+            Some(json!({"name": "two", "steps": [
+                agent("first", "echo@0.1.0", json!({})),
+                agent("second", flaky["id"].as_str().unwrap(), json!({"artifact": true})),
+            ]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{p}");
+    let (status, body) = api
+        .json(
+            Method::POST,
+            "/v1/runs",
+            &admin,
+            Some(json!({"pipeline": p["id"], "input": {"hello": "api"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let run = body["run_id"].as_str().unwrap().to_string();
+
+    let events = api.stream(&admin, &run, None, 10_000).await;
+    let seqs = seqs(&events);
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    let last = &events.last().unwrap().1;
+    assert_eq!(last["payload"]["all_done"], true);
+    assert_eq!(last["payload"]["status"], "succeeded");
+
+    let (status, detail) = api
+        .json(Method::GET, &format!("/v1/runs/{run}"), &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["run"]["status"], "succeeded");
+    assert_eq!(detail["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(detail["output"]["input"], json!({"hello": "api"}));
+    let (_, arts) = api
+        .json(
+            Method::GET,
+            &format!("/v1/runs/{run}/artifacts"),
+            &admin,
+            None,
+        )
+        .await;
+    let art = arts["artifacts"][0]["id"].as_str().unwrap().to_string();
+    let resp = api
+        .req(Method::GET, &format!("/v1/artifacts/{art}"), &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(resp.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"hello": "api"}));
+    let (_, list) = api
+        .json(
+            Method::GET,
+            "/v1/runs?status=succeeded&limit=10",
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(list["runs"][0]["id"], run.as_str());
+
+    // A plugin in use by a finished run can be deleted; the pipeline too.
+    let (status, _) = api
+        .json(
+            Method::DELETE,
+            &format!("/v1/pipelines/{}", p["id"].as_str().unwrap()),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_01_replay_from_last_event_id_also_across_a_server_restart() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "flaky").await;
+    let run = api
+        .run(
+            &admin,
+            json!([
+                agent("a", "flaky@0.1.0", json!({"fail_until_attempt": 2})),
+                agent("b", "flaky@0.1.0", json!({}))
+            ]),
+            json!({}),
+        )
+        .await;
+    let all = api.stream(&admin, &run, None, 10_000).await;
+    // Count events by seq: a heartbeat may arrive among them on a slow machine.
+    let n = *seqs(&all).last().unwrap();
+    assert!(n > 6);
+    // Drop after event 3, reconnect with Last-Event-ID 3: exactly 4..=n, in order.
+    let rest = api.stream(&admin, &run, Some(3), 10_000).await;
+    assert_eq!(seqs(&rest), (4..=n).collect::<Vec<_>>());
+    // The query-parameter form works too.
+    let resp = api
+        .req(
+            Method::GET,
+            &format!("/v1/runs/{run}/events?last_event_id={}", n - 1),
+            &admin,
+        )
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(
+        text.contains(&format!("id: {n}")) && !text.contains(&format!("id: {}\n", n - 1)),
+        "{text}"
+    );
+
+    // Restart the server on the same database: the log is still there, from any point.
+    let data = server.stop();
+    let server = Server::start_in(data, &[]);
+    let api = Api::new(&server);
+    let rest = api.stream(&admin, &run, Some(5), 10_000).await;
+    assert_eq!(seqs(&rest), (6..=n).collect::<Vec<_>>());
+    assert_eq!(rest.last().unwrap().1, all.last().unwrap().1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_02_bad_or_foreign_last_event_ids_are_refused() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "echo").await;
+    let run = api
+        .run(
+            &admin,
+            json!([agent("a", "echo@0.1.0", json!({}))]),
+            json!({}),
+        )
+        .await;
+    api.stream(&admin, &run, None, 10_000).await;
+    for bad in ["garbage", "-1", "99999", "1; drop table"] {
+        let resp = api
+            .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+            .header("Last-Event-ID", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "INVALID_LAST_EVENT_ID");
+    }
+    let (status, body) = api
+        .json(Method::GET, "/v1/runs/run_0000/events", &admin, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "RUN_NOT_FOUND");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_03_heartbeats_flow_and_answers_resume_a_waiting_run() {
+    let server = Server::start(&[("CORRAL_HEARTBEAT_SECS", "1")]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "flaky").await;
+    let run = api
+        .run(
+            &admin,
+            json!([agent("gate", "flaky@0.1.0", json!({"ask": "Ship?"}))]),
+            json!({}),
+        )
+        .await;
+    let resp = api
+        .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream().eventsource();
+    let (mut asked, mut heartbeats) = (false, 0);
+    while heartbeats < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(&e.data).unwrap();
+        if v["type"] == "input_required" {
+            asked = true;
+        }
+        if v["type"] == "heartbeat" {
+            heartbeats += 1;
+        }
+    }
+    assert!(asked);
+    // A wrong answer is refused with the reason; a right one resumes the run.
+    let resp = api
+        .req(Method::POST, &format!("/v1/runs/{run}/input"), &admin)
+        .json(&json!({"approved": "maybe"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "INVALID_ANSWER");
+    let resp = api
+        .req(Method::POST, &format!("/v1/runs/{run}/input"), &admin)
+        .json(&json!({"approved": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let mut last = Value::Null;
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .unwrap()
+    {
+        last = serde_json::from_str(&e.unwrap().data).unwrap();
+    }
+    assert_eq!(
+        last["payload"]["status"], "succeeded",
+        "the stream closes after the final event"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_04_streams_close_after_the_final_event_on_failure_and_cancel() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "flaky").await;
+    let failing = api
+        .run(
+            &admin,
+            json!([agent(
+                "x",
+                "flaky@0.1.0",
+                json!({"fail_until_attempt": 9, "kind": "permanent"})
+            )]),
+            json!({}),
+        )
+        .await;
+    let events = api.stream(&admin, &failing, None, 10_000).await;
+    assert_eq!(events.last().unwrap().1["payload"]["status"], "failed");
+
+    let spinning = api
+        .run(
+            &admin,
+            json!([agent("x", "flaky@0.1.0", json!({"sleep_ms": 60000}))]),
+            json!({}),
+        )
+        .await;
+    let (api2, admin2, id) = (Api::new(&server), admin.clone(), spinning.clone());
+    let reader = tokio::spawn(async move { api2.stream(&admin2, &id, None, 10_000).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = api
+        .json(
+            Method::POST,
+            &format!("/v1/runs/{spinning}/cancel"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let events = reader.await.unwrap();
+    assert_eq!(events.last().unwrap().1["payload"]["status"], "cancelled");
+    // Cancelling a finished run: 409, nothing changes.
+    let (status, body) = api
+        .json(
+            Method::POST,
+            &format!("/v1/runs/{spinning}/cancel"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"]["code"], "ALREADY_FINISHED");
+    // Reconnecting to a finished run replays and closes again.
+    let again = api.stream(&admin, &spinning, None, 10_000).await;
+    assert_eq!(again.len(), events.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_codes_401_403_404_413_422_and_429() {
+    let server = Server::start(&[("CORRAL_MAX_STREAMS_PER_TENANT", "2")]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    // 401: no token, a bad token.
+    let (status, body) = api.json(Method::GET, "/v1/runs", "", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    // 404: unknown ids, with the stable code.
+    let (status, body) = api
+        .json(Method::GET, "/v1/runs/run_ffff", &admin, None)
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("RUN_NOT_FOUND"))
+    );
+    // 422: bytes that are not a component.
+    let resp = api
+        .req(Method::POST, "/v1/plugins", &admin)
+        .header("content-type", "application/wasm")
+        .body(b"\0asmgarbage".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "INVALID_COMPONENT"
+    );
+    // 413: a JSON body over the cap; an upload declared over its cap is refused before
+    // its bytes are read (we never send them).
+    let big = json!({"pipeline": "x", "input": "a".repeat(2 << 20)});
+    let (status, body) = api.json(Method::POST, "/v1/runs", &admin, Some(big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let raw = raw_request(&server.url, &format!(
+        "POST /v1/plugins HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/wasm\r\nContent-Length: 2000000000\r\n\r\n"
+    )).await;
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    // MAL-07: unknown fields are refused naming the field.
+    let (status, body) = api
+        .json(
+            Method::POST,
+            "/v1/runs",
+            &admin,
+            Some(json!({"pipeline": "x", "input": {}, "priority": 9})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("priority"),
+        "{body}"
+    );
+    // SSE-06: the per-tenant stream cap.
+    api.upload(&admin, "flaky").await;
+    let run = api
+        .run(
+            &admin,
+            json!([agent("gate", "flaky@0.1.0", json!({"ask": "?"}))]),
+            json!({}),
+        )
+        .await;
+    let open1 = api
+        .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+        .send()
+        .await
+        .unwrap();
+    let open2 = api
+        .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+        .send()
+        .await
+        .unwrap();
+    let third = api
+        .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(third.headers().contains_key("retry-after"));
+    drop((open1, open2));
+    // API-04: repeated bad tokens from one address end in 429.
+    let mut last = StatusCode::OK;
+    for _ in 0..30 {
+        last = api.json(Method::GET, "/v1/runs", "crl_wrong", None).await.0;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Sends raw bytes and returns what the server answers first.
+async fn raw_request(url: &str, head: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(30), sock.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_07_a_viewer_token_is_refused_on_every_mutating_route() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let viewer = server.token("default", "viewer");
+    for route in corral::api::ROUTES {
+        let Some(role) = route.role else { continue };
+        if role == corral::api::Role::Viewer {
+            continue;
+        }
+        let path = route.path.replace("{id}", "x_0000");
+        let (status, body) = api
+            .json(
+                corral::api::method_of(route).as_str().parse().unwrap(),
+                &path,
+                &viewer,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(
+            status,
+            StatusCode::FORBIDDEN,
+            "{} {path}: {body}",
+            route.method
+        );
+        assert_eq!(body["error"]["code"], "FORBIDDEN");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_01_tenant_b_gets_404_on_every_route_with_tenant_a_ids() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let a = server.admin_token.clone();
+    let b = server.token("tenant-b", "admin");
+    // Tenant A's objects: a plugin, a pipeline, a finished run with an artifact, a token.
+    let plugin = api.upload(&a, "flaky").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, p) = api.json(Method::POST, "/v1/pipelines", &a, Some(json!({"name": "p", "steps": [agent("s", "flaky@0.1.0", json!({"artifact": true}))]}))).await;
+    let pipeline = p["id"].as_str().unwrap().to_string();
+    let run = api
+        .run(
+            &a,
+            json!([agent("s", "flaky@0.1.0", json!({"artifact": true}))]),
+            json!({}),
+        )
+        .await;
+    api.stream(&a, &run, None, 10_000).await;
+    let (_, arts) = api
+        .json(Method::GET, &format!("/v1/runs/{run}/artifacts"), &a, None)
+        .await;
+    let artifact = arts["artifacts"][0]["id"].as_str().unwrap().to_string();
+    let (_, tok) = api
+        .json(
+            Method::POST,
+            "/v1/tokens",
+            &a,
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    let token = tok["id"].as_str().unwrap().to_string();
+
+    // Every route taking an id, from the route table (the same one /openapi.json lists).
+    let (_, doc) = api.json(Method::GET, "/openapi.json", "", None).await;
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        if !path.contains("{id}") {
+            continue;
+        }
+        let id = match path.split('/').nth(2).unwrap() {
+            "plugins" => &plugin,
+            "pipelines" => &pipeline,
+            "runs" => &run,
+            "artifacts" => &artifact,
+            "tokens" => &token,
+            other => panic!("a new resource `{other}`: add it to this matrix"),
+        };
+        for method in ops.as_object().unwrap().keys() {
+            let m: Method = method.to_uppercase().parse().unwrap();
+            let theirs = api
+                .json(
+                    m.clone(),
+                    &path.replace("{id}", id),
+                    &b,
+                    Some(json!({"approved": true})),
+                )
+                .await;
+            let missing = api
+                .json(
+                    m.clone(),
+                    &path.replace("{id}", "x_0000ffff"),
+                    &b,
+                    Some(json!({"approved": true})),
+                )
+                .await;
+            assert_eq!(
+                theirs.0,
+                StatusCode::NOT_FOUND,
+                "{method} {path}: {}",
+                theirs.1
+            );
+            assert_eq!(theirs.0, missing.0, "{method} {path}");
+            assert_eq!(
+                theirs.1["error"]["code"], missing.1["error"]["code"],
+                "{method} {path}"
+            );
+            let keys = |v: &Value| {
+                v["error"]
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            };
+            assert_eq!(keys(&theirs.1), keys(&missing.1), "same body shape");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} routes checked");
+    // Nothing of A's was touched.
+    assert_eq!(
+        api.json(Method::GET, &format!("/v1/plugins/{plugin}"), &a, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.json(Method::GET, &format!("/v1/pipelines/{pipeline}"), &a, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.json(Method::GET, &format!("/v1/runs/{run}"), &a, None)
+            .await
+            .1["run"]["status"],
+        "succeeded"
+    );
+    // B's listings do not show A's objects.
+    let (_, runs) = api.json(Method::GET, "/v1/runs", &b, None).await;
+    assert_eq!(runs["runs"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_07_revoking_a_token_closes_its_open_stream() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "flaky").await;
+    let run = api
+        .run(
+            &admin,
+            json!([agent("gate", "flaky@0.1.0", json!({"ask": "?"}))]),
+            json!({}),
+        )
+        .await;
+    let (_, tok) = api
+        .json(
+            Method::POST,
+            "/v1/tokens",
+            &admin,
+            Some(json!({"role": "viewer", "name": "watcher"})),
+        )
+        .await;
+    let (viewer, viewer_id) = (
+        tok["token"].as_str().unwrap().to_string(),
+        tok["id"].as_str().unwrap().to_string(),
+    );
+    let resp = api
+        .req(Method::GET, &format!("/v1/runs/{run}/events"), &viewer)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream().eventsource();
+    stream.next().await.unwrap().unwrap();
+    let (status, _) = api
+        .json(
+            Method::DELETE,
+            &format!("/v1/tokens/{viewer_id}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let started = std::time::Instant::now();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .unwrap()
+        {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // And the token no longer works anywhere.
+    assert_eq!(
+        api.json(Method::GET, "/v1/runs", &viewer, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_05_a_slow_subscriber_does_not_slow_the_run() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "stdout_flood").await;
+    // ~1000 log events, far more than a client's buffer.
+    let run = api
+        .run(
+            &admin,
+            json!([agent("flood", "stdout-flood@0.1.0", json!({}))]),
+            json!({"bytes": 10000, "line": 10, "stderr": false}),
+        )
+        .await;
+    // A subscriber that connects and then reads nothing.
+    let stalled = api
+        .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+        .send()
+        .await
+        .unwrap();
+    // The run still finishes.
+    let mut status = Value::Null;
+    for _ in 0..600 {
+        let (_, d) = api
+            .json(Method::GET, &format!("/v1/runs/{run}"), &admin, None)
+            .await;
+        status = d["run"]["status"].clone();
+        if status == "succeeded" || status == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, "succeeded");
+    // Now the slow client reads: it catches up from the log, every event once, in order.
+    let mut events = stalled.bytes_stream().eventsource();
+    let mut got = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(60), events.next())
+        .await
+        .unwrap()
+    {
+        let v: Value = serde_json::from_str(&e.unwrap().data).unwrap();
+        got.push(v["seq"].as_i64().unwrap());
+    }
+    assert!(got.len() > 500, "{}", got.len());
+    assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_lists_every_route_and_health_and_metrics_need_no_token() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let (status, doc) = api.json(Method::GET, "/openapi.json", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+    for route in corral::api::ROUTES {
+        let op = &doc["paths"][route.path][route.method.to_lowercase()];
+        assert!(op.is_object(), "{} {} missing", route.method, route.path);
+        assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()));
+        assert!(op["operationId"].is_string());
+        for p in op["parameters"].as_array().into_iter().flatten() {
+            assert!(
+                route
+                    .path
+                    .contains(&format!("{{{}}}", p["name"].as_str().unwrap()))
+            );
+        }
+    }
+    // A real OpenAPI validator (installed into the project's .venv by `cargo xtask test`).
+    let validator = root().join(".venv/bin/openapi-spec-validator");
+    assert!(
+        validator.exists(),
+        "{} is missing: run `cargo xtask test`",
+        validator.display()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    let out = std::process::Command::new(&validator)
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi.json is not valid OpenAPI: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ops: usize = doc["paths"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_object().unwrap().len())
+        .sum();
+    assert_eq!(ops, corral::api::ROUTES.len(), "and nothing else");
+    assert_eq!(
+        api.json(Method::GET, "/healthz", "", None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.json(Method::GET, "/readyz", "", None).await.0,
+        StatusCode::OK
+    );
+    let metrics = api
+        .req(Method::GET, "/metrics", "")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "corral_queue_depth",
+        "corral_open_streams",
+        "corral_step_duration_seconds_bucket",
+        "corral_plugin_load_seconds_count",
+        "corral_fuel_used_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dur_01_sse_01_kill_9_of_the_server_mid_run_then_resume_the_stream_after_restart() {
+    let env = [("CORRAL_LEASE_MS", "1000")];
+    let server = Server::start(&env);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "flaky").await;
+    let run = api
+        .run(
+            &admin,
+            json!([
+                agent("slow", "flaky@0.1.0", json!({"sleep_ms": 3000})),
+                agent("after", "flaky@0.1.0", json!({}))
+            ]),
+            json!({}),
+        )
+        .await;
+    // Read until the slow step has started, remembering the last id seen.
+    let resp = api
+        .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream().eventsource();
+    let mut seen = Vec::new();
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(&e.data).unwrap();
+        seen.push(v["seq"].as_i64().unwrap());
+        if v["type"] == "running" && v["payload"]["step_id"] == "slow" {
+            break;
+        }
+    }
+    drop(stream);
+    let data = server.kill();
+    let server = Server::start_in(data, &env);
+    let api = Api::new(&server);
+    // The client reconnects with its Last-Event-ID: everything after it, exactly once.
+    let last = *seen.last().unwrap();
+    let rest = api.stream(&admin, &run, Some(last), 10_000).await;
+    let rest_seqs = seqs(&rest);
+    assert_eq!(
+        rest_seqs,
+        (last + 1..=last + rest_seqs.len() as i64).collect::<Vec<_>>()
+    );
+    let final_event = &rest.last().unwrap().1;
+    assert_eq!(final_event["payload"]["status"], "succeeded", "{rest:#?}");
+    assert!(
+        rest.iter()
+            .any(|(_, e)| e["payload"]["error_code"] == "HOST_CRASH")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_a_finished_run_at_its_final_event_closes_at_once() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "echo").await;
+    let run = api
+        .run(
+            &admin,
+            json!([agent("a", "echo@0.1.0", json!({}))]),
+            json!({}),
+        )
+        .await;
+    let all = api.stream(&admin, &run, None, 10_000).await;
+    let last = all.last().unwrap().1["seq"].as_i64().unwrap();
+    let (_, detail) = api
+        .json(Method::GET, &format!("/v1/runs/{run}"), &admin, None)
+        .await;
+    assert_eq!(detail["run"]["last_seq"], last);
+    let rest = tokio::time::timeout(
+        Duration::from_secs(10),
+        api.stream(&admin, &run, Some(last), 10_000),
+    )
+    .await
+    .expect("the stream closes instead of waiting for events that will never come");
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_steps_finish_or_leaves_them_for_recovery_and_no_run_is_lost() {
+    let env = [
+        ("CORRAL_LEASE_MS", "1000"),
+        ("CORRAL_SHUTDOWN_GRACE_SECS", "1"),
+    ];
+    let server = Server::start(&env);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "flaky").await;
+    // One step that finishes within the grace period, one that outlasts it.
+    let quick = api
+        .run(
+            &admin,
+            json!([agent("q", "flaky@0.1.0", json!({"sleep_ms": 300}))]),
+            json!({}),
+        )
+        .await;
+    let slow = api
+        .run(
+            &admin,
+            json!([agent("s", "flaky@0.1.0", json!({"sleep_ms": 4000}))]),
+            json!({}),
+        )
+        .await;
+    for run in [&quick, &slow] {
+        let r = api
+            .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+            .send()
+            .await
+            .unwrap();
+        let mut s = r.bytes_stream().eventsource();
+        loop {
+            let e = s.next().await.unwrap().unwrap();
+            if e.data.contains("\"started\"") {
+                break;
+            }
+        }
+    }
+    let data = server.stop(); // SIGTERM
+    let server = Server::start_in(data, &env);
+    let api = Api::new(&server);
+    for run in [&quick, &slow] {
+        let events = api.stream(&admin, run, None, 10_000).await;
+        let got = seqs(&events);
+        assert_eq!(got, (1..=got.len() as i64).collect::<Vec<_>>());
+        assert_eq!(
+            events.last().unwrap().1["payload"]["status"],
+            "succeeded",
+            "{run}: {events:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_tools_lists_tool_plugins_in_the_mcp_shape() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    // Tool plugins do not describe themselves: their name and version come with the upload.
+    let resp = api
+        .req(
+            Method::POST,
+            "/v1/plugins?name=text-tools&version=0.1.0",
+            &admin,
+        )
+        .header("content-type", "application/wasm")
+        .body(std::fs::read(plugin_path("text_tools")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    api.upload(&admin, "echo").await;
+    let (status, body) = api.json(Method::GET, "/v1/tools", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let tools = body["tools"].as_array().unwrap();
+    assert!(tools.len() >= 2, "{body}");
+    for t in tools {
+        assert!(t["name"].is_string() && t["description"].is_string(), "{t}");
+        assert_eq!(t["inputSchema"]["type"], "object", "{t}");
+        assert_eq!(t["plugin"], "text-tools@0.1.0");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mal_06_guest_text_cannot_inject_sse_events_or_ids() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "flaky").await;
+    let evil = "line one\r\n\r\nid: 999\ndata: {\"type\":\"forged\"}\n\n\u{0}\u{1b}[2J";
+    let run = api
+        .run(
+            &admin,
+            json!([agent("x", "flaky@0.1.0", json!({"log": evil}))]),
+            json!({}),
+        )
+        .await;
+    let resp = api
+        .req(Method::GET, &format!("/v1/runs/{run}/events"), &admin)
+        .send()
+        .await
+        .unwrap();
+    let raw = resp.text().await.unwrap();
+    // Every frame is one id line and one data line of JSON from the host.
+    for frame in raw.split("\n\n").filter(|f| !f.is_empty()) {
+        let lines: Vec<&str> = frame.lines().collect();
+        assert_eq!(lines.len(), 2, "one id and one data line: {frame:?}");
+        assert!(
+            lines[0].starts_with("id: ") && lines[1].starts_with("data: {"),
+            "{frame:?}"
+        );
+        let event: Value = serde_json::from_str(&lines[1]["data: ".len()..]).unwrap();
+        assert_ne!(event["type"], "forged");
+        assert_ne!(lines[0], "id: 999");
+    }
+    assert!(
+        !raw.contains('\u{1b}') && !raw.contains('\u{0}'),
+        "control characters are escaped"
+    );
+    let logs: Vec<Value> = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter(|e| e["type"] == "log")
+        .collect();
+    assert!(!logs.is_empty());
+    assert!(
+        logs.iter().any(|e| e["payload"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("id: 999")),
+        "the text arrives as data: {logs:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_11_a_tenant_over_its_queue_cap_gets_429_and_others_are_unaffected() {
+    let server = Server::start(&[
+        ("CORRAL_MAX_QUEUED_PER_TENANT", "2"),
+        ("CORRAL_MAX_CONCURRENT_RUNS", "1"),
+    ]);
+    let api = Api::new(&server);
+    let a = server.admin_token.clone();
+    let b = server.token("tenant-b", "operator");
+    api.upload(&a, "flaky").await;
+    api.upload(&b, "flaky").await;
+    let slow = json!([agent("s", "flaky@0.1.0", json!({"sleep_ms": 20000}))]);
+    let running = api.run(&a, slow.clone(), json!({})).await;
+    // Wait until the first run occupies the only slot, so the next ones stay queued.
+    for _ in 0..200 {
+        let (_, d) = api
+            .json(Method::GET, &format!("/v1/runs/{running}"), &a, None)
+            .await;
+        if d["run"]["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    api.run(&a, slow.clone(), json!({})).await;
+    api.run(&a, slow.clone(), json!({})).await;
+    let resp = api
+        .req(Method::POST, "/v1/runs", &a)
+        .json(&json!({"pipeline": {"name": "t", "steps": slow}, "input": {}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["error"]["code"],
+        "TOO_MANY_QUEUED_RUNS"
+    );
+    // Tenant B's queue is its own.
+    api.run(&b, json!([agent("q", "flaky@0.1.0", json!({}))]), json!({}))
+        .await;
+}
