@@ -238,7 +238,8 @@ async fn mal_02_a_component_missing_an_export_of_its_world_is_rejected_at_load()
 async fn sbx_12_an_import_the_host_does_not_provide_is_rejected_naming_it() {
     for name in [
         "evil:escape/door@1.0.0",
-        "wasi:http/outgoing-handler@0.2.0",
+        "wasi:http/outgoing-handler@0.3.0",
+        "wasi:keyvalue/store@0.2.0",
         "corral:plugin/host@9.0.0",
     ] {
         let f = load_err(wat(&format!(r#"(component (import "{name}" (instance)))"#))).await;

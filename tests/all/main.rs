@@ -11,6 +11,7 @@
 
 mod cli;
 mod durability;
+mod egress;
 mod engine;
 mod hostile;
 mod remote;

@@ -35,6 +35,8 @@ pub enum Source {
     Stdout,
     /// The guest's stderr.
     Stderr,
+    /// The host, about the guest (e.g. a refused request and the grant it lacks).
+    Host,
 }
 
 /// One captured line.
@@ -62,6 +64,8 @@ pub enum GuestEvent {
     },
     /// The log budget ran out; later lines are dropped.
     LogTruncated,
+    /// An outbound HTTP request ended (or was refused).
+    Http(super::http::HttpRecord),
 }
 
 /// Receives guest events as they happen (the run lifecycle turns them into run events).

@@ -1,6 +1,7 @@
 //! What a guest can reach: one module per host interface. Everything is deny-by-default;
 //! a capability a plugin was not granted answers `permanent("not granted: ...")`.
 
+pub mod http;
 pub mod log;
 
 use crate::engine::bindings::{host, types};
@@ -30,6 +31,12 @@ pub trait RunServices: Send + Sync {
     async fn state_get(&self, key: &str) -> Option<Vec<u8>>;
     /// Writes per-run state.
     async fn state_set(&self, key: &str, value: &[u8]) -> Result<(), types::PluginError>;
+    /// The value of the tenant's secret `name`, for the host to put into an outbound
+    /// request (never handed to the guest). Grants are checked before this is asked.
+    async fn secret(&self, name: &str) -> Option<String> {
+        let _ = name;
+        None
+    }
 }
 
 /// Why the host stopped a guest from the outside.
@@ -51,6 +58,18 @@ pub struct HostState {
     pub(crate) interrupt: Option<Interrupt>,
     pub(crate) deadline: crate::engine::Deadline,
     pub(crate) cancel: tokio_util::sync::CancellationToken,
+    pub(crate) http_ctx: wasmtime_wasi_http::WasiHttpCtx,
+    pub(crate) http: http::HttpHooks,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
 }
 
 impl WasiView for HostState {

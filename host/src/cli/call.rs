@@ -138,6 +138,12 @@ pub(super) async fn run(cli: &Cli, args: &CallArgs) -> anyhow::Result<ExitCode> 
         observer,
         services: None,
         cancel,
+        http: match crate::runs::manifest::for_plugin(&crate::runs::pipeline::PluginRef::Path(
+            args.file.clone(),
+        )) {
+            Ok(m) => m.http_policy(&engine.config().http_resolver).map(Arc::new),
+            Err(e) => return Ok(report_failure(&Failure::invalid_input(e), args.json)),
+        },
         deadline: None,
     };
     let outcome = engine.invoke(&plugin, call, how).await;
@@ -234,6 +240,7 @@ fn print_event(event: &GuestEvent, color: bool) {
                 crate::capabilities::log::Source::Log => "",
                 crate::capabilities::log::Source::Stdout => " stdout",
                 crate::capabilities::log::Source::Stderr => " stderr",
+                crate::capabilities::log::Source::Host => " host",
             };
             if color {
                 eprintln!("\x1b[2m[{tag}{source}]\x1b[0m {}", line.message);
@@ -243,5 +250,21 @@ fn print_event(event: &GuestEvent, color: bool) {
         }
         GuestEvent::Progress { percent, label } => eprintln!("[{percent:>3}%] {label}"),
         GuestEvent::LogTruncated => eprintln!("[log truncated: the plugin's log budget is spent]"),
+        GuestEvent::Http(r) => eprintln!(
+            "[http] {} {}://{}:{}{} -> {} ({} bytes, {} ms){}",
+            r.method,
+            r.scheme,
+            r.host,
+            r.port,
+            r.path,
+            r.status
+                .map_or_else(|| r.outcome.clone(), |s| s.to_string()),
+            r.bytes,
+            r.duration_ms,
+            r.reason
+                .as_ref()
+                .map(|why| format!(": {why}"))
+                .unwrap_or_default()
+        ),
     }
 }

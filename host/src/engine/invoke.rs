@@ -193,6 +193,8 @@ pub struct Invocation {
     /// The wall clock, when the caller shares it (to pause it while a person is asked);
     /// otherwise one is started from `limits.timeout` when the call begins.
     pub deadline: Option<super::Deadline>,
+    /// What the plugin may reach over HTTP; `None` refuses every request.
+    pub http: Option<Arc<crate::capabilities::http::HttpPolicy>>,
 }
 
 impl std::fmt::Debug for Invocation {
@@ -368,6 +370,13 @@ impl Engine {
             interrupt: None,
             deadline,
             cancel: how.cancel.clone(),
+            http_ctx: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http: crate::capabilities::http::HttpHooks::new(
+                how.http.clone(),
+                how.services.clone(),
+                log.clone(),
+                how.observer.clone(),
+            ),
         };
         let mut store = Store::new(self.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);

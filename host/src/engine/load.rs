@@ -51,7 +51,8 @@ impl World {
     }
 }
 
-/// Interfaces a plugin may import: the contract's own, and WASI 0.2.
+/// Interfaces a plugin may import: the contract's own, and WASI 0.2 (wasi:http included:
+/// each request is checked against the plugin's grants when it is made).
 fn import_allowed(name: &str) -> bool {
     let Some((path, version)) = name.split_once('@') else {
         return false;
@@ -60,7 +61,7 @@ fn import_allowed(name: &str) -> bool {
         Some((PACKAGE, "host" | "types")) => version.starts_with(VERSION_PREFIX),
         Some((
             "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" | "wasi:filesystem"
-            | "wasi:sockets",
+            | "wasi:sockets" | "wasi:http",
             _,
         )) => version.starts_with("0.2."),
         _ => false,
@@ -271,7 +272,10 @@ mod tests {
         assert!(import_allowed("corral:plugin/host@0.1.0"));
         assert!(import_allowed("wasi:cli/environment@0.2.6"));
         assert!(!import_allowed("corral:plugin/host@0.2.0"));
-        assert!(!import_allowed("wasi:http/outgoing-handler@0.2.0"));
+        // wasi:http is linked; each request is checked against the plugin's grants.
+        assert!(import_allowed("wasi:http/outgoing-handler@0.2.0"));
+        assert!(!import_allowed("wasi:http/outgoing-handler@0.3.0"));
+        assert!(!import_allowed("wasi:keyvalue/store@0.2.0"));
         assert!(!import_allowed("evil:escape/door@1.0.0"));
         assert!(!import_allowed("wasi:cli/environment"));
         assert!(!import_allowed("wasi:cli/environment@0.3.0"));

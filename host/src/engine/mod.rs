@@ -48,6 +48,8 @@ pub struct EngineConfig {
     pub epoch_tick: Duration,
     /// How many loaded plugins to keep in memory.
     pub plugin_cache_entries: usize,
+    /// How guests' outbound requests resolve host names (with operator overrides).
+    pub http_resolver: crate::capabilities::http::Resolver,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +63,7 @@ impl Default for EngineConfig {
             max_wasm_stack: 1 << 20,
             epoch_tick: Duration::from_millis(10),
             plugin_cache_entries: 256,
+            http_resolver: crate::capabilities::http::Resolver::default(),
         }
     }
 }
@@ -210,6 +213,10 @@ fn build_linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostState>> 
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+    // wasi:http is linked for every plugin; each request is checked against the plugin's
+    // grants when it is made (capabilities::http), and refused without one.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+        .map_err(|e| anyhow::anyhow!("linking wasi:http: {e}"))?;
     bindings::agent::AgentPlugin::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
         &mut linker,
         |state| state,

@@ -191,6 +191,7 @@ struct Walk<'a> {
     pipeline: Pipeline,
     plugins: Vec<Arc<Plugin>>,
     tools: std::collections::BTreeMap<String, super::pipeline::LoadedTool>,
+    manifests: Vec<super::manifest::Manifest>,
     steps: Vec<StepRecord>,
     live: &'a Live,
     started: Instant,
@@ -216,8 +217,10 @@ async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, 
         .load_tools(runner.engine(), Some(&registry))
         .await
         .map_err(unloadable)?;
+    let manifests = pipeline.manifests().map_err(unloadable)?;
     let steps = runner.store().steps(&run.id).await?;
     let mut walk = Walk {
+        manifests,
         runner,
         run,
         run_ref: run.as_ref(),
@@ -668,6 +671,10 @@ impl Walk<'_> {
             services: Some(services.clone()),
             cancel: self.live.cancel.child_token(),
             deadline: Some(deadline),
+            http: self.manifests.get(idx).and_then(|m| {
+                m.http_policy(&self.runner.engine().config().http_resolver)
+                    .map(Arc::new)
+            }),
         };
         let call = Call::Run {
             ctx: RunContext {
@@ -757,6 +764,14 @@ async fn commit_guest_events(
                 json!({"step_id": step, "level": "warn", "source": "host",
                        "message": "log truncated: the plugin's log budget is spent"}),
             ),
+            GuestEvent::Http(record) => {
+                let mut payload = serde_json::to_value(&record).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut payload {
+                    map.insert("step_id".into(), Value::String(step.clone()));
+                    map.insert("attempt".into(), json!(attempt));
+                }
+                ("http", payload)
+            }
         };
         written += 1;
         if let Err(e) = runner.commit(&run, &[], Some(payload)).await {
@@ -780,6 +795,7 @@ fn source_str(s: Source) -> &'static str {
         Source::Log => "log",
         Source::Stdout => "stdout",
         Source::Stderr => "stderr",
+        Source::Host => "host",
     }
 }
 

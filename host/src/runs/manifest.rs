@@ -7,13 +7,39 @@
 //! ```toml
 //! [grants]
 //! tools = ["text-tools"]   # tool plugins (by the pipeline's [tools] names) it may call
+//!
+//! [[grants.http]]          # one rule per reachable endpoint
+//! host = "api.github.com"  # a name, `*.domain`, or an IP literal
+//! port = 443               # default: the scheme's
+//! methods = ["GET", "POST"]  # default: GET and HEAD
+//! path_prefix = "/repos/"  # default: every path
+//!
+//! [grants.secrets]         # secrets it may put in request headers, and for which hosts
+//! GITHUB_TOKEN = ["api.github.com"]
+//!
+//! [limits]                 # what it needs, within the host's caps
+//! http_requests = 64
+//! http_response_bytes = 16777216
+//! http_timeout = "30s"
 //! ```
 //!
 //! A pipeline step can only narrow these grants (its own `tools` list).
 
 use super::pipeline::PluginRef;
+use crate::capabilities::http::{HttpLimits, HttpPolicy, HttpRule, Resolver};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
+
+/// Most `[[grants.http]]` rules.
+const MAX_RULES: usize = 64;
+/// Most secrets one plugin may be granted.
+const MAX_SECRETS: usize = 32;
+/// The host's caps on what a manifest may ask for.
+const CAP_REQUESTS: u32 = 10_000;
+const CAP_RESPONSE_BYTES: u64 = 1 << 30;
+const CAP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A plugin's manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -22,15 +48,115 @@ pub struct Manifest {
     /// What it is granted.
     #[serde(default)]
     pub grants: Grants,
+    /// Limits it needs.
+    #[serde(default)]
+    pub limits: ManifestLimits,
 }
 
-/// Grants. Network, secrets and files are not grantable yet, so they are refused.
+/// Grants. Files are not grantable yet, so they are refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// Tool plugins the plugin may call.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Endpoints it may reach over HTTP.
+    #[serde(default)]
+    pub http: Vec<HttpRule>,
+    /// Secret name -> hosts the secret may be sent to.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Vec<String>>,
+}
+
+/// Limits a plugin asks for (each at most the host's cap).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestLimits {
+    /// Most outbound requests per step attempt.
+    pub http_requests: Option<u32>,
+    /// Most response body bytes per step attempt.
+    pub http_response_bytes: Option<u64>,
+    /// Longest wait for one response, e.g. `"30s"`.
+    pub http_timeout: Option<String>,
+}
+
+impl Manifest {
+    /// Checks the manifest as a whole: well-formed rules and secret grants, and limits
+    /// within the host's caps. Every message names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.grants.http.len() > MAX_RULES {
+            return Err(format!("grants.http: at most {MAX_RULES} rules"));
+        }
+        for (i, rule) in self.grants.http.iter().enumerate() {
+            rule.validate()
+                .map_err(|e| format!("grants.http[{i}]: {e}"))?;
+        }
+        if self.grants.secrets.len() > MAX_SECRETS {
+            return Err(format!("grants.secrets: at most {MAX_SECRETS} secrets"));
+        }
+        for (name, hosts) in &self.grants.secrets {
+            crate::secrets::check_name(name).map_err(|e| format!("grants.secrets.{name}: {e}"))?;
+            if hosts.is_empty() {
+                return Err(format!(
+                    "grants.secrets.{name}: list the hosts the secret may be sent to"
+                ));
+            }
+            for host in hosts {
+                if !self
+                    .grants
+                    .http
+                    .iter()
+                    .any(|r| r.host.eq_ignore_ascii_case(host))
+                {
+                    return Err(format!(
+                        "grants.secrets.{name}: `{host}` is not a host of any [[grants.http]] rule"
+                    ));
+                }
+            }
+        }
+        self.http_limits().map(|_| ())
+    }
+
+    /// The HTTP limits: the manifest's asks, or the defaults; refused above the caps.
+    pub fn http_limits(&self) -> Result<HttpLimits, String> {
+        let mut limits = HttpLimits::default();
+        if let Some(n) = self.limits.http_requests {
+            if n > CAP_REQUESTS {
+                return Err(format!("limits.http_requests: at most {CAP_REQUESTS}"));
+            }
+            limits.max_requests = n;
+        }
+        if let Some(n) = self.limits.http_response_bytes {
+            if n > CAP_RESPONSE_BYTES {
+                return Err(format!(
+                    "limits.http_response_bytes: at most {CAP_RESPONSE_BYTES}"
+                ));
+            }
+            limits.max_response_bytes = n;
+        }
+        if let Some(t) = &self.limits.http_timeout {
+            let t = humantime::parse_duration(t)
+                .map_err(|e| format!("limits.http_timeout: `{t}`: {e}"))?;
+            if t > CAP_TIMEOUT || t.is_zero() {
+                return Err("limits.http_timeout: between 1ms and 10m".into());
+            }
+            limits.request_timeout = t;
+        }
+        Ok(limits)
+    }
+
+    /// The plugin's egress policy, or `None` when it may reach nothing.
+    pub fn http_policy(&self, resolver: &Resolver) -> Option<HttpPolicy> {
+        if self.grants.http.is_empty() {
+            return None;
+        }
+        Some(HttpPolicy {
+            rules: self.grants.http.clone(),
+            secrets: self.grants.secrets.clone(),
+            limits: self.http_limits().unwrap_or_default(),
+            resolver: resolver.clone(),
+        })
+    }
 }
 
 /// Where the manifest of a plugin lives, if it can have one.
@@ -51,7 +177,12 @@ pub fn for_plugin(plugin: &PluginRef) -> Result<Manifest, String> {
             if text.len() > 64 << 10 {
                 return Err(format!("{} is larger than 64 KiB", path.display()));
             }
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+            let manifest: Manifest =
+                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            manifest
+                .validate()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(manifest)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Manifest::default()),
         Err(e) => Err(format!("cannot read {}: {e}", path.display())),
@@ -75,10 +206,24 @@ mod tests {
         assert_eq!(for_plugin(&plugin).unwrap().grants.tools, ["t"]);
         std::fs::write(
             dir.path().join("agent.corral.toml"),
-            "[grants]\nhttp = [\"*\"]\n",
+            "[grants]\nfiles = [\"/\"]\n",
         )
         .unwrap();
         let err = for_plugin(&plugin).unwrap_err();
-        assert!(err.contains("http"), "{err}");
+        assert!(err.contains("files"), "{err}");
+        std::fs::write(
+            dir.path().join("agent.corral.toml"),
+            "[[grants.http]]\nhost = \"*\"\n",
+        )
+        .unwrap();
+        let err = for_plugin(&plugin).unwrap_err();
+        assert!(err.contains("grants.http[0]"), "{err}");
+        std::fs::write(
+            dir.path().join("agent.corral.toml"),
+            "[[grants.http]]\nhost = \"a.example\"\n[grants.secrets]\nT = [\"b.example\"]\n",
+        )
+        .unwrap();
+        let err = for_plugin(&plugin).unwrap_err();
+        assert!(err.contains("grants.secrets.T"), "{err}");
     }
 }

@@ -181,6 +181,9 @@ impl Runner {
             .load_tools(&self.inner.engine, Some(&registry))
             .await
             .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        pipeline
+            .manifests()
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
         let spec = serde_json::to_string(pipeline)
             .map_err(|e| RunError::InvalidPipeline(format!("cannot store pipeline: {e}")))?;
         let steps = pipeline

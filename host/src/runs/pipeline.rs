@@ -377,6 +377,18 @@ pub trait Registry: Send + Sync {
 }
 
 impl Pipeline {
+    /// Every step's plugin manifest, read and checked (in step order).
+    pub fn manifests(&self) -> Result<Vec<super::manifest::Manifest>, PipelineError> {
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| {
+                super::manifest::for_plugin(&step.plugin)
+                    .map_err(|e| PipelineError::field(format!("steps[{i}].plugin"), e))
+            })
+            .collect()
+    }
+
     /// Loads the `[tools]` plugins (each must be a tool plugin that lists its tools) and
     /// checks every step's grants: a step may only list tools its plugin's manifest grants.
     pub async fn load_tools(
@@ -384,12 +396,8 @@ impl Pipeline {
         engine: &Engine,
         registry: Option<&dyn Registry>,
     ) -> Result<std::collections::BTreeMap<String, LoadedTool>, PipelineError> {
-        for (i, step) in self.steps.iter().enumerate() {
-            if step.tools.is_empty() {
-                continue;
-            }
-            let manifest = super::manifest::for_plugin(&step.plugin)
-                .map_err(|e| PipelineError::field(format!("steps[{i}].plugin"), e))?;
+        let manifests = self.manifests()?;
+        for (i, (step, manifest)) in self.steps.iter().zip(&manifests).enumerate() {
             for (j, tool) in step.tools.iter().enumerate() {
                 if !manifest.grants.tools.contains(tool) {
                     let granted = if manifest.grants.tools.is_empty() {

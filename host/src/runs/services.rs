@@ -109,6 +109,21 @@ impl StepServices {
 
 #[async_trait::async_trait]
 impl RunServices for StepServices {
+    async fn secret(&self, name: &str) -> Option<String> {
+        match self
+            .runner
+            .store()
+            .secret_value(&self.run.tenant_id, name)
+            .await
+        {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(secret = name, "cannot read a secret: {e}");
+                None
+            }
+        }
+    }
+
     async fn call_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
         self.call_granted_tool(name, arguments).await
     }

@@ -6,6 +6,8 @@
 #[macro_use]
 mod records;
 mod registry;
+mod secrets;
+pub use secrets::SecretInfo;
 
 pub use registry::*;
 
@@ -53,6 +55,8 @@ pub struct Store {
     backend: Backend,
     /// SQLite has one writer: serializing writes in-process avoids busy retries.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Seals and opens tenant secrets; `None` when no key is configured.
+    sealer: Option<std::sync::Arc<crate::secrets::Sealer>>,
 }
 
 /// Unix milliseconds now.
@@ -102,7 +106,14 @@ impl Store {
             StoreError::Corrupt(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let url = format!("sqlite://{}?mode=rwc", dir.join("corral.db").display());
-        Store::open(&url).await
+        let store = Store::open(&url).await?;
+        if store.sealer.is_some() {
+            return Ok(store);
+        }
+        // Embedded default: a key kept beside the database, created on first use.
+        let sealer = crate::secrets::Sealer::from_key_file(&dir.join("secrets.key"))
+            .map_err(StoreError::Corrupt)?;
+        Ok(store.with_sealer(sealer))
     }
 
     /// Opens a database by URL (`sqlite://PATH?mode=rwc` or `postgres://...`) and applies
@@ -139,10 +150,14 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
         }
+        let sealer = crate::secrets::Sealer::from_env()
+            .map_err(StoreError::Corrupt)?
+            .map(std::sync::Arc::new);
         Ok(Store {
             pool,
             backend,
             write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            sealer,
         })
     }
 
