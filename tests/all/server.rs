@@ -1111,3 +1111,102 @@ async fn res_11_a_tenant_over_its_queue_cap_gets_429_and_others_are_unaffected()
     api.run(&b, json!([agent("q", "flaky@0.1.0", json!({}))]), json!({}))
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_managed_by_admins_per_tenant_and_never_returned_or_stored_in_clear() {
+    const VALUE: &str = "api-secret-9d2e61f0";
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let a = server.admin_token.clone();
+    let b = server.token("other", "admin");
+    let viewer = server.token("default", "viewer");
+    let path = "/v1/secrets/API_TOKEN";
+    let (status, body) = api
+        .json(Method::PUT, path, &a, Some(json!({"value": VALUE})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _) = api
+        .json(Method::PUT, path, &a, Some(json!({"value": "second"})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "replaced");
+    let (status, list) = api.json(Method::GET, "/v1/secrets", &a, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["secrets"][0]["name"], "API_TOKEN");
+    assert!(!list.to_string().contains("second") && list["secrets"][0].get("value").is_none());
+    // Bad names and values, other roles and other tenants.
+    let (status, _) = api
+        .json(
+            Method::PUT,
+            "/v1/secrets/bad%20name",
+            &a,
+            Some(json!({"value": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api
+        .json(Method::PUT, path, &a, Some(json!({"value": ""})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = api.json(Method::GET, "/v1/secrets", &viewer, None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, theirs) = api.json(Method::GET, "/v1/secrets", &b, None).await;
+    assert_eq!(theirs["secrets"], json!([]));
+    let (status, _) = api.json(Method::DELETE, path, &b, None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another tenant's secret is not there"
+    );
+    // The CLI, offline on the same database: value from stdin, never printed.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["secret", "set", "--tenant", "default", "CLI_TOKEN"])
+        .env("CORRAL_DATA_DIR", server.data.path())
+        .env_remove("CORRAL_DATABASE_URL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{VALUE}").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!printed.contains(VALUE));
+    let (_, list) = api.json(Method::GET, "/v1/secrets", &a, None).await;
+    let names: Vec<&str> = list["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["API_TOKEN", "CLI_TOKEN"]);
+    let (status, _) = api.json(Method::DELETE, path, &a, None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = api.json(Method::DELETE, path, &a, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Sealed at rest: the value is in no file of the data directory.
+    let data = server.stop();
+    for entry in std::fs::read_dir(data.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
+                "{} holds the secret in clear",
+                path.display()
+            );
+        }
+    }
+}

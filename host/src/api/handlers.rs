@@ -646,3 +646,69 @@ pub(super) async fn revoke_token(
         Err(ApiError::not_found("TOKEN_NOT_FOUND", "token", &id))
     }
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewSecret {
+    value: String,
+}
+
+fn checked_secret_name(name: &str) -> Result<(), ApiError> {
+    crate::secrets::check_name(name).map_err(ApiError::bad_request)
+}
+
+/// `PUT /v1/secrets/{name}`: creates or replaces a secret. The value is sealed before it
+/// is stored and is never returned by any route.
+pub(super) async fn put_secret(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(name): Path<String>,
+    Body(new): Body<NewSecret>,
+) -> Result<Response, ApiError> {
+    checked_secret_name(&name)?;
+    if new.value.is_empty() || new.value.len() > crate::secrets::MAX_VALUE {
+        return Err(ApiError::bad_request(format!(
+            "value: 1 to {} bytes",
+            crate::secrets::MAX_VALUE
+        )));
+    }
+    let created = state
+        .runner
+        .store()
+        .put_secret(&caller.tenant_id, &name, &new.value)
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(json!({ "name": name, "created": created }))).into_response())
+}
+
+/// `GET /v1/secrets`: names and times, never values.
+pub(super) async fn list_secrets(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+) -> Result<Json<Value>, ApiError> {
+    let secrets = state.runner.store().secrets(&caller.tenant_id).await?;
+    Ok(Json(json!({ "secrets": secrets })))
+}
+
+/// `DELETE /v1/secrets/{name}`.
+pub(super) async fn delete_secret(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    checked_secret_name(&name)?;
+    if state
+        .runner
+        .store()
+        .delete_secret(&caller.tenant_id, &name)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("SECRET_NOT_FOUND", "secret", &name))
+    }
+}

@@ -16,7 +16,7 @@ use crate::runs::Runner;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, post, put};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -376,6 +376,33 @@ pub const ROUTES: &[Route] = &[
         N,
         204,
         || delete(handlers::revoke_token),
+    ),
+    route(
+        "PUT",
+        "/v1/secrets/{name}",
+        "Create (201) or replace (200) a secret: {value}. Sealed at rest, never returned.",
+        Some(A),
+        J,
+        201,
+        || put(handlers::put_secret),
+    ),
+    route(
+        "GET",
+        "/v1/secrets",
+        "List the tenant's secrets: names and times, never values.",
+        Some(A),
+        N,
+        200,
+        || get(handlers::list_secrets),
+    ),
+    route(
+        "DELETE",
+        "/v1/secrets/{name}",
+        "Delete a secret.",
+        Some(A),
+        N,
+        204,
+        || delete(handlers::delete_secret),
     ),
 ];
 

@@ -5,6 +5,7 @@ mod call;
 mod plugin;
 mod remote;
 mod runs;
+mod secret;
 mod serve;
 
 use crate::engine::{Engine, EngineConfig, ErrorCode, Failure};
@@ -58,6 +59,9 @@ enum Command {
     /// Manage API tokens (offline, on the database).
     #[command(subcommand)]
     Token(serve::TokenCommand),
+    /// Manage a tenant's secrets (offline, on the database; values from stdin).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
 }
 
 /// Runs the CLI and returns the process exit code.
@@ -88,6 +92,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::serve(&cli, args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,
             Command::Token(cmd) => serve::token(&cli, cmd).await,
+            Command::Secret(cmd) => secret::secret(&cli, cmd).await,
         };
         match result {
             Ok(code) => code,

@@ -68,6 +68,12 @@ struct FileConfig {
     max_queued_per_tenant: Option<i64>,
     shutdown_grace_secs: Option<u64>,
     heartbeat_secs: Option<u64>,
+    /// Base64 of the 32-byte key that seals tenant secrets (else CORRAL_SECRETS_KEY, else
+    /// a key file in the data directory for the embedded database).
+    secrets_key: Option<String>,
+    /// Outbound HTTP: host names pinned to addresses, like curl's `--resolve`.
+    #[serde(default)]
+    http_resolve: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
 }
 
 fn load_file_config(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
@@ -118,7 +124,12 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
     let database_url = args.database_url.clone().or(file.database_url);
-    let store = open_store(cli, database_url.as_deref(), &data_dir).await?;
+    let mut store = open_store(cli, database_url.as_deref(), &data_dir).await?;
+    if let Some(key) = &file.secrets_key {
+        let sealer = crate::secrets::Sealer::from_base64(key)
+            .map_err(|e| anyhow::anyhow!("secrets_key: {e}"))?;
+        store = store.with_sealer(sealer);
+    }
 
     // First start on an empty database: a tenant and an admin token, shown once.
     if store.tenants().await?.is_empty() {
@@ -133,6 +144,9 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
             .scratch_dir
             .clone()
             .unwrap_or(crate::engine::EngineConfig::default().scratch_root),
+        http_resolver: crate::capabilities::http::Resolver::with_overrides(
+            file.http_resolve.clone(),
+        ),
         ..crate::engine::EngineConfig::default()
     })?;
     let runner_config = RunnerConfig {
