@@ -427,6 +427,21 @@ pub fn ask<R: DeserializeOwned>(question: &str, answer_schema: Option<&Value>) -
     serde_json::from_str(&answer).map_err(|e| Error::permanent(format!("answer: {e}")))
 }
 
+/// The config of a connector step (a connector's exports take none: the host hands it
+/// over under the reserved state key `corral.config`).
+pub fn connector_config<T: DeserializeOwned>() -> Result<T> {
+    match wit_host::state_get("corral.config") {
+        Some(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| Error::invalid_input(format!("the step's config: {e}"))),
+        None => Err(Error::permanent(
+            "no step config: a connector gets one when it runs as a pipeline step",
+        )),
+    }
+}
+
+#[cfg(feature = "http")]
+pub mod http;
+
 /// Per-run state shared by all steps of a run.
 pub mod state {
     use super::{Error, Result, wit_host};

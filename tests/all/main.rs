@@ -10,6 +10,7 @@
 )]
 
 mod cli;
+mod connectors;
 mod durability;
 mod egress;
 mod engine;

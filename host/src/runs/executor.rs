@@ -1,12 +1,13 @@
 //! Drives one run through its steps: attempts, retries with backoff, feedback loops,
 //! budgets, cancellation, and the events of each transition.
 
-use super::pipeline::{Pipeline, Step};
+use super::pipeline::{ConnectorMode, Pipeline, Step};
 use super::services::StepServices;
 use super::{HOST_CRASH, Live, RunError, Runner, code_str};
 use crate::capabilities::log::{GuestEvent, Level, Source};
 use crate::engine::{
-    Call, Deadline, ErrorCode, Failure, Invocation, Limits, Output, Plugin, Retry, RunContext,
+    Call, Deadline, ErrorCode, Failure, Invocation, Limits, Outcome, Output, Plugin, Retry,
+    RunContext,
 };
 use crate::store::{Change, RunRecord, RunRef, StepRecord, StoreError};
 use serde_json::{Value, json};
@@ -235,9 +236,16 @@ async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, 
 }
 
 impl Walk<'_> {
-    /// The input of step `idx`: the previous step's stored output, or the run's input.
+    /// The input of step `idx`: the stored output of the step it names in `input_from`,
+    /// else of the previous step; the run's input for the first step.
     fn input_of(&self, idx: usize) -> String {
-        idx.checked_sub(1)
+        let from = self
+            .pipeline
+            .steps
+            .get(idx)
+            .and_then(|s| s.input_from.as_ref())
+            .and_then(|name| self.pipeline.steps.iter().position(|s| &s.name == name));
+        from.or_else(|| idx.checked_sub(1))
             .and_then(|prev| self.steps.get(prev))
             .and_then(|s| s.output.clone())
             .unwrap_or_else(|| self.run.input.clone())
@@ -637,7 +645,7 @@ impl Walk<'_> {
             .iter()
             .filter_map(|name| self.tools.get(name).cloned())
             .collect();
-        let services = Arc::new(StepServices::new(
+        let services = StepServices::new(
             self.runner.clone(),
             self.run_ref.clone(),
             step.name.clone(),
@@ -651,7 +659,11 @@ impl Walk<'_> {
                 timeout: step.timeout,
                 run_budget: self.pipeline.budget.fuel,
             },
-        ));
+        );
+        let services = Arc::new(match step.connector {
+            Some(_) => services.with_config(step.config.to_string()),
+            None => services,
+        });
         let (tx, rx) = mpsc::channel::<GuestEvent>(1024);
         let committer = tokio::spawn(commit_guest_events(
             self.runner.clone(),
@@ -676,36 +688,173 @@ impl Walk<'_> {
                     .map(Arc::new)
             }),
         };
-        let call = Call::Run {
-            ctx: RunContext {
-                run_id: self.run.id.clone(),
-                step: step.name.clone(),
-                attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-                config: step.config.to_string(),
-                feedback: feedback.as_ref().map(Value::to_string),
+        let (fuel_used, result) = match step.connector {
+            None => {
+                let call = Call::Run {
+                    ctx: RunContext {
+                        run_id: self.run.id.clone(),
+                        step: step.name.clone(),
+                        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                        config: step.config.to_string(),
+                        feedback: feedback.as_ref().map(Value::to_string),
+                    },
+                    input: input.to_string(),
+                };
+                let outcome = self.engine_call(plugin, call, how).await;
+                let result = outcome.result.and_then(|output| match output {
+                    Output::Json(text) => Ok(text),
+                    other => Err(unexpected(&other)),
+                });
+                (outcome.fuel_used, result)
+            }
+            Some(ConnectorMode::Pull) => self.pull(plugin, step, how).await,
+            Some(ConnectorMode::Push) => match push_items(input) {
+                Err(f) => (0, Err(f)),
+                Ok(items) => {
+                    let count = items.len();
+                    let outcome = self.engine_call(plugin, Call::Push { items }, how).await;
+                    let result = outcome.result.and_then(|output| match output {
+                        Output::Count(n) => Ok(json!({"pushed": n, "offered": count}).to_string()),
+                        other => Err(unexpected(&other)),
+                    });
+                    (outcome.fuel_used, result)
+                }
             },
-            input: input.to_string(),
         };
+        // The invocations (and with them the observer's senders) are gone: drain the
+        // events so they are committed before this attempt's outcome.
+        if let Err(e) = committer.await {
+            tracing::warn!("guest event committer failed: {e}");
+        }
+        Ok((fuel_used, result, services.last_artifact()))
+    }
+
+    /// One invocation, counted in the metrics.
+    async fn engine_call(&self, plugin: &Plugin, call: Call, how: Invocation) -> Outcome {
         let outcome = self.runner.engine().invoke(plugin, call, how).await;
         let metrics = crate::metrics::global();
         metrics.step_duration.observe(outcome.duration);
         metrics
             .fuel_used
             .fetch_add(outcome.fuel_used, std::sync::atomic::Ordering::Relaxed);
-        // The invocation (and with it the observer's sender) is gone: drain the events so
-        // they are committed before this attempt's outcome.
-        if let Err(e) = committer.await {
-            tracing::warn!("guest event committer failed: {e}");
-        }
-        let result = outcome.result.and_then(|output| match output {
-            Output::Json(text) => Ok(text),
-            other => Err(Failure::new(
-                ErrorCode::PluginError,
-                format!("unexpected output {other:?}"),
-            )),
-        });
-        Ok((outcome.fuel_used, result, services.last_artifact()))
+        outcome
     }
+
+    /// A pull step: pages until the connector has no next cursor or a limit is reached;
+    /// every page is a fresh sandbox under what is left of the attempt's fuel and time.
+    /// The output is `{"items": [...], "pages": n, "complete": bool}`.
+    async fn pull(
+        &self,
+        plugin: &Plugin,
+        step: &Step,
+        how: Invocation,
+    ) -> (u64, Result<String, Failure>) {
+        let query = step.config.to_string();
+        let mut cursor: Option<String> = None;
+        let mut items: Vec<Value> = Vec::new();
+        let mut fuel_used = 0u64;
+        let mut pages = 0u32;
+        let mut seen_cursors = std::collections::HashSet::new();
+        loop {
+            let mut page_how = how.clone();
+            if let Some(fuel) = page_how.limits.fuel {
+                let left = fuel.saturating_sub(fuel_used);
+                if left == 0 {
+                    return (
+                        fuel_used,
+                        Err(Failure::new(
+                            ErrorCode::BudgetExhausted,
+                            format!("the step's fuel ran out after {pages} pages"),
+                        )),
+                    );
+                }
+                page_how.limits.fuel = Some(left);
+            }
+            let call = Call::Pull {
+                query: query.clone(),
+                cursor: cursor.clone(),
+            };
+            let outcome = self.engine_call(plugin, call, page_how).await;
+            fuel_used = fuel_used.saturating_add(outcome.fuel_used);
+            pages += 1;
+            let (page, next) = match outcome.result {
+                Ok(Output::Page { items, next_cursor }) => (items, next_cursor),
+                Ok(other) => return (fuel_used, Err(unexpected(&other))),
+                Err(f) => return (fuel_used, Err(f)),
+            };
+            for text in page {
+                if items.len() >= step.max_items as usize {
+                    break;
+                }
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(v) => items.push(v),
+                    Err(e) => {
+                        return (
+                            fuel_used,
+                            Err(Failure::new(
+                                ErrorCode::PluginError,
+                                format!("page {pages} has an item that is not JSON: {e}"),
+                            )),
+                        );
+                    }
+                }
+            }
+            let complete = next.is_none();
+            let limited = items.len() >= step.max_items as usize || pages >= step.max_pages;
+            if complete || limited {
+                let output = json!({"items": items, "pages": pages, "complete": complete});
+                return (fuel_used, Ok(output.to_string()));
+            }
+            // A connector that hands back a cursor it already gave would page forever.
+            if let Some(c) = &next
+                && !seen_cursors.insert(c.clone())
+            {
+                return (
+                    fuel_used,
+                    Err(Failure::new(
+                        ErrorCode::PluginError,
+                        format!(
+                            "the connector returned cursor `{}` twice: it would never finish",
+                            c.chars().take(64).collect::<String>()
+                        ),
+                    )),
+                );
+            }
+            cursor = next;
+        }
+    }
+}
+
+fn unexpected(output: &Output) -> Failure {
+    Failure::new(
+        ErrorCode::PluginError,
+        format!("unexpected output {output:?}"),
+    )
+}
+
+/// The items a push step writes: its input if that is a JSON array, or the `items` of an
+/// object (what a pull step outputs).
+fn push_items(input: &str) -> Result<Vec<String>, Failure> {
+    let value: Value = serde_json::from_str(input)
+        .map_err(|e| Failure::invalid_input(format!("the push step's input is not JSON: {e}")))?;
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Object(mut map) => match map.remove("items").or_else(|| map.remove("records")) {
+            Some(Value::Array(items)) => items,
+            _ => {
+                return Err(Failure::invalid_input(
+                    "a push step's input must be a JSON array of items, or an object with an \
+                     `items` (what a pull step outputs) or `records` array",
+                ));
+            }
+        },
+        _ => {
+            return Err(Failure::invalid_input(
+                "a push step's input must be a JSON array of items, or an object with an `items` array",
+            ));
+        }
+    };
+    Ok(items.iter().map(Value::to_string).collect())
 }
 
 /// Turns a guest's logs and progress into `log` and `running` events, bounded per attempt.

@@ -123,6 +123,18 @@ pub struct Step {
     /// Where to send the work back to when this step fails, if anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<FeedbackLoop>,
+    /// The earlier step whose output is this step's input (default: the previous step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_from: Option<String>,
+    /// For a connector step: `pull` (its config is the query; pages are read until the
+    /// connector says done or a limit, and the items are the step's output) or `push`
+    /// (the step's input items are written). `None` for an agent step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connector: Option<ConnectorMode>,
+    /// Most pages a pull step reads.
+    pub max_pages: u32,
+    /// Most items a pull step collects.
+    pub max_items: u32,
     /// Fuel per attempt.
     pub fuel: u64,
     /// Wall-clock limit per attempt. Serialized as a humantime string.
@@ -164,6 +176,21 @@ impl Step {
             .min(self.backoff_max)
     }
 }
+
+/// What a connector step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectorMode {
+    /// Read pages of items from the outside system.
+    Pull,
+    /// Write the step's input items to the outside system.
+    Push,
+}
+
+/// Default page cap of a pull step.
+pub const DEFAULT_MAX_PAGES: u32 = 100;
+/// Default item cap of a pull step.
+pub const DEFAULT_MAX_ITEMS: u32 = 10_000;
 
 /// Where a step's plugin comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -510,15 +537,39 @@ impl Pipeline {
                     format!("step `{}` (`{file_name}`): {failure}", step.name),
                 )
             })?;
-            if plugin.world != World::Agent {
-                return Err(PipelineError::field(
-                    field,
-                    format!(
-                        "step `{}`: steps must be agents; `{file_name}` is a {}",
-                        step.name,
-                        plugin.world.as_str()
-                    ),
-                ));
+            match (step.connector, plugin.world) {
+                (None, World::Agent) | (Some(_), World::Connector) => {}
+                (None, World::Connector) => {
+                    return Err(PipelineError::field(
+                        field,
+                        format!(
+                            "step `{}`: `{file_name}` is a connector-plugin: say what the step \
+                             does with it, `connector = \"pull\"` or `connector = \"push\"`",
+                            step.name
+                        ),
+                    ));
+                }
+                (None, world) => {
+                    return Err(PipelineError::field(
+                        field,
+                        format!(
+                            "step `{}`: steps must be agents or connectors; `{file_name}` is a {}",
+                            step.name,
+                            world.as_str()
+                        ),
+                    ));
+                }
+                (Some(_), world) => {
+                    return Err(PipelineError::field(
+                        field,
+                        format!(
+                            "step `{}` has `connector` set, but `{file_name}` is a {}, not a \
+                             connector-plugin",
+                            step.name,
+                            world.as_str()
+                        ),
+                    ));
+                }
             }
             plugins.push(plugin);
         }
@@ -574,6 +625,10 @@ struct RawStep {
     config: Option<Value>,
     tools: Option<Capped<String, MAX_TOOLS>>,
     on_failure: Option<RawFeedback>,
+    input_from: Option<String>,
+    connector: Option<String>,
+    max_pages: Option<u32>,
+    max_items: Option<u32>,
     fuel: Option<u64>,
     timeout: Option<Dur>,
     memory: Option<Size>,
@@ -1394,6 +1449,62 @@ impl Validator<'_> {
             Some(feedback) => Some(self.feedback(i, &prefix, feedback, names)?),
         };
 
+        let input_from = match raw.input_from.as_deref() {
+            None => None,
+            Some(from) => {
+                let earlier = names.get(..i).unwrap_or_default();
+                if !earlier.contains(&from) {
+                    return Err(self.err(
+                        &field("input_from"),
+                        format!(
+                            "`{from}` is not an earlier step (earlier steps: {})",
+                            if earlier.is_empty() {
+                                "none".to_string()
+                            } else {
+                                backticked(earlier)
+                            }
+                        ),
+                    ));
+                }
+                Some(from.to_string())
+            }
+        };
+
+        let connector = match raw.connector.as_deref() {
+            None => None,
+            Some("pull") => Some(ConnectorMode::Pull),
+            Some("push") => Some(ConnectorMode::Push),
+            Some(other) => {
+                return Err(self.err(
+                    &field("connector"),
+                    format!("`{other}` is not a connector action: use \"pull\" or \"push\""),
+                ));
+            }
+        };
+        if connector.is_some() && !tools.is_empty() {
+            return Err(self.err(
+                &field("tools"),
+                "connector steps cannot call tools (only agents can)",
+            ));
+        }
+        if connector != Some(ConnectorMode::Pull)
+            && (raw.max_pages.is_some_and(|n| n != DEFAULT_MAX_PAGES)
+                || raw.max_items.is_some_and(|n| n != DEFAULT_MAX_ITEMS))
+        {
+            return Err(self.err(
+                &field("max_pages"),
+                "max_pages and max_items are for `connector = \"pull\"` steps",
+            ));
+        }
+        let max_pages = raw.max_pages.unwrap_or(DEFAULT_MAX_PAGES);
+        let max_items = raw.max_items.unwrap_or(DEFAULT_MAX_ITEMS);
+        if max_pages == 0 || max_pages > 100_000 || max_items == 0 || max_items > 1_000_000 {
+            return Err(self.err(
+                &field("max_pages"),
+                "max_pages must be 1 to 100000 and max_items 1 to 1000000",
+            ));
+        }
+
         let overrides = RawLimits {
             fuel: raw.fuel,
             timeout: raw.timeout.as_ref().map(|d| Dur(d.0)),
@@ -1410,6 +1521,10 @@ impl Validator<'_> {
             config,
             tools,
             on_failure,
+            input_from,
+            connector,
+            max_pages,
+            max_items,
             fuel: limits.fuel,
             timeout: limits.timeout,
             memory: limits.memory,

@@ -42,7 +42,13 @@ pub(crate) struct StepServices {
     live: Live,
     questions: AtomicI64,
     last_artifact: Mutex<Option<String>>,
+    /// A connector step's config, read with `state-get("corral.config")` (the connector
+    /// interface's exports take no config).
+    config: Option<String>,
 }
+
+/// The reserved state key under which a connector step reads its config.
+pub const CONFIG_KEY: &str = "corral.config";
 
 impl StepServices {
     #[allow(clippy::too_many_arguments)] // one call site; each part is a distinct handle
@@ -67,7 +73,14 @@ impl StepServices {
             live,
             questions: AtomicI64::new(0),
             last_artifact: Mutex::new(None),
+            config: None,
         }
+    }
+
+    /// Gives a connector step its config (under [`CONFIG_KEY`]).
+    pub(crate) fn with_config(mut self, config: String) -> Self {
+        self.config = Some(config);
+        self
     }
 
     /// The last artifact this attempt stored, for the step's `complete` event.
@@ -268,6 +281,9 @@ impl RunServices for StepServices {
         if key.len() > MAX_KEY {
             return None;
         }
+        if key == CONFIG_KEY {
+            return self.config.as_ref().map(|c| c.as_bytes().to_vec());
+        }
         match self.runner.store().state_get(&self.run.id, key).await {
             Ok(v) => v,
             Err(e) => {
@@ -281,6 +297,11 @@ impl RunServices for StepServices {
         if key.is_empty() || key.len() > MAX_KEY {
             return Err(PluginError::InvalidInput(format!(
                 "state keys are 1-{MAX_KEY} bytes"
+            )));
+        }
+        if key.starts_with("corral.") {
+            return Err(PluginError::InvalidInput(format!(
+                "state key `{key}`: keys starting with `corral.` are reserved for the host"
             )));
         }
         if value.len() > MAX_VALUE {

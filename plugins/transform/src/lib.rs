@@ -65,7 +65,8 @@ pub struct Input {
     /// Column names in order.
     #[serde(default)]
     pub columns: Option<Vec<InputColumn>>,
-    /// The records.
+    /// The records (`items`, what a connector's pull step outputs, is accepted too).
+    #[serde(alias = "items")]
     pub records: Vec<Map<String, Value>>,
 }
 
