@@ -586,6 +586,23 @@ async fn api_01_tenant_b_gets_404_on_every_route_with_tenant_a_ids() {
         )
         .await;
     let token = tok["id"].as_str().unwrap().to_string();
+    api.upload(&a, "http_json").await;
+    api.json(
+        Method::PUT,
+        "/v1/secrets/WH",
+        &a,
+        Some(json!({"value": "k"})),
+    )
+    .await;
+    let (_, hook) = api
+        .json(
+            Method::POST,
+            "/v1/webhooks",
+            &a,
+            Some(json!({"name": "h", "plugin": "http-json@0.1.0", "signing_secrets": ["WH"]})),
+        )
+        .await;
+    let webhook = hook["id"].as_str().unwrap().to_string();
 
     // Every route taking an id, from the route table (the same one /openapi.json lists).
     let (_, doc) = api.json(Method::GET, "/openapi.json", "", None).await;
@@ -600,10 +617,15 @@ async fn api_01_tenant_b_gets_404_on_every_route_with_tenant_a_ids() {
             "runs" => &run,
             "artifacts" => &artifact,
             "tokens" => &token,
+            "webhooks" => &webhook,
             other => panic!("a new resource `{other}`: add it to this matrix"),
         };
         for method in ops.as_object().unwrap().keys() {
             let m: Method = method.to_uppercase().parse().unwrap();
+            if m == Method::POST && path == "/v1/webhooks/{id}" {
+                // Deliveries take no token: the signature is the credential (api_05).
+                continue;
+            }
             let theirs = api
                 .json(
                     m.clone(),
@@ -1209,4 +1231,203 @@ async fn secrets_are_managed_by_admins_per_tenant_and_never_returned_or_stored_i
             );
         }
     }
+}
+
+/// A Standard Webhooks delivery: (id, timestamp, signature) headers for `body`.
+async fn deliver(
+    api: &Api,
+    hook: &str,
+    id: &str,
+    timestamp: i64,
+    signature: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    let resp = api
+        .http
+        .post(format!("{}/v1/webhooks/{hook}", api.url))
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A server with `http-json` and `echo` uploaded, signing secrets OLD and NEW, a pipeline
+/// echoing its input, and a webhook signed by both (a rotation) starting it.
+async fn webhook_setup(debounce: Option<&str>) -> (Server, Api, String, String) {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let a = server.admin_token.clone();
+    api.upload(&a, "http_json").await;
+    api.upload(&a, "echo").await;
+    for (name, value) in [
+        ("OLD", "whsec_b2xkLWtleS1vbGQta2V5LW9sZC1rZXk="),
+        ("NEW", "whsec_bmV3LWtleS1uZXcta2V5LW5ldy1rZXk="),
+    ] {
+        let (status, _) = api
+            .json(
+                Method::PUT,
+                &format!("/v1/secrets/{name}"),
+                &a,
+                Some(json!({"value": value})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (_, p) = api
+        .json(
+            Method::POST,
+            "/v1/pipelines",
+            &a,
+            Some(json!({"name": "on-delivery", "steps": [agent("echo", "echo@0.1.0", json!({}))]})),
+        )
+        .await;
+    let mut body = json!({"name": "orders", "plugin": "http-json@0.1.0",
+        "signing_secrets": ["NEW", "OLD"], "pipeline": p["id"]});
+    if let Some(d) = debounce {
+        body["debounce"] = json!(d);
+    }
+    let (status, hook) = api.json(Method::POST, "/v1/webhooks", &a, Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    assert_eq!(
+        hook["url"],
+        format!("/v1/webhooks/{}", hook["id"].as_str().unwrap())
+    );
+    let id = hook["id"].as_str().unwrap().to_string();
+    (server, api, a, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_05_webhook_signatures_windows_replays_and_rotation_then_a_run_streams_over_sse() {
+    use corral::runs::webhooks::sign;
+    let (server, api, admin, hook) = webhook_setup(None).await;
+    const NEW: &str = "whsec_bmV3LWtleS1uZXcta2V5LW5ldy1rZXk=";
+    const OLD: &str = "whsec_b2xkLWtleS1vbGQta2V5LW9sZC1rZXk=";
+    let body = r#"{"items": [{"order": 1}, {"order": 2}]}"#;
+    let now = now_secs();
+
+    // Bad body (signed for another), bad key, stale and future timestamps, no headers.
+    let sig = sign(NEW, "msg_1", now, b"{}");
+    assert_eq!(
+        deliver(&api, &hook, "msg_1", now, &sig, body).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let sig = sign("whsec_d3Jvbmcta2V5", "msg_1", now, body.as_bytes());
+    assert_eq!(
+        deliver(&api, &hook, "msg_1", now, &sig, body).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    for ts in [now - 301, now + 301] {
+        let sig = sign(NEW, "msg_1", ts, body.as_bytes());
+        let (status, err) = deliver(&api, &hook, "msg_1", ts, &sig, body).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains("300 s"));
+    }
+    let resp = api
+        .http
+        .post(format!("{}/v1/webhooks/{hook}", api.url))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let sig = sign(NEW, "msg_1", now, body.as_bytes());
+    assert_eq!(
+        deliver(&api, "whk_0000", "msg_1", now, &sig, body).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // A good delivery starts the pipeline; its events stream over SSE.
+    let (status, accepted) = deliver(&api, &hook, "msg_1", now, &sig, body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["items"], 2);
+    let run = accepted["run_id"].as_str().unwrap().to_string();
+    let events = api.stream(&admin, &run, None, 10_000).await;
+    let last = &events.last().unwrap().1;
+    assert_eq!(last["payload"]["status"], "succeeded", "{events:#?}");
+    let (_, record) = api
+        .json(Method::GET, &format!("/v1/runs/{run}"), &admin, None)
+        .await;
+    let output = &record["output"];
+    assert_eq!(output["items"], json!([{"order": 1}, {"order": 2}]));
+    assert_eq!(output["webhook"]["deliveries"], json!(["msg_1"]));
+
+    // The same delivery again is a replay, even correctly signed.
+    assert_eq!(
+        deliver(&api, &hook, "msg_1", now, &sig, body).await.0,
+        StatusCode::CONFLICT
+    );
+    // During a rotation the old key still signs; a signature list may carry both.
+    let old = sign(OLD, "msg_2", now, body.as_bytes());
+    assert_eq!(
+        deliver(&api, &hook, "msg_2", now, &old, body).await.0,
+        StatusCode::ACCEPTED
+    );
+    let both = format!(
+        "{} {}",
+        sign("whsec_eHh4", "msg_3", now, body.as_bytes()),
+        sign(NEW, "msg_3", now, body.as_bytes())
+    );
+    assert_eq!(
+        deliver(&api, &hook, "msg_3", now, &both, body).await.0,
+        StatusCode::ACCEPTED
+    );
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_deliveries_within_the_debounce_window_become_one_run() {
+    use corral::runs::webhooks::sign;
+    let (_server, api, admin, hook) = webhook_setup(Some("2s")).await;
+    const NEW: &str = "whsec_bmV3LWtleS1uZXcta2V5LW5ldy1rZXk=";
+    let now = now_secs();
+    let mut batches = Vec::new();
+    for i in 0..3 {
+        let body = format!(r#"{{"items": [{{"n": {i}}}]}}"#);
+        let id = format!("msg_{i}");
+        let sig = sign(NEW, &id, now, body.as_bytes());
+        let (status, accepted) = deliver(&api, &hook, &id, now, &sig, &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+        assert!(accepted["run_id"].is_null());
+        batches.push(accepted["batch_id"].as_str().unwrap().to_string());
+    }
+    assert!(
+        batches.iter().all(|b| b == &batches[0]),
+        "one batch: {batches:?}"
+    );
+    // After the window, exactly one run holds all three deliveries' items.
+    let mut runs = Value::Null;
+    for _ in 0..200 {
+        let (_, list) = api.json(Method::GET, "/v1/runs", &admin, None).await;
+        if list["runs"].as_array().is_some_and(|r| !r.is_empty()) {
+            runs = list["runs"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs = runs.as_array().expect("a run started after the window");
+    assert_eq!(runs.len(), 1);
+    let run = runs[0]["id"].as_str().unwrap();
+    api.stream(&admin, run, None, 10_000).await;
+    let (_, record) = api
+        .json(Method::GET, &format!("/v1/runs/{run}"), &admin, None)
+        .await;
+    let output = &record["output"];
+    assert_eq!(output["items"], json!([{"n": 0}, {"n": 1}, {"n": 2}]));
+    assert_eq!(
+        output["webhook"]["deliveries"],
+        json!(["msg_0", "msg_1", "msg_2"])
+    );
 }

@@ -9,6 +9,7 @@ pub mod error;
 mod handlers;
 pub mod metrics;
 mod sse;
+mod webhooks;
 
 pub use auth::Role;
 
@@ -403,6 +404,42 @@ pub const ROUTES: &[Route] = &[
         N,
         204,
         || delete(handlers::delete_secret),
+    ),
+    route(
+        "POST",
+        "/v1/webhooks",
+        "Register a webhook: {name, plugin (a connector), signing_secrets, pipeline?, debounce?}.",
+        Some(A),
+        J,
+        201,
+        || post(webhooks::create_webhook),
+    ),
+    route(
+        "GET",
+        "/v1/webhooks",
+        "List the tenant's webhooks.",
+        Some(A),
+        N,
+        200,
+        || get(webhooks::list_webhooks),
+    ),
+    route(
+        "DELETE",
+        "/v1/webhooks/{id}",
+        "Delete a webhook.",
+        Some(A),
+        N,
+        204,
+        || delete(webhooks::delete_webhook),
+    ),
+    route(
+        "POST",
+        "/v1/webhooks/{id}",
+        "Deliver to a webhook (no token: Standard Webhooks signature, 300 s window, replays refused).",
+        None,
+        J,
+        202,
+        || post(webhooks::deliver),
     ),
 ];
 

@@ -211,6 +211,21 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
             }
         })
     };
+    // Webhook deliveries waiting out a debounce window become runs when it passes.
+    let _webhook_batches = {
+        let (runner, stop) = (runner.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = runner.start_due_webhook_runs().await {
+                    tracing::warn!("starting debounced webhook runs failed: {e}");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+        })
+    };
 
     let shutdown = state.shutdown.clone();
     let serving = axum::serve(

@@ -9,6 +9,7 @@ mod executor;
 pub mod manifest;
 pub mod pipeline;
 mod services;
+pub mod webhooks;
 
 use crate::engine::{Engine, ErrorCode, json};
 use crate::events::Bus;

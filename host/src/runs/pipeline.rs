@@ -343,6 +343,17 @@ pub fn parse_json(text: &str, base_dir: Option<&Path>) -> Result<Pipeline, Pipel
     build(&value, base_dir, &HashMap::new())
 }
 
+/// A registered plugin reference (`name@version` or `plg_...`), as the API takes them;
+/// file paths are refused.
+pub fn registered_plugin(text: &str) -> Result<PluginRef, String> {
+    let lines = HashMap::new();
+    Validator {
+        lines: &lines,
+        base_dir: None,
+    }
+    .plugin(text)
+}
+
 /// Reads and parses a pipeline file: JSON if its extension is `.json`, TOML otherwise.
 /// Plugin paths are resolved against the file's directory; every error names the file.
 pub fn load_file(path: &Path) -> Result<Pipeline, PipelineError> {

@@ -7,7 +7,9 @@
 mod records;
 mod registry;
 mod secrets;
+mod webhooks;
 pub use secrets::SecretInfo;
+pub use webhooks::{DueBatch, NewWebhook, WebhookRecord};
 
 pub use registry::*;
 
