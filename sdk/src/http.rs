@@ -143,10 +143,19 @@ pub fn request(
     body: Option<&[u8]>,
 ) -> Result<Response> {
     let (scheme, authority, path) = split_url(url)?;
-    let entries: Vec<(String, Vec<u8>)> = headers
+    let mut entries: Vec<(String, Vec<u8>)> = headers
         .iter()
         .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
         .collect();
+    // A known length, so servers that do not read chunked bodies get the whole body.
+    if let Some(bytes) = body
+        && !entries.iter().any(|(k, _)| k == "content-length")
+    {
+        entries.push((
+            "content-length".into(),
+            bytes.len().to_string().into_bytes(),
+        ));
+    }
     let fields = Fields::from_list(&entries)
         .map_err(|e| Error::invalid_input(format!("request headers: {e:?}")))?;
     let req = OutgoingRequest::new(fields);

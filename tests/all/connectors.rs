@@ -274,3 +274,31 @@ async fn connector_and_agent_steps_must_use_the_right_kind_of_plugin() {
     .unwrap_err();
     assert!(e.to_string().contains("not an earlier step"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_etl_http_example_pulls_transforms_validates_and_pushes_back() {
+    let (port, api) = api().await;
+    let env = env(port, &[]).await;
+    // The example as shipped, pointed at this test's API instead of 127.0.0.1:8787, with
+    // its components and http-json's manifest beside it.
+    let live = |text: String| text.replace("127.0.0.1:8787", &format!("127.0.0.1:{port}"));
+    let text =
+        live(std::fs::read_to_string(root().join("examples/etl-http/pipeline.toml")).unwrap())
+            .replace("../../target/plugins/", "");
+    let manifest = std::fs::read_to_string(root().join("plugins/http-json/corral.toml"))
+        .unwrap()
+        .replace("port = 8787", &format!("port = {port}"));
+    std::fs::write(env.dir.path().join("http_json.corral.toml"), manifest).unwrap();
+    for name in ["http_json", "transform", "validate"] {
+        std::fs::copy(
+            plugin_path(name),
+            env.dir.path().join(format!("{name}.wasm")),
+        )
+        .unwrap();
+    }
+    let (outputs, _) = env.run(&text).await;
+    assert_eq!(outputs[2]["ok"], true, "{}", outputs[2]);
+    assert_eq!(outputs[3], json!({"pushed": 5, "offered": 5}));
+    let pushed = api.pushed.lock().unwrap().clone();
+    assert_eq!(pushed[0]["total"], 2.5);
+}

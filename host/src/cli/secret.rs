@@ -78,6 +78,10 @@ pub(super) async fn secret(cli: &Cli, cmd: &SecretCommand) -> anyhow::Result<Exi
         return Ok(ExitCode::from(2));
     }
     let store = cli.store(db).await?;
+    // The tenant embedded commands (`corral run`) act as exists on first use.
+    if tenant == super::runs::LOCAL_TENANT {
+        store.ensure_tenant(tenant).await?;
+    }
     let Some(tenant_id) = store.tenant_id(tenant).await? else {
         eprintln!("TENANT_NOT_FOUND: no tenant `{tenant}`");
         return Ok(ExitCode::from(2));
