@@ -302,3 +302,45 @@ async fn the_etl_http_example_pulls_transforms_validates_and_pushes_back() {
     let pushed = api.pushed.lock().unwrap().clone();
     assert_eq!(pushed[0]["total"], 2.5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_08_a_connector_url_pointing_at_metadata_or_private_ranges_is_refused() {
+    let (port, _api) = api().await;
+    let env = env(port, &["http_json"]).await;
+    // The manifest grants 127.0.0.1:PORT only; tenants control connector URLs, so every
+    // other address, however it is written, is refused in the host's HTTP layer.
+    for url in [
+        "http://169.254.169.254/latest/meta-data/".to_string(),
+        "http://10.0.0.7/items".to_string(),
+        format!("http://[::ffff:127.0.0.1]:{port}/items"),
+        format!("http://localhost:{port}/items"),
+    ] {
+        let toml = format!(
+            "name = \"x\"\n[[steps]]\nname = \"pull\"\nplugin = \"http_json.wasm\"\n\
+             connector = \"pull\"\nmax_attempts = 1\nconfig = {{ url = \"{url}\" }}\n"
+        );
+        let p = pipeline::parse_toml(&toml, env.dir.path()).unwrap();
+        let run = env
+            .runner
+            .submit(&env.tenant, &p, None, "{}")
+            .await
+            .unwrap();
+        env.runner.execute(&run.id).await.unwrap();
+        let record = env.runner.store().run(&run.id).await.unwrap().unwrap();
+        assert_eq!(record.status, "failed", "{url}");
+        let message = record.error_message.unwrap_or_default();
+        assert!(message.contains("refused"), "{url}: {message}");
+        let events = env
+            .runner
+            .store()
+            .events_after(&run.id, 0, 1000)
+            .await
+            .unwrap();
+        assert!(
+            events
+                .iter()
+                .any(|e| e.kind == "http" && e.payload["outcome"] == "denied"),
+            "{url}"
+        );
+    }
+}

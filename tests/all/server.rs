@@ -1431,3 +1431,68 @@ async fn webhook_deliveries_within_the_debounce_window_become_one_run() {
         json!(["msg_0", "msg_1", "msg_2"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_plugins_get_their_grants_from_a_manifest_set_over_the_api() {
+    // A JSON API on loopback for the connector to reach.
+    let app = axum::Router::new().route(
+        "/items",
+        axum::routing::get(|| async { axum::Json(json!({"items": [{"a": 1}, {"a": 2}]})) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let a = server.admin_token.clone();
+    let plugin = api.upload(&a, "http_json").await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let steps = json!([{"name": "pull", "plugin": "http-json@0.1.0", "connector": "pull",
+        "max_attempts": 1, "config": {"url": format!("http://127.0.0.1:{port}/items")}}]);
+
+    // Without a manifest the plugin reaches nothing.
+    let run = api.run(&a, steps.clone(), json!({})).await;
+    let events = api.stream(&a, &run, None, 10_000).await;
+    let last = &events.last().unwrap().1;
+    assert_eq!(last["payload"]["status"], "failed", "{events:#?}");
+    assert!(
+        events
+            .iter()
+            .any(|(_, e)| e["type"] == "http" && e["payload"]["outcome"] == "denied")
+    );
+
+    // A bad manifest is refused naming the field; a good one grants the API.
+    let path = format!("/v1/plugins/{plugin}/manifest");
+    let (status, err) = api
+        .json(
+            Method::PUT,
+            &path,
+            &a,
+            Some(json!({"grants": {"http": [{"host": "*"}]}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("grants.http[0]"),
+        "{err}"
+    );
+    let manifest = json!({"grants": {"http": [{"host": "127.0.0.1", "port": port}]}});
+    let (status, _) = api
+        .json(Method::PUT, &path, &a, Some(manifest.clone()))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, shown) = api
+        .json(Method::GET, &format!("/v1/plugins/{plugin}"), &a, None)
+        .await;
+    assert_eq!(shown["manifest"], manifest, "{shown}");
+    let run = api.run(&a, steps, json!({})).await;
+    let events = api.stream(&a, &run, None, 10_000).await;
+    let last = &events.last().unwrap().1;
+    assert_eq!(last["payload"]["status"], "succeeded", "{events:#?}");
+}

@@ -712,3 +712,35 @@ pub(super) async fn delete_secret(
         Err(ApiError::not_found("SECRET_NOT_FOUND", "secret", &name))
     }
 }
+
+/// `PUT /v1/plugins/{id}/manifest`: a registered plugin's permission manifest (the JSON
+/// form of `NAME.corral.toml`). Checked now, and again whenever a pipeline using the
+/// plugin is loaded; it replaces any earlier one.
+pub(super) async fn put_plugin_manifest(
+    State(state): State<AppState>,
+    Admin(caller): Admin,
+    Path(id): Path<String>,
+    Body(doc): Body<Value>,
+) -> Result<Json<Value>, ApiError> {
+    // Another tenant's plugin is not there, whatever the body says.
+    if state
+        .runner
+        .store()
+        .plugin(&caller.tenant_id, &id)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found("PLUGIN_NOT_FOUND", "plugin", &id));
+    }
+    crate::runs::manifest::Manifest::from_json(&doc)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_MANIFEST", e))?;
+    if !state
+        .runner
+        .store()
+        .set_plugin_manifest(&caller.tenant_id, &id, &doc)
+        .await?
+    {
+        return Err(ApiError::not_found("PLUGIN_NOT_FOUND", "plugin", &id));
+    }
+    Ok(Json(json!({ "id": id, "manifest": doc })))
+}

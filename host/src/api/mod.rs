@@ -380,6 +380,15 @@ pub const ROUTES: &[Route] = &[
     ),
     route(
         "PUT",
+        "/v1/plugins/{id}/manifest",
+        "Set a registered plugin's permission manifest: {grants: {tools, http, secrets}, limits}.",
+        Some(A),
+        J,
+        200,
+        || put(handlers::put_plugin_manifest),
+    ),
+    route(
+        "PUT",
         "/v1/secrets/{name}",
         "Create (201) or replace (200) a secret: {value}. Sealed at rest, never returned.",
         Some(A),

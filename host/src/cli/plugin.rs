@@ -48,7 +48,16 @@ async fn inspect(cli: &Cli, file: &Path, as_json: bool) -> anyhow::Result<ExitCo
         tools: None,
         describe_error: None,
         grants: match &manifest {
-            Ok(m) => json!({"tools": m.grants.tools}),
+            Ok(m) => json!({
+                "tools": m.grants.tools,
+                "http": m.grants.http,
+                "secrets": m.grants.secrets,
+                "limits": m.http_limits().ok().map(|l| json!({
+                    "http_requests": l.max_requests,
+                    "http_response_bytes": l.max_response_bytes,
+                    "http_timeout_ms": u64::try_from(l.request_timeout.as_millis()).unwrap_or(u64::MAX),
+                })),
+            }),
             Err(e) => json!({"error": e}),
         },
     };

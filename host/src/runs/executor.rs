@@ -218,7 +218,10 @@ async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, 
         .load_tools(runner.engine(), Some(&registry))
         .await
         .map_err(unloadable)?;
-    let manifests = pipeline.manifests().map_err(unloadable)?;
+    let manifests = pipeline
+        .manifests(Some(&registry))
+        .await
+        .map_err(unloadable)?;
     let steps = runner.store().steps(&run.id).await?;
     let mut walk = Walk {
         manifests,

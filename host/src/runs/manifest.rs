@@ -167,6 +167,16 @@ pub fn path_for(plugin: &PluginRef) -> Option<PathBuf> {
     }
 }
 
+impl Manifest {
+    /// A manifest from JSON (the API form; same structure as the TOML file), checked.
+    pub fn from_json(value: &serde_json::Value) -> Result<Manifest, String> {
+        let manifest: Manifest =
+            serde_json::from_value(value.clone()).map_err(|e| format!("manifest: {e}"))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+}
+
 /// The manifest of a plugin: its file's contents, or no grants at all.
 pub fn for_plugin(plugin: &PluginRef) -> Result<Manifest, String> {
     let Some(path) = path_for(plugin) else {

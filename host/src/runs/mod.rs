@@ -183,7 +183,8 @@ impl Runner {
             .await
             .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
         pipeline
-            .manifests()
+            .manifests(Some(&registry))
+            .await
             .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
         let spec = serde_json::to_string(pipeline)
             .map_err(|e| RunError::InvalidPipeline(format!("cannot store pipeline: {e}")))?;
@@ -453,6 +454,25 @@ impl StoreRegistry {
 
 #[async_trait::async_trait]
 impl pipeline::Registry for StoreRegistry {
+    async fn manifest(&self, plugin: &pipeline::PluginRef) -> Result<manifest::Manifest, String> {
+        let record = match plugin {
+            pipeline::PluginRef::Id(id) => self.store.plugin(&self.tenant_id, id).await,
+            pipeline::PluginRef::Named { name, version } => {
+                self.store
+                    .plugin_named(&self.tenant_id, name, version)
+                    .await
+            }
+            pipeline::PluginRef::Path(_) => return manifest::for_plugin(plugin),
+        }
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no registered plugin `{plugin}`"))?;
+        match &record.manifest {
+            None => Ok(manifest::Manifest::default()),
+            Some(value) => manifest::Manifest::from_json(value)
+                .map_err(|e| format!("the manifest of `{plugin}`: {e}")),
+        }
+    }
+
     async fn fetch(&self, plugin: &pipeline::PluginRef) -> Result<Vec<u8>, String> {
         let record = match plugin {
             pipeline::PluginRef::Id(id) => self.store.plugin(&self.tenant_id, id).await,

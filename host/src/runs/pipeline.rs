@@ -412,19 +412,29 @@ pub struct LoadedTool {
 pub trait Registry: Send + Sync {
     /// The component bytes of a registered plugin, or why there are none.
     async fn fetch(&self, plugin: &PluginRef) -> Result<Vec<u8>, String>;
+    /// A registered plugin's permission manifest (none: it is granted nothing).
+    async fn manifest(&self, plugin: &PluginRef) -> Result<super::manifest::Manifest, String> {
+        let _ = plugin;
+        Ok(super::manifest::Manifest::default())
+    }
 }
 
 impl Pipeline {
-    /// Every step's plugin manifest, read and checked (in step order).
-    pub fn manifests(&self) -> Result<Vec<super::manifest::Manifest>, PipelineError> {
-        self.steps
-            .iter()
-            .enumerate()
-            .map(|(i, step)| {
-                super::manifest::for_plugin(&step.plugin)
-                    .map_err(|e| PipelineError::field(format!("steps[{i}].plugin"), e))
-            })
-            .collect()
+    /// Every step's plugin manifest, read and checked (in step order): the file beside a
+    /// component file, or what the registry holds for a registered plugin.
+    pub async fn manifests(
+        &self,
+        registry: Option<&dyn Registry>,
+    ) -> Result<Vec<super::manifest::Manifest>, PipelineError> {
+        let mut out = Vec::with_capacity(self.steps.len());
+        for (i, step) in self.steps.iter().enumerate() {
+            let manifest = match (&step.plugin, registry) {
+                (PluginRef::Path(_), _) | (_, None) => super::manifest::for_plugin(&step.plugin),
+                (registered, Some(registry)) => registry.manifest(registered).await,
+            };
+            out.push(manifest.map_err(|e| PipelineError::field(format!("steps[{i}].plugin"), e))?);
+        }
+        Ok(out)
     }
 
     /// Loads the `[tools]` plugins (each must be a tool plugin that lists its tools) and
@@ -434,7 +444,7 @@ impl Pipeline {
         engine: &Engine,
         registry: Option<&dyn Registry>,
     ) -> Result<std::collections::BTreeMap<String, LoadedTool>, PipelineError> {
-        let manifests = self.manifests()?;
+        let manifests = self.manifests(registry).await?;
         for (i, (step, manifest)) in self.steps.iter().zip(&manifests).enumerate() {
             for (j, tool) in step.tools.iter().enumerate() {
                 if !manifest.grants.tools.contains(tool) {

@@ -65,6 +65,8 @@ pub struct PluginRecord {
     pub size: i64,
     /// Unix ms.
     pub created_at: i64,
+    /// Its permission manifest (`null`: it is granted nothing).
+    pub manifest: Option<serde_json::Value>,
 }
 
 impl PluginRecord {
@@ -79,7 +81,30 @@ impl PluginRecord {
             info: serde_json::from_str(&info).unwrap_or(serde_json::Value::Null),
             size: r.try_get("size")?,
             created_at: r.try_get("created_at")?,
+            manifest: r
+                .try_get::<Option<String>, _>("manifest")?
+                .and_then(|m| serde_json::from_str(&m).ok()),
         })
+    }
+}
+
+impl Store {
+    /// Sets a registered plugin's permission manifest (already validated); returns
+    /// whether the plugin exists.
+    pub async fn set_plugin_manifest(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        manifest: &serde_json::Value,
+    ) -> Result<bool> {
+        let _w = self.write_guard().await;
+        let done = sqlx::query("UPDATE plugins SET manifest = $3 WHERE tenant_id = $1 AND id = $2")
+            .bind(tenant_id)
+            .bind(id)
+            .bind(manifest.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 }
 
@@ -291,7 +316,7 @@ impl Store {
     /// A tenant's plugins.
     pub async fn plugins(&self, tenant_id: &str) -> Result<Vec<PluginRecord>> {
         let rows = sqlx::query(
-            "SELECT id, name, version, digest, world, info, size, created_at FROM plugins \
+            "SELECT id, name, version, digest, world, info, size, created_at, manifest FROM plugins \
              WHERE tenant_id = $1 ORDER BY name, created_at",
         )
         .bind(tenant_id)
@@ -303,7 +328,7 @@ impl Store {
     /// A tenant's plugin by id.
     pub async fn plugin(&self, tenant_id: &str, id: &str) -> Result<Option<PluginRecord>> {
         let row = sqlx::query(
-            "SELECT id, name, version, digest, world, info, size, created_at FROM plugins \
+            "SELECT id, name, version, digest, world, info, size, created_at, manifest FROM plugins \
              WHERE tenant_id = $1 AND id = $2",
         )
         .bind(tenant_id)
@@ -321,7 +346,7 @@ impl Store {
         version: &str,
     ) -> Result<Option<PluginRecord>> {
         let row = sqlx::query(
-            "SELECT id, name, version, digest, world, info, size, created_at FROM plugins \
+            "SELECT id, name, version, digest, world, info, size, created_at, manifest FROM plugins \
              WHERE tenant_id = $1 AND name = $2 AND version = $3",
         )
         .bind(tenant_id)
