@@ -135,6 +135,23 @@ fn failed(e: &ErrorCode) -> Error {
     }
 }
 
+/// Writes the request body (in the 4 KiB pieces WASI streams take) and finishes it.
+fn send_body(outgoing: OutgoingBody, body: Option<&[u8]>) -> Result<()> {
+    if let Some(bytes) = body {
+        let stream = outgoing
+            .write()
+            .map_err(|()| Error::permanent("the request body stream was already taken"))?;
+        for chunk in bytes.chunks(4096) {
+            stream
+                .blocking_write_and_flush(chunk)
+                .map_err(|e| Error::transient(format!("sending the body: {e:?}")))?;
+        }
+        drop(stream);
+    }
+    OutgoingBody::finish(outgoing, None)
+        .map_err(|e| Error::transient(format!("sending the body: {e:?}")))
+}
+
 /// Sends one request and reads the whole response.
 pub fn request(
     method_name: &str,
@@ -171,25 +188,21 @@ pub fn request(
         .body()
         .map_err(|()| Error::permanent("the request body was already taken"))?;
     let future = outgoing_handler::handle(req, None).map_err(|e| failed(&e))?;
-    if let Some(bytes) = body {
-        let stream = outgoing
-            .write()
-            .map_err(|()| Error::permanent("the request body stream was already taken"))?;
-        for chunk in bytes.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| Error::transient(format!("sending the body: {e:?}")))?;
-        }
-        drop(stream);
-    }
-    OutgoingBody::finish(outgoing, None)
-        .map_err(|e| Error::transient(format!("sending the body: {e:?}")))?;
-    let response = loop {
+    let wait = || loop {
         match future.get() {
             Some(result) => break result,
             None => future.subscribe().block(),
         }
     };
+    let sent = send_body(outgoing, body);
+    let response = wait();
+    // A refused request closes its body stream: report the refusal, not the write.
+    if let (Err(write), Ok(Ok(_))) = (&sent, &response) {
+        return Err(write.clone());
+    }
+    if let (Err(write), Err(())) = (sent, &response) {
+        return Err(write);
+    }
     let response = response
         .map_err(|()| Error::permanent("the response was already taken"))?
         .map_err(|e| failed(&e))?;

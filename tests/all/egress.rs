@@ -364,7 +364,7 @@ async fn request_count_and_response_bytes_are_limited_per_step() {
         results[1]["error"]
             .as_str()
             .unwrap()
-            .contains("reading the body"),
+            .contains("reading the response"),
         "256 KiB is over the 100 kB budget: {:?}",
         results[1]
     );
@@ -451,7 +451,10 @@ async fn secrets_reach_only_their_hosts_and_never_appear_in_guest_data_events_lo
     drop(s.runner);
     for entry in std::fs::read_dir(s.db.path()).unwrap() {
         let path = entry.unwrap().path();
-        let bytes = std::fs::read(&path).unwrap();
+        // The -wal and -shm files may be checkpointed and removed as the pool closes.
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
         assert!(
             !bytes.windows(VALUE.len()).any(|w| w == VALUE.as_bytes()),
             "{} holds the secret in clear",

@@ -452,29 +452,13 @@ impl StoreRegistry {
     }
 }
 
-#[async_trait::async_trait]
-impl pipeline::Registry for StoreRegistry {
-    async fn manifest(&self, plugin: &pipeline::PluginRef) -> Result<manifest::Manifest, String> {
-        let record = match plugin {
-            pipeline::PluginRef::Id(id) => self.store.plugin(&self.tenant_id, id).await,
-            pipeline::PluginRef::Named { name, version } => {
-                self.store
-                    .plugin_named(&self.tenant_id, name, version)
-                    .await
-            }
-            pipeline::PluginRef::Path(_) => return manifest::for_plugin(plugin),
-        }
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no registered plugin `{plugin}`"))?;
-        match &record.manifest {
-            None => Ok(manifest::Manifest::default()),
-            Some(value) => manifest::Manifest::from_json(value)
-                .map_err(|e| format!("the manifest of `{plugin}`: {e}")),
-        }
-    }
-
-    async fn fetch(&self, plugin: &pipeline::PluginRef) -> Result<Vec<u8>, String> {
-        let record = match plugin {
+impl StoreRegistry {
+    /// The tenant's record of a registered plugin.
+    async fn record(
+        &self,
+        plugin: &pipeline::PluginRef,
+    ) -> Result<crate::store::PluginRecord, String> {
+        match plugin {
             pipeline::PluginRef::Id(id) => self.store.plugin(&self.tenant_id, id).await,
             pipeline::PluginRef::Named { name, version } => {
                 self.store
@@ -489,7 +473,26 @@ impl pipeline::Registry for StoreRegistry {
             }
         }
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no registered plugin `{plugin}`"))?;
+        .ok_or_else(|| format!("no registered plugin `{plugin}`"))
+    }
+}
+
+#[async_trait::async_trait]
+impl pipeline::Registry for StoreRegistry {
+    async fn manifest(&self, plugin: &pipeline::PluginRef) -> Result<manifest::Manifest, String> {
+        if let pipeline::PluginRef::Path(_) = plugin {
+            return manifest::for_plugin(plugin);
+        }
+        let record = self.record(plugin).await?;
+        match &record.manifest {
+            None => Ok(manifest::Manifest::default()),
+            Some(value) => manifest::Manifest::from_json(value)
+                .map_err(|e| format!("the manifest of `{plugin}`: {e}")),
+        }
+    }
+
+    async fn fetch(&self, plugin: &pipeline::PluginRef) -> Result<Vec<u8>, String> {
+        let record = self.record(plugin).await?;
         let bytes = self
             .store
             .plugin_bytes(&self.tenant_id, &record.id)

@@ -2506,8 +2506,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("steps[1].plugin"));
         assert!(
-            e.to_string()
-                .contains("step `s1`: steps must be agents; `text_tools.wasm` is a tool-plugin"),
+            e.to_string().contains(
+                "step `s1`: steps must be agents or connectors; `text_tools.wasm` is a tool-plugin"
+            ),
             "{e}"
         );
 
