@@ -47,16 +47,30 @@ fn inspect_echo_reports_the_agent_world_as_json() {
         serde_json::json!(["corral:plugin/agent@0.1.0"])
     );
     assert_eq!(
-        doc["grants"],
-        serde_json::json!({"tools": []}),
+        doc["grants"]["tools"],
+        serde_json::json!([]),
         "no manifest, no grants"
     );
+    assert_eq!(doc["grants"]["http"], serde_json::json!([]));
+    assert_eq!(doc["grants"]["secrets"], serde_json::json!({}));
+    assert_eq!(doc["grants"]["limits"]["http_requests"], 64);
     // A plugin with a manifest beside it shows what it is granted.
     let (_, out, _) = run(corral()
         .args(["plugin", "inspect", "--json"])
         .arg(plugin_path("researcher")));
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(doc["grants"], serde_json::json!({"tools": ["text"]}));
+    assert_eq!(doc["grants"]["tools"], serde_json::json!(["text"]));
+    // And its egress grants: endpoints, and which hosts may receive which secret.
+    let (_, out, _) = run(corral()
+        .args(["plugin", "inspect", "--json"])
+        .arg(plugin_path("http_json")));
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["grants"]["http"][0]["host"], "127.0.0.1");
+    assert_eq!(doc["grants"]["http"][0]["port"], 8787);
+    assert_eq!(
+        doc["grants"]["secrets"]["API_TOKEN"],
+        serde_json::json!(["127.0.0.1"])
+    );
 }
 
 #[test]
