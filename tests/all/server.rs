@@ -1390,7 +1390,8 @@ async fn api_05_webhook_signatures_windows_replays_and_rotation_then_a_run_strea
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_deliveries_within_the_debounce_window_become_one_run() {
     use corral::runs::webhooks::sign;
-    let (_server, api, admin, hook) = webhook_setup(Some("2s")).await;
+    // A window long enough that three deliveries fit in it on a loaded machine.
+    let (_server, api, admin, hook) = webhook_setup(Some("5s")).await;
     const NEW: &str = "whsec_bmV3LWtleS1uZXcta2V5LW5ldy1rZXk=";
     let now = now_secs();
     let mut batches = Vec::new();
@@ -1409,7 +1410,7 @@ async fn webhook_deliveries_within_the_debounce_window_become_one_run() {
     );
     // After the window, exactly one run holds all three deliveries' items.
     let mut runs = Value::Null;
-    for _ in 0..200 {
+    for _ in 0..600 {
         let (_, list) = api.json(Method::GET, "/v1/runs", &admin, None).await;
         if list["runs"].as_array().is_some_and(|r| !r.is_empty()) {
             runs = list["runs"].clone();
