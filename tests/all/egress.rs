@@ -395,7 +395,11 @@ async fn secrets_reach_only_their_hosts_and_never_appear_in_guest_data_events_lo
         .put_secret(&s.tenant, "API_TOKEN", VALUE)
         .await
         .unwrap();
-    let auth = json!([["authorization", "Bearer ${secret:API_TOKEN}"]]);
+    let auth = json!([
+        ["authorization", "Bearer ${secret:API_TOKEN}"],
+        ["accept-encoding", "gzip"],
+        ["range", "bytes=10-14"]
+    ]);
     let (results, events) = s
         .probe(
             &p,
@@ -416,6 +420,19 @@ async fn secrets_reach_only_their_hosts_and_never_appear_in_guest_data_events_lo
         .find(|(k, _)| k == "authorization")
         .unwrap();
     assert_eq!(sent.1, format!("Bearer {VALUE}"));
+    let header = |name: &str| {
+        seen[0]
+            .2
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("accept-encoding").as_deref(),
+        Some("identity"),
+        "no compressed echo"
+    );
+    assert_eq!(header("range"), None, "no partial echo");
     // The echo came back redacted, in body and header.
     assert_eq!(results[0]["status"], 200);
     assert_eq!(results[0]["body"], "you sent: Bearer [redacted]");

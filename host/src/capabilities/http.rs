@@ -16,7 +16,10 @@
 //!    never headers or bodies); a refusal also logs which grant is missing.
 //!
 //! Responses that echo a substituted secret have it redacted, in headers and body, before
-//! the guest sees them.
+//! the guest sees them (requests carrying a secret ask for identity encoding and no
+//! ranges, so the echo arrives whole). Redaction guards against accidental echoes; the
+//! guard against a host that would transform the value is that only the hosts granted
+//! the secret ever receive it.
 
 use super::RunServices;
 use super::log::{GuestEvent, Level, LogBuffer, Observer, Source};
@@ -623,6 +626,14 @@ impl WasiHttpHooks for HttpHooks {
                     }
                 }
                 values = resolved.into_values().filter(|v| !v.is_empty()).collect();
+                // Redaction reads the response as sent: ask for it whole and uncompressed,
+                // so an echo cannot come back gzipped or in ranges that split the value.
+                headers.insert(
+                    http::header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+                headers.remove(http::header::RANGE);
+                headers.remove(http::header::IF_RANGE);
             }
             // Resolve here and connect to the address that was checked.
             let addrs = match target.host.parse::<IpAddr>() {
