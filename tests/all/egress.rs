@@ -99,6 +99,15 @@ struct Setup {
 
 /// A runner on SQLite and a one-step pipeline of `http-prober` with `manifest`.
 async fn setup(manifest: &str) -> (Setup, pipeline::Pipeline) {
+    let (s, p) = setup_step(manifest, "").await;
+    (s, p.unwrap())
+}
+
+/// Like [`setup`], with `step` (TOML lines) added to the step; the pipeline may not load.
+async fn setup_step(
+    manifest: &str,
+    step: &str,
+) -> (Setup, Result<pipeline::Pipeline, corral::runs::RunError>) {
     let db = tempfile::tempdir().unwrap();
     let store = Store::open_in_dir(db.path()).await.unwrap();
     let tenant = store.ensure_tenant("egress").await.unwrap();
@@ -107,10 +116,16 @@ async fn setup(manifest: &str) -> (Setup, pipeline::Pipeline) {
     std::fs::copy(plugin_path("http_prober"), dir.path().join("prober.wasm")).unwrap();
     std::fs::write(dir.path().join("prober.corral.toml"), manifest).unwrap();
     let p = pipeline::parse_toml(
-        "name = \"egress\"\n[[steps]]\nname = \"probe\"\nplugin = \"prober.wasm\"\n",
+        &format!(
+            "name = \"egress\"\n[[steps]]\nname = \"probe\"\nplugin = \"prober.wasm\"\n{step}"
+        ),
         dir.path(),
     )
     .unwrap();
+    let p = match runner.submit(&tenant, &p, None, "{\"requests\": []}").await {
+        Ok(_) => Ok(p),
+        Err(e) => Err(e),
+    };
     (
         Setup {
             runner,
@@ -479,4 +494,38 @@ async fn secrets_reach_only_their_hosts_and_never_appear_in_guest_data_events_lo
         );
     }
     let _ = &s.dir;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_can_only_narrow_its_plugins_http_grants() {
+    let (port, seen) = server().await;
+    let manifest = format!(
+        "[[grants.http]]\nhost = \"127.0.0.1\"\nport = {port}\n\
+         [[grants.http]]\nhost = \"public.example\"\nport = {port}\nallow_private = true\n"
+    );
+    // Kept: only public.example.
+    let (s, p) = setup_step(&manifest, "http = [\"public.example\"]\n").await;
+    let p = p.unwrap();
+    let (results, _) = s
+        .probe(
+            &p,
+            json!([{"url": format!("http://public.example:{port}/")},
+                   {"url": format!("http://127.0.0.1:{port}/")}]),
+        )
+        .await;
+    assert_eq!(results[0]["status"], 200, "{results:?}");
+    assert!(
+        results[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("HttpRequestDenied")
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // Widening is refused when the pipeline is loaded, naming the missing grant.
+    let (_, p) = setup_step(&manifest, "http = [\"api.example.com\"]\n").await;
+    let e = p.unwrap_err().to_string();
+    assert!(
+        e.contains("steps[0].http[0]") && e.contains("missing grant"),
+        "{e}"
+    );
 }

@@ -687,8 +687,11 @@ impl Walk<'_> {
             cancel: self.live.cancel.child_token(),
             deadline: Some(deadline),
             http: self.manifests.get(idx).and_then(|m| {
-                m.http_policy(&self.runner.engine().config().http_resolver)
-                    .map(Arc::new)
+                m.http_policy_for(
+                    step.http.as_deref(),
+                    &self.runner.engine().config().http_resolver,
+                )
+                .map(Arc::new)
             }),
         };
         let (fuel_used, result) = match step.connector {

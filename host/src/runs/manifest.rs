@@ -147,11 +147,27 @@ impl Manifest {
 
     /// The plugin's egress policy, or `None` when it may reach nothing.
     pub fn http_policy(&self, resolver: &Resolver) -> Option<HttpPolicy> {
-        if self.grants.http.is_empty() {
+        self.http_policy_for(None, resolver)
+    }
+
+    /// The egress policy narrowed to the rules whose host a step keeps (`None`: all).
+    pub fn http_policy_for(
+        &self,
+        keep: Option<&[String]>,
+        resolver: &Resolver,
+    ) -> Option<HttpPolicy> {
+        let rules: Vec<HttpRule> = self
+            .grants
+            .http
+            .iter()
+            .filter(|r| keep.is_none_or(|hosts| hosts.contains(&r.host)))
+            .cloned()
+            .collect();
+        if rules.is_empty() {
             return None;
         }
         Some(HttpPolicy {
-            rules: self.grants.http.clone(),
+            rules,
             secrets: self.grants.secrets.clone(),
             limits: self.http_limits().unwrap_or_default(),
             resolver: resolver.clone(),

@@ -21,6 +21,13 @@
 //! fuel = 1_000_000_000                           # per-step overrides of any [defaults] key
 //! tools = ["text-tools"]                         # tools this step may call (from [tools])
 //! on_failure = { send_back_to = "developer", max_loops = 3 }
+//! http = ["api.example.com"]                     # keep only these of its manifest's hosts
+//! input_from = "extract"                         # an earlier step's output as input
+//! [[steps]]
+//! name = "fetch"
+//! plugin = "../target/plugins/http_json.wasm"    # a connector-plugin
+//! connector = "pull"                             # or "push"; config is the pull query
+//! max_pages = 100                                # pull only; also max_items = 10000
 //! ```
 //!
 //! TOML and JSON share one serde model (unknown keys are errors everywhere) and one
@@ -123,6 +130,10 @@ pub struct Step {
     /// Where to send the work back to when this step fails, if anywhere.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<FeedbackLoop>,
+    /// The hosts of its plugin's `[[grants.http]]` rules this step keeps (`None`: all of
+    /// them; empty: none). A step can only narrow what the manifest grants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<Vec<String>>,
     /// The earlier step whose output is this step's input (default: the previous step).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_from: Option<String>,
@@ -432,7 +443,33 @@ impl Pipeline {
                 (PluginRef::Path(_), _) | (_, None) => super::manifest::for_plugin(&step.plugin),
                 (registered, Some(registry)) => registry.manifest(registered).await,
             };
-            out.push(manifest.map_err(|e| PipelineError::field(format!("steps[{i}].plugin"), e))?);
+            let manifest =
+                manifest.map_err(|e| PipelineError::field(format!("steps[{i}].plugin"), e))?;
+            for (j, host) in step.http.iter().flatten().enumerate() {
+                if !manifest.grants.http.iter().any(|r| &r.host == host) {
+                    let granted: Vec<&str> = manifest
+                        .grants
+                        .http
+                        .iter()
+                        .map(|r| r.host.as_str())
+                        .collect();
+                    return Err(PipelineError::field(
+                        format!("steps[{i}].http[{j}]"),
+                        format!(
+                            "step `{}` may not reach `{host}`: its plugin's manifest grants no \
+                             such host (missing grant: [[grants.http]] host = \"{host}\"; it \
+                             grants: {})",
+                            step.name,
+                            if granted.is_empty() {
+                                "none".to_string()
+                            } else {
+                                granted.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+            out.push(manifest);
         }
         Ok(out)
     }
@@ -647,6 +684,7 @@ struct RawStep {
     tools: Option<Capped<String, MAX_TOOLS>>,
     on_failure: Option<RawFeedback>,
     input_from: Option<String>,
+    http: Option<Capped<String, MAX_TOOLS>>,
     connector: Option<String>,
     max_pages: Option<u32>,
     max_items: Option<u32>,
@@ -1542,6 +1580,7 @@ impl Validator<'_> {
             config,
             tools,
             on_failure,
+            http: raw.http.as_ref().map(|h| h.0.clone()),
             input_from,
             connector,
             max_pages,
