@@ -871,3 +871,46 @@ async fn the_research_example_calls_its_granted_tools() {
     );
     assert_eq!(events.iter().filter(|e| e.kind == "tool_call").count(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_grants_are_read_only_under_work_in_and_nothing_else_is_visible() {
+    let env = env(sqlite()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/a.txt"), "alpha").unwrap();
+    std::fs::write(dir.path().join("ref.csv"), "x,y\n1,2\n").unwrap();
+    std::fs::write(dir.path().join("private.txt"), "not granted").unwrap();
+    std::fs::copy(plugin_path("file_reader"), dir.path().join("reader.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("reader.corral.toml"),
+        "[grants]\nfiles = [\"data\", \"ref.csv\"]\n",
+    )
+    .unwrap();
+    let p = pipeline::parse_toml(
+        "name = \"files\"\n[[steps]]\nname = \"read\"\nplugin = \"reader.wasm\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    let input = json!({"paths": ["/work/in", "/work/in/data/a.txt", "/work/in/ref.csv",
+        "/work/in/data", "/work/in/private.txt", "/work/in/../private.txt"]});
+    let (id, events) = env.run(&p, &input.to_string()).await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let out: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    let r = &out["results"];
+    assert_eq!(r[0]["list"], json!(["data", "ref.csv"]), "{out}");
+    assert_eq!(r[1]["read"], "alpha");
+    assert_eq!(r[2]["read"], "x,y\n1,2\n");
+    assert_eq!(r[3]["list"], json!(["a.txt"]));
+    assert!(r[4]["read"].is_null() && r[5]["read"].is_null(), "{out}");
+    for (i, result) in r.as_array().unwrap().iter().enumerate() {
+        assert_eq!(result["write_ok"], false, "read-only: {i} {result}");
+    }
+    // The host's files are untouched.
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data/a.txt")).unwrap(),
+        "alpha"
+    );
+    assert!(!dir.path().join("data/written-by-guest.txt").exists());
+    assert!(!dir.path().join("ref.written").exists());
+}

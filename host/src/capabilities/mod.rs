@@ -39,6 +39,17 @@ pub trait RunServices: Send + Sync {
     }
 }
 
+/// A host file or directory a plugin may read, at `/work/in/<name>` (read-only).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileGrant {
+    /// The host path (canonical).
+    pub host: std::path::PathBuf,
+    /// Its name under `/work/in`.
+    pub name: String,
+    /// Whether it is a directory (else a regular file).
+    pub dir: bool,
+}
+
 /// Why the host stopped a guest from the outside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interrupt {

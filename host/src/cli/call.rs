@@ -127,6 +127,12 @@ pub(super) async fn run(cli: &Cli, args: &CallArgs) -> anyhow::Result<ExitCode> 
             ctrl_c.cancel();
         }
     });
+    let manifest = match crate::runs::manifest::for_plugin(&crate::runs::pipeline::PluginRef::Path(
+        args.file.clone(),
+    )) {
+        Ok(m) => m,
+        Err(e) => return Ok(report_failure(&Failure::invalid_input(e), args.json)),
+    };
     let how = Invocation {
         limits: Limits {
             fuel: args.fuel,
@@ -138,12 +144,10 @@ pub(super) async fn run(cli: &Cli, args: &CallArgs) -> anyhow::Result<ExitCode> 
         observer,
         services: None,
         cancel,
-        http: match crate::runs::manifest::for_plugin(&crate::runs::pipeline::PluginRef::Path(
-            args.file.clone(),
-        )) {
-            Ok(m) => m.http_policy(&engine.config().http_resolver).map(Arc::new),
-            Err(e) => return Ok(report_failure(&Failure::invalid_input(e), args.json)),
-        },
+        http: manifest
+            .http_policy(&engine.config().http_resolver)
+            .map(Arc::new),
+        files: manifest.grants.resolved_files.clone(),
         deadline: None,
     };
     let outcome = engine.invoke(&plugin, call, how).await;

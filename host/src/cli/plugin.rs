@@ -52,6 +52,7 @@ async fn inspect(cli: &Cli, file: &Path, as_json: bool) -> anyhow::Result<ExitCo
                 "tools": m.grants.tools,
                 "http": m.grants.http,
                 "secrets": m.grants.secrets,
+                "files": m.grants.files,
                 "limits": m.http_limits().ok().map(|l| json!({
                     "http_requests": l.max_requests,
                     "http_response_bytes": l.max_response_bytes,

@@ -195,6 +195,8 @@ pub struct Invocation {
     pub deadline: Option<super::Deadline>,
     /// What the plugin may reach over HTTP; `None` refuses every request.
     pub http: Option<Arc<crate::capabilities::http::HttpPolicy>>,
+    /// Host files and directories it may read, under `/work/in` (read-only).
+    pub files: Vec<crate::capabilities::FileGrant>,
 }
 
 impl std::fmt::Debug for Invocation {
@@ -282,7 +284,26 @@ impl Engine {
             .deadline
             .clone()
             .unwrap_or_else(|| super::Deadline::after(limits.timeout));
-        let mut store = match self.new_store(&how, &log, scratch.path(), deadline.clone()) {
+        // Granted files are linked (or copied) into a private directory the guest sees,
+        // read-only, as /work/in; granted directories are mapped beside them.
+        let inputs = match stage_inputs(&how.files, &self.config().scratch_root) {
+            Ok(dir) => dir,
+            Err(e) => {
+                tracing::error!("cannot stage granted files: {e}");
+                let f = Failure::new(
+                    ErrorCode::ResourceLimit,
+                    format!("host could not provide the granted files: {e}"),
+                );
+                return finish(Err(f), 0);
+            }
+        };
+        let mut store = match self.new_store(
+            &how,
+            &log,
+            scratch.path(),
+            inputs.as_ref().map(|d| d.path()),
+            deadline.clone(),
+        ) {
             Ok(store) => store,
             Err(e) => {
                 tracing::error!("cannot set up a store: {e}");
@@ -328,7 +349,7 @@ impl Engine {
         // mounted with `discard`: milliseconds, measured by the benchmarks), so it happens
         // off the call path. The directory is private and the guest is gone: nothing can
         // use it in between.
-        tokio::task::spawn_blocking(move || drop(scratch));
+        tokio::task::spawn_blocking(move || drop((scratch, inputs)));
         finish(result, fuel_used)
     }
 
@@ -337,6 +358,7 @@ impl Engine {
         how: &Invocation,
         log: &Arc<Mutex<LogBuffer>>,
         scratch: &std::path::Path,
+        inputs: Option<&std::path::Path>,
         deadline: super::Deadline,
     ) -> anyhow::Result<Store<HostState>> {
         let limits = &how.limits;
@@ -357,6 +379,18 @@ impl Engine {
         .max_random_size(1 << 20)
         .preopened_dir(scratch, "/work", FsPerms::ReadWrite)
         .map_err(|e| anyhow::anyhow!("preopening scratch dir: {e}"))?;
+        if let Some(inputs) = inputs {
+            wasi.preopened_dir(inputs, "/work/in", FsPerms::ReadOnly)
+                .map_err(|e| anyhow::anyhow!("preopening granted files: {e}"))?;
+        }
+        for grant in how.files.iter().filter(|g| g.dir) {
+            wasi.preopened_dir(
+                &grant.host,
+                format!("/work/in/{}", grant.name),
+                FsPerms::ReadOnly,
+            )
+            .map_err(|e| anyhow::anyhow!("preopening {}: {e}", grant.host.display()))?;
+        }
         let mut memory = Limits::clone(limits);
         memory.memory_bytes = memory.memory_bytes.min(self.config().max_memory_bytes);
         let mut table = ResourceTable::new();
@@ -402,6 +436,28 @@ impl Engine {
         });
         Ok(store)
     }
+}
+
+/// The directory seen as `/work/in`: granted files hard-linked (or copied) into it, and
+/// an empty entry per granted directory (mapped over it by its own preopen). `None`
+/// without grants.
+fn stage_inputs(
+    files: &[crate::capabilities::FileGrant],
+    root: &std::path::Path,
+) -> std::io::Result<Option<tempfile::TempDir>> {
+    if files.is_empty() {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new().prefix("in-").tempdir_in(root)?;
+    for grant in files {
+        let target = dir.path().join(&grant.name);
+        if grant.dir {
+            std::fs::create_dir(&target)?;
+        } else if std::fs::hard_link(&grant.host, &target).is_err() {
+            std::fs::copy(&grant.host, &target)?;
+        }
+    }
+    Ok(Some(dir))
 }
 
 enum Stopped {

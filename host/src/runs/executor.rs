@@ -693,6 +693,11 @@ impl Walk<'_> {
                 )
                 .map(Arc::new)
             }),
+            files: self
+                .manifests
+                .get(idx)
+                .map(|m| m.grants.resolved_files.clone())
+                .unwrap_or_default(),
         };
         let (fuel_used, result) = match step.connector {
             None => {

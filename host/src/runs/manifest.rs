@@ -53,7 +53,7 @@ pub struct Manifest {
     pub limits: ManifestLimits,
 }
 
-/// Grants. Files are not grantable yet, so they are refused.
+/// Grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
@@ -66,6 +66,13 @@ pub struct Grants {
     /// Secret name -> hosts the secret may be sent to.
     #[serde(default)]
     pub secrets: BTreeMap<String, Vec<String>>,
+    /// Host files or directories (relative to the manifest) it may read, read-only,
+    /// at `/work/in/<name>`. Only for plugins on the host's own disk.
+    #[serde(default)]
+    pub files: Vec<String>,
+    /// `files`, resolved and checked when the manifest was read.
+    #[serde(skip)]
+    pub resolved_files: Vec<crate::capabilities::FileGrant>,
 }
 
 /// Limits a plugin asks for (each at most the host's cap).
@@ -185,11 +192,55 @@ pub fn path_for(plugin: &PluginRef) -> Option<PathBuf> {
 
 impl Manifest {
     /// A manifest from JSON (the API form; same structure as the TOML file), checked.
+    /// File grants are refused: a tenant must not grant itself the host's files.
     pub fn from_json(value: &serde_json::Value) -> Result<Manifest, String> {
         let manifest: Manifest =
             serde_json::from_value(value.clone()).map_err(|e| format!("manifest: {e}"))?;
+        if !manifest.grants.files.is_empty() {
+            return Err(
+                "grants.files: file grants are only for plugins on the host's own disk \
+                 (a NAME.corral.toml beside the component), not for uploaded plugins"
+                    .into(),
+            );
+        }
         manifest.validate()?;
         Ok(manifest)
+    }
+
+    /// Resolves `files` against `base` (the manifest's directory): each must exist and
+    /// be a regular file (at most 64 MiB) or a directory, with a distinct plain name.
+    fn resolve_files(&mut self, base: &std::path::Path) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        for (i, entry) in self.grants.files.iter().enumerate() {
+            let field = format!("grants.files[{i}]");
+            let path = std::fs::canonicalize(base.join(entry))
+                .map_err(|e| format!("{field}: `{entry}`: {e}"))?;
+            let meta = std::fs::metadata(&path).map_err(|e| format!("{field}: {e}"))?;
+            if meta.is_file() && meta.len() > 64 << 20 {
+                return Err(format!("{field}: `{entry}` is larger than 64 MiB"));
+            }
+            if !meta.is_file() && !meta.is_dir() {
+                return Err(format!("{field}: `{entry}` is not a file or a directory"));
+            }
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| !n.is_empty() && !n.starts_with('.'))
+                .ok_or_else(|| format!("{field}: `{entry}` has no usable name"))?;
+            if !names.insert(name.clone()) {
+                return Err(format!(
+                    "{field}: a second grant named `{name}` under /work/in"
+                ));
+            }
+            self.grants
+                .resolved_files
+                .push(crate::capabilities::FileGrant {
+                    host: path,
+                    name,
+                    dir: meta.is_dir(),
+                });
+        }
+        Ok(())
     }
 }
 
@@ -203,10 +254,14 @@ pub fn for_plugin(plugin: &PluginRef) -> Result<Manifest, String> {
             if text.len() > 64 << 10 {
                 return Err(format!("{} is larger than 64 KiB", path.display()));
             }
-            let manifest: Manifest =
+            let mut manifest: Manifest =
                 toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
             manifest
                 .validate()
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            manifest
+                .resolve_files(base)
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             Ok(manifest)
         }
@@ -232,11 +287,24 @@ mod tests {
         assert_eq!(for_plugin(&plugin).unwrap().grants.tools, ["t"]);
         std::fs::write(
             dir.path().join("agent.corral.toml"),
-            "[grants]\nfiles = [\"/\"]\n",
+            "[grants]\nnetwork = [\"/\"]\n",
         )
         .unwrap();
         let err = for_plugin(&plugin).unwrap_err();
-        assert!(err.contains("files"), "{err}");
+        assert!(err.contains("network"), "{err}");
+        std::fs::write(
+            dir.path().join("agent.corral.toml"),
+            "[grants]\nfiles = [\"missing.csv\"]\n",
+        )
+        .unwrap();
+        let err = for_plugin(&plugin).unwrap_err();
+        assert!(err.contains("grants.files[0]"), "{err}");
+        let api = serde_json::json!({"grants": {"files": ["/etc"]}});
+        assert!(
+            Manifest::from_json(&api)
+                .unwrap_err()
+                .contains("host's own disk")
+        );
         std::fs::write(
             dir.path().join("agent.corral.toml"),
             "[[grants.http]]\nhost = \"*\"\n",
