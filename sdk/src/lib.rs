@@ -427,6 +427,14 @@ pub fn ask<R: DeserializeOwned>(question: &str, answer_schema: Option<&Value>) -
     serde_json::from_str(&answer).map_err(|e| Error::permanent(format!("answer: {e}")))
 }
 
+/// Waits until webhook `name` (of this tenant) receives a delivery, and returns
+/// `{"items": [...], "webhook": {"id", "name", "deliveries"}}`: the connector's items.
+/// The wait is durable like [`ask`]'s (the step's clock pauses, and the run survives
+/// restarts).
+pub fn wait_for_webhook<R: DeserializeOwned>(name: &str) -> Result<R> {
+    ask(&format!("webhook:{name}"), None)
+}
+
 /// The config of a connector step (a connector's exports take none: the host hands it
 /// over under the reserved state key `corral.config`).
 pub fn connector_config<T: DeserializeOwned>() -> Result<T> {

@@ -1497,3 +1497,65 @@ async fn registered_plugins_get_their_grants_from_a_manifest_set_over_the_api() 
     let last = &events.last().unwrap().1;
     assert_eq!(last["payload"]["status"], "succeeded", "{events:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_delivery_wakes_a_run_waiting_for_it() {
+    use corral::runs::webhooks::sign;
+    const NEW: &str = "whsec_bmV3LWtleS1uZXcta2V5LW5ldy1rZXk=";
+    let (_server, api, admin, _) = webhook_setup(None).await;
+    api.upload(&admin, "flaky").await;
+    let (status, hook) = api
+        .json(
+            Method::POST,
+            "/v1/webhooks",
+            &admin,
+            Some(
+                json!({"name": "signals", "plugin": "http-json@0.1.0", "signing_secrets": ["NEW"]}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{hook}");
+    let hook = hook["id"].as_str().unwrap().to_string();
+    let run = api
+        .run(
+            &admin,
+            json!([agent(
+                "wait",
+                "flaky@0.1.0",
+                json!({"wait_for_webhook": "signals"})
+            )]),
+            json!({}),
+        )
+        .await;
+    let mut status = Value::Null;
+    for _ in 0..600 {
+        let (_, r) = api
+            .json(Method::GET, &format!("/v1/runs/{run}"), &admin, None)
+            .await;
+        status = r["run"]["status"].clone();
+        if status == "waiting" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "waiting");
+    let body = r#"{"items": [{"signal": "go"}]}"#;
+    let now = now_secs();
+    let sig = sign(NEW, "sig_1", now, body.as_bytes());
+    let (status, accepted) = deliver(&api, &hook, "sig_1", now, &sig, body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{accepted}");
+    assert_eq!(accepted["woken"], json!([run]));
+    assert!(
+        accepted["run_id"].is_null(),
+        "this webhook starts no pipeline"
+    );
+    let events = api.stream(&admin, &run, None, 10_000).await;
+    assert_eq!(events.last().unwrap().1["payload"]["status"], "succeeded");
+    let (_, record) = api
+        .json(Method::GET, &format!("/v1/runs/{run}"), &admin, None)
+        .await;
+    assert_eq!(
+        record["output"]["delivery"]["items"],
+        json!([{"signal": "go"}])
+    );
+}

@@ -175,6 +175,7 @@ pub(super) async fn deliver(
                 "items": accepted.items,
                 "run_id": accepted.run_id,
                 "batch_id": accepted.batch_id,
+                "woken": accepted.woken,
             })),
         )
             .into_response()),

@@ -61,6 +61,8 @@ pub struct Accepted {
     pub run_id: Option<String>,
     /// The batch it joined (a debounce window is open).
     pub batch_id: Option<String>,
+    /// Runs that were waiting for this webhook and got the delivery.
+    pub woken: Vec<String>,
 }
 
 /// The signing key a secret value stands for.
@@ -170,12 +172,15 @@ impl Runner {
             }
         };
         let count = items.len();
+        let woken = self.wake_waiting(&webhook, &items, id).await?;
+        let mut accepted = Accepted {
+            items: count,
+            run_id: None,
+            batch_id: None,
+            woken,
+        };
         let Some(pipeline_id) = &webhook.pipeline_id else {
-            return Ok(Accepted {
-                items: count,
-                run_id: None,
-                batch_id: None,
-            });
+            return Ok(accepted);
         };
         if webhook.debounce_ms <= 0 {
             let run_id = self
@@ -187,18 +192,40 @@ impl Runner {
                     &[id.to_string()],
                 )
                 .await?;
-            return Ok(Accepted {
-                items: count,
-                run_id: Some(run_id),
-                batch_id: None,
-            });
+            accepted.run_id = Some(run_id);
+        } else {
+            accepted.batch_id = Some(store.add_to_batch(&webhook, id, &items).await?);
         }
-        let batch = store.add_to_batch(&webhook, id, &items).await?;
-        Ok(Accepted {
-            items: count,
-            run_id: None,
-            batch_id: Some(batch),
+        Ok(accepted)
+    }
+
+    /// Answers the runs waiting for this webhook (`corral_sdk::wait_for_webhook`, the
+    /// question `webhook:<name>`) with the delivery's items.
+    async fn wake_waiting(
+        &self,
+        webhook: &WebhookRecord,
+        items: &[Value],
+        delivery: &str,
+    ) -> Result<Vec<String>, WebhookError> {
+        let question = format!("webhook:{}", webhook.name);
+        let waiting = self
+            .store()
+            .runs_waiting_on(&webhook.tenant_id, &question)
+            .await?;
+        let answer = json!({
+            "items": items,
+            "webhook": {"id": webhook.id, "name": webhook.name, "deliveries": [delivery]},
         })
+        .to_string();
+        let mut woken = Vec::new();
+        for run_id in waiting {
+            match self.answer(&webhook.tenant_id, &run_id, &answer).await {
+                Ok(()) => woken.push(run_id),
+                // Answered or ended meanwhile, or its question wants another shape.
+                Err(e) => tracing::debug!(run = %run_id, "webhook did not wake the run: {e}"),
+            }
+        }
+        Ok(woken)
     }
 
     async fn webhook_items(

@@ -188,6 +188,20 @@ impl Store {
         Ok(())
     }
 
+    /// Runs of the tenant waiting on a question (newest question first), at most 100.
+    pub async fn runs_waiting_on(&self, tenant_id: &str, question: &str) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT a.run_id AS run_id FROM answers a JOIN runs r ON r.id = a.run_id \
+             WHERE r.tenant_id = $1 AND a.question = $2 AND a.answer IS NULL \
+             AND r.status IN ('running', 'waiting') ORDER BY a.asked_at LIMIT 100",
+        )
+        .bind(tenant_id)
+        .bind(question)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok(r.try_get("run_id")?)).collect()
+    }
+
     /// Adds a delivery's items to the webhook's open batch (one whose window has not
     /// passed), or opens one due `debounce_ms` from now. Returns the batch id.
     pub async fn add_to_batch(
