@@ -307,3 +307,46 @@ fn tool_plugins_are_called_with_tool_and_refuse_without_it() {
     assert_eq!(code, 2);
     assert!(err.contains("--tool"), "{err}");
 }
+
+#[test]
+fn res_09_huge_buffer_requests_get_what_there_is_and_the_host_stays_small() {
+    // read(u64::MAX) on a 10-byte file and on stdin: the host reads what there is.
+    let (code, err, peak_kib) = peak_rss_kib(
+        corral()
+            .arg("call")
+            .arg(plugin_path("buffer_asker"))
+            .args(["--json", "--input", "{}"]),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        peak_kib > 0 && peak_kib < 512 * 1024,
+        "peak RSS {peak_kib} KiB"
+    );
+    let (code, out, err) = run(corral()
+        .arg("call")
+        .arg(plugin_path("buffer_asker"))
+        .args(["--json", "--input", "{}"]));
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["output"]["file"], 10, "{doc}");
+    assert!(
+        doc["output"]["stdin"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Closed"),
+        "{doc}"
+    );
+    // 2^40 random bytes: refused (the guest is stopped), and the host never allocates it.
+    let (code, err, peak_kib) = peak_rss_kib(
+        corral()
+            .arg("call")
+            .arg(plugin_path("buffer_asker"))
+            .args(["--input", r#"{"random": true}"#]),
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("exceeds limit"), "{err}");
+    assert!(
+        peak_kib > 0 && peak_kib < 512 * 1024,
+        "peak RSS {peak_kib} KiB"
+    );
+}
