@@ -36,6 +36,20 @@ impl ApiError {
     }
 
     /// 400 `INVALID_REQUEST`.
+    /// `204 No Content` when a delete found its object, else the 404 for it.
+    pub fn deleted(
+        found: bool,
+        code: &'static str,
+        what: &str,
+        id: &str,
+    ) -> Result<StatusCode, Self> {
+        if found {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err(ApiError::not_found(code, what, id))
+        }
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message)
     }

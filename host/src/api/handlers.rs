@@ -340,16 +340,12 @@ pub(super) async fn delete_pipeline(
     Operator(caller): Operator,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state
+    let found = state
         .runner
         .store()
         .delete_pipeline(&caller.tenant_id, &id)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("PIPELINE_NOT_FOUND", "pipeline", &id))
-    }
+        .await?;
+    ApiError::deleted(found, "PIPELINE_NOT_FOUND", "pipeline", &id)
 }
 
 // ---- runs ----
@@ -635,16 +631,12 @@ pub(super) async fn revoke_token(
     Admin(caller): Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state
+    let found = state
         .runner
         .store()
         .revoke_token(&caller.tenant_id, &id)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("TOKEN_NOT_FOUND", "token", &id))
-    }
+        .await?;
+    ApiError::deleted(found, "TOKEN_NOT_FOUND", "token", &id)
 }
 
 #[derive(Deserialize)]
@@ -701,16 +693,12 @@ pub(super) async fn delete_secret(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     checked_secret_name(&name)?;
-    if state
+    let found = state
         .runner
         .store()
         .delete_secret(&caller.tenant_id, &name)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("SECRET_NOT_FOUND", "secret", &name))
-    }
+        .await?;
+    ApiError::deleted(found, "SECRET_NOT_FOUND", "secret", &name)
 }
 
 /// `PUT /v1/plugins/{id}/manifest`: a registered plugin's permission manifest (the JSON

@@ -140,16 +140,12 @@ pub(super) async fn delete_webhook(
     Admin(caller): Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    if state
+    let found = state
         .runner
         .store()
         .delete_webhook(&caller.tenant_id, &id)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("WEBHOOK_NOT_FOUND", "webhook", &id))
-    }
+        .await?;
+    ApiError::deleted(found, "WEBHOOK_NOT_FOUND", "webhook", &id)
 }
 
 /// `POST /v1/webhooks/{id}`: a delivery. No token: the signature is the credential, and
