@@ -61,6 +61,18 @@ pub struct Store {
     sealer: Option<std::sync::Arc<crate::secrets::Sealer>>,
 }
 
+/// The scheduler's candidates: queued runs of the tenant with the fewest runs executing,
+/// then of the one that least recently had a run claimed, each tenant's oldest first. Its
+/// per-tenant subqueries are index lookups (migration 0006), never a scan of history.
+const CLAIM_CANDIDATES: &str = "SELECT q.id AS id FROM runs q \
+     WHERE q.status = 'queued' AND q.cancel_requested = 0 \
+     ORDER BY (SELECT COUNT(*) FROM runs r WHERE r.tenant_id = q.tenant_id \
+               AND r.status IN ('running', 'waiting')), \
+              (SELECT COALESCE(MAX(r.claim_seq), 0) FROM runs r \
+               WHERE r.tenant_id = q.tenant_id), \
+              q.queue_seq, q.id \
+     LIMIT 8";
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     SystemTime::now()
@@ -133,17 +145,21 @@ impl Store {
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
             .acquire_timeout(Duration::from_secs(30));
         let options = if backend == Backend::Sqlite {
-            options.after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    use sqlx::Executor;
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+            // A local file has no connection to lose: skip the ping sqlx makes on every
+            // acquire (a round trip to the connection's worker thread; see BENCHMARKS.md).
+            options
+                .test_before_acquire(false)
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        use sqlx::Executor;
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
                          PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-                    )
-                    .await?;
-                    Ok(())
+                        )
+                        .await?;
+                        Ok(())
+                    })
                 })
-            })
         } else {
             options
         };
@@ -352,18 +368,7 @@ impl Store {
     /// oldest queued run (FIFO within a tenant). `None` when nothing is queued.
     pub async fn claim_next_run(&self, owner: &str, lease: Duration) -> Result<Option<RunRecord>> {
         let _w = self.write_guard().await;
-        let candidates = sqlx::query(
-            "SELECT q.id AS id FROM runs q \
-             WHERE q.status = 'queued' AND q.cancel_requested = 0 \
-             ORDER BY (SELECT COUNT(*) FROM runs r WHERE r.tenant_id = q.tenant_id \
-                       AND r.status IN ('running', 'waiting')), \
-                      (SELECT COALESCE(MAX(r.claim_seq), 0) FROM runs r \
-                       WHERE r.tenant_id = q.tenant_id), \
-                      q.queue_seq, q.id \
-             LIMIT 8",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let candidates = sqlx::query(CLAIM_CANDIDATES).fetch_all(&self.pool).await?;
         let now = now_ms();
         let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
         for row in candidates {
@@ -801,5 +806,33 @@ pub fn redact_url(url: &str) -> String {
             )
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_claim_query_looks_tenants_up_by_index_and_never_scans_their_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_in_dir(dir.path()).await.unwrap();
+        let plan = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {CLAIM_CANDIDATES}"
+        )))
+        .fetch_all(&store.pool)
+        .await
+        .unwrap();
+        let steps: Vec<String> = plan
+            .iter()
+            .map(|r| r.try_get::<String, _>("detail").unwrap())
+            .collect();
+        let text = steps.join("\n");
+        assert!(
+            !steps.iter().any(|s| s.starts_with("SCAN")),
+            "a full scan in the claim query's plan:\n{text}"
+        );
+        assert!(text.contains("runs_by_tenant_status"), "{text}");
+        assert!(text.contains("runs_by_tenant_claim"), "{text}");
     }
 }
