@@ -22,10 +22,34 @@ impl Db {
     }
 }
 
-/// A Postgres URL whose connections use a schema of their own.
+/// A Postgres URL whose connections use a schema of their own. Schemas are named after
+/// the test process; those of processes that are gone are dropped first, so the shared
+/// test database does not fill up run after run.
 async fn postgres_schema(base: &str) -> String {
-    let schema = format!("corral_test_{:016x}", rand_u64());
+    let pid = std::process::id();
+    let schema = format!("corral_test_{pid}_{:016x}", rand_u64());
     let admin = sqlx::PgPool::connect(base).await.unwrap();
+    let old: Vec<String> = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'corral\\_test\\_%'",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    for name in old {
+        let owner: Option<u32> = name
+            .strip_prefix("corral_test_")
+            .and_then(|rest| rest.split('_').next())
+            .and_then(|p| p.parse().ok());
+        // Old-style names carry no pid; processes still running keep theirs.
+        let gone = owner.is_none_or(|p| !std::path::Path::new(&format!("/proc/{p}")).exists());
+        if gone {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
     sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
         .execute(&admin)
         .await

@@ -798,7 +798,10 @@ pub fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let creds = url.get(scheme + 3..at).unwrap_or_default();
-            let user = creds.split(':').next().unwrap_or_default();
+            // Only a password is hidden; a URL without one is shown as it is.
+            let Some((user, _password)) = creds.split_once(':') else {
+                return url.to_string();
+            };
             format!(
                 "{}{user}:***{}",
                 url.get(..scheme + 3).unwrap_or_default(),
@@ -812,6 +815,19 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_lose_their_password_and_nothing_else() {
+        assert_eq!(
+            redact_url("postgres://corral:s3cret@db:5432/corral"),
+            "postgres://corral:***@db:5432/corral"
+        );
+        assert_eq!(
+            redact_url("postgres://postgres@127.0.0.1:5432/test"),
+            "postgres://postgres@127.0.0.1:5432/test"
+        );
+        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
 
     #[tokio::test]
     async fn the_claim_query_looks_tenants_up_by_index_and_never_scans_their_history() {
