@@ -214,12 +214,12 @@ async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, 
         .load_plugins(runner.engine(), Some(&registry))
         .await
         .map_err(unloadable)?;
-    let tools = pipeline
-        .load_tools(runner.engine(), Some(&registry))
-        .await
-        .map_err(unloadable)?;
     let manifests = pipeline
         .manifests(Some(&registry))
+        .await
+        .map_err(unloadable)?;
+    let tools = pipeline
+        .load_tools(runner.engine(), Some(&registry), &manifests)
         .await
         .map_err(unloadable)?;
     let steps = runner.store().steps(&run.id).await?;

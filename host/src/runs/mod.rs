@@ -178,12 +178,12 @@ impl Runner {
             .load_plugins(&self.inner.engine, Some(&registry))
             .await
             .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
-        pipeline
-            .load_tools(&self.inner.engine, Some(&registry))
+        let manifests = pipeline
+            .manifests(Some(&registry))
             .await
             .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
         pipeline
-            .manifests(Some(&registry))
+            .load_tools(&self.inner.engine, Some(&registry), &manifests)
             .await
             .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
         let spec = serde_json::to_string(pipeline)

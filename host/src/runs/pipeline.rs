@@ -475,14 +475,15 @@ impl Pipeline {
     }
 
     /// Loads the `[tools]` plugins (each must be a tool plugin that lists its tools) and
-    /// checks every step's grants: a step may only list tools its plugin's manifest grants.
+    /// checks every step's grants against its plugin's manifest (`manifests`, in step
+    /// order, from [`Pipeline::manifests`]): a step may only list tools it is granted.
     pub async fn load_tools(
         &self,
         engine: &Engine,
         registry: Option<&dyn Registry>,
+        manifests: &[super::manifest::Manifest],
     ) -> Result<std::collections::BTreeMap<String, LoadedTool>, PipelineError> {
-        let manifests = self.manifests(registry).await?;
-        for (i, (step, manifest)) in self.steps.iter().zip(&manifests).enumerate() {
+        for (i, (step, manifest)) in self.steps.iter().zip(manifests).enumerate() {
             for (j, tool) in step.tools.iter().enumerate() {
                 if !manifest.grants.tools.contains(tool) {
                     let granted = if manifest.grants.tools.is_empty() {
