@@ -18,6 +18,8 @@ CREATE TABLE webhook_deliveries (
     received_at  BIGINT NOT NULL,
     PRIMARY KEY (webhook_id, delivery_id)
 );
+-- Each delivery forgets ids older than the window: by index, not a scan.
+CREATE INDEX webhook_deliveries_by_time ON webhook_deliveries (received_at);
 
 -- Items of deliveries waiting out the debounce window, then one run.
 CREATE TABLE webhook_batches (

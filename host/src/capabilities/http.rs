@@ -94,17 +94,7 @@ impl HttpRule {
     }
 
     fn host_matches(&self, host: &str) -> bool {
-        let rule = self.host.trim().to_ascii_lowercase();
-        match rule.strip_prefix("*.") {
-            // A wildcard never matches an IP literal: numbers must be named.
-            Some(domain) => {
-                host.parse::<IpAddr>().is_err()
-                    && host
-                        .strip_suffix(domain)
-                        .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
-            }
-            None => rule == host,
-        }
+        host_pattern_matches(&self.host, host)
     }
 
     fn names_ip(&self, ip: IpAddr) -> bool {
@@ -112,18 +102,25 @@ impl HttpRule {
     }
 }
 
+/// Whether `host` (lower case) is what `pattern` names: the same name, or for
+/// `*.domain` a subdomain of it. A wildcard never matches an IP literal: numbers must be
+/// named.
+fn host_pattern_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.trim().to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(domain) => {
+            host.parse::<IpAddr>().is_err()
+                && host
+                    .strip_suffix(domain)
+                    .is_some_and(|sub| sub.len() > 1 && sub.ends_with('.'))
+        }
+        None => pattern == host,
+    }
+}
+
 /// Whether `host` is allowed by a secret grant's host list.
 fn secret_host_allowed(hosts: &[String], host: &str) -> bool {
-    hosts.iter().any(|h| {
-        HttpRule {
-            host: h.clone(),
-            port: None,
-            methods: Vec::new(),
-            path_prefix: None,
-            allow_private: false,
-        }
-        .host_matches(host)
-    })
+    hosts.iter().any(|h| host_pattern_matches(h, host))
 }
 
 /// Limits on one invocation's outbound HTTP.
@@ -866,13 +863,17 @@ impl Body for Metered {
                         continue; // trailers are not passed on
                     };
                     let n = u64::try_from(data.len()).unwrap_or(u64::MAX);
-                    let left = this.budget.load(Ordering::Relaxed);
-                    if n > left {
+                    // One atomic step, so concurrent bodies cannot both spend the rest.
+                    let spent =
+                        this.budget
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                                left.checked_sub(n)
+                            });
+                    if spent.is_err() {
                         this.budget.store(0, Ordering::Relaxed);
                         this.finish(Some("response byte limit reached".into()));
                         return Poll::Ready(Some(Err(Error::HttpResponseBodySize(None))));
                     }
-                    this.budget.fetch_sub(n, Ordering::Relaxed);
                     if let Some(r) = this.record.as_mut() {
                         r.bytes = r.bytes.saturating_add(n);
                     }
