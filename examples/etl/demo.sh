@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ETL demo: CSV orders -> typed records -> data-quality report, a pipeline of three
 # sandboxed plugins run by `corral run` on the embedded SQLite database. (Run by
-# `cargo xtask demo`, which builds everything first and sets $CORRAL to the release binary.)
+# `./x demo` (`cargo xtask demo`), which builds everything first and sets $CORRAL to the release binary.)
 set -euo pipefail
 cd "$(dirname "$0")"
 CORRAL="${CORRAL:-corral}"
