@@ -113,6 +113,16 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{bits:032x}")
 }
 
+/// `sqlite://PATH` as `--help` documents it: sqlx opens such a URL read-write but will
+/// not create the file ("code: 14"), so a URL without its own `mode=` gets `mode=rwc`.
+fn sqlite_create_if_missing(url: &str, backend: Backend) -> String {
+    if backend != Backend::Sqlite || url.contains("mode=") || url.contains(":memory:") {
+        return url.to_string();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
 impl Store {
     /// Opens (creating if needed) the SQLite database in `dir` (`corral.db`).
     pub async fn open_in_dir(dir: &Path) -> Result<Store> {
@@ -130,8 +140,9 @@ impl Store {
         Ok(store.with_sealer(sealer))
     }
 
-    /// Opens a database by URL (`sqlite://PATH?mode=rwc` or `postgres://...`) and applies
-    /// migrations.
+    /// Opens a database by URL (`sqlite://PATH` or `postgres://...`) and applies
+    /// migrations. A SQLite file that does not exist yet is created (unless the URL names
+    /// its own `mode=`).
     pub async fn open(url: &str) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -163,7 +174,8 @@ impl Store {
         } else {
             options
         };
-        let pool = options.connect(url).await?;
+        let url = sqlite_create_if_missing(url, backend);
+        let pool = options.connect(&url).await?;
         match backend {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
@@ -827,6 +839,25 @@ mod tests {
             "postgres://postgres@127.0.0.1:5432/test"
         );
         assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_url_naming_a_file_that_does_not_exist_yet_creates_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fresh.db");
+        let store = Store::open(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        assert!(path.exists());
+        drop(store);
+        assert_eq!(
+            sqlite_create_if_missing("sqlite:///x.db?mode=ro", Backend::Sqlite),
+            "sqlite:///x.db?mode=ro"
+        );
+        assert_eq!(
+            sqlite_create_if_missing("sqlite:///x.db?cache=shared", Backend::Sqlite),
+            "sqlite:///x.db?cache=shared&mode=rwc"
+        );
     }
 
     #[tokio::test]
