@@ -866,9 +866,15 @@ async fn openapi_lists_every_route_and_health_and_metrics_need_no_token() {
         "corral_step_duration_seconds_bucket",
         "corral_plugin_load_seconds_count",
         "corral_fuel_used_total",
+        "corral_tenants_fuel_used",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    // API-09: the unauthenticated endpoint names no tenant.
+    assert!(
+        !metrics.contains("tenant="),
+        "/metrics leaks tenant labels:\n{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,18 +45,13 @@ pub fn render(
         out,
         "# HELP corral_queue_depth Queued runs.\n# TYPE corral_queue_depth gauge\ncorral_queue_depth {queued}"
     );
+    // `/metrics` needs no token, so it names no tenant: the fleet's total only. A
+    // per-tenant breakdown is left to an authenticated route (not built yet).
+    let fuel: i64 = tenants.iter().map(|t| t.fuel_used).sum();
     let _ = writeln!(
         out,
-        "# HELP corral_tenant_fuel_used Fuel used by each tenant's runs.\n# TYPE corral_tenant_fuel_used counter"
+        "# HELP corral_tenants_fuel_used Fuel used by all tenants' runs.\n# TYPE corral_tenants_fuel_used counter\ncorral_tenants_fuel_used {fuel}"
     );
-    for t in tenants {
-        let _ = writeln!(
-            out,
-            "corral_tenant_fuel_used{{tenant=\"{}\"}} {}",
-            t.name.replace(['"', '\\', '\n'], "_"),
-            t.fuel_used
-        );
-    }
     let _ = writeln!(
         out,
         "# HELP corral_fuel_used_total Fuel used by step attempts in this process.\n# TYPE corral_fuel_used_total counter\ncorral_fuel_used_total {}",
