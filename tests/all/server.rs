@@ -524,6 +524,34 @@ async fn raw_request(url: &str, head: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_10_the_auth_scheme_is_case_insensitive_and_other_schemes_are_refused() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let viewer = server.token("default", "viewer");
+    for (value, want) in [
+        (format!("Bearer {viewer}"), StatusCode::OK),
+        (format!("bearer {viewer}"), StatusCode::OK),
+        (format!("BEARER  {viewer}"), StatusCode::OK),
+        (format!("Basic {viewer}"), StatusCode::UNAUTHORIZED),
+        (viewer.clone(), StatusCode::UNAUTHORIZED),
+    ] {
+        let status = api
+            .req(Method::GET, "/v1/runs", "")
+            .header("authorization", &value)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(
+            status,
+            want,
+            "Authorization: {}",
+            value.replace(&viewer, "<token>")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_07_a_viewer_token_is_refused_on_every_mutating_route() {
     let server = Server::start(&[]);
     let api = Api::new(&server);

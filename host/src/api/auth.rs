@@ -160,8 +160,10 @@ impl FromRequestParts<AppState> for Caller {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.trim_start().split_once(' '))
+            // RFC 9110 11.1: the scheme is case-insensitive (`bearer`, `BEARER`).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty() && t.len() <= 256);
         let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", msg);
         let Some(token) = token else {
