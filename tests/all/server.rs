@@ -535,19 +535,26 @@ async fn api_10_the_auth_scheme_is_case_insensitive_and_other_schemes_are_refuse
         (format!("Basic {viewer}"), StatusCode::UNAUTHORIZED),
         (viewer.clone(), StatusCode::UNAUTHORIZED),
     ] {
-        let status = api
+        let response = api
             .req(Method::GET, "/v1/runs", "")
             .header("authorization", &value)
             .send()
             .await
-            .unwrap()
-            .status();
+            .unwrap();
+        let status = response.status();
         assert_eq!(
             status,
             want,
             "Authorization: {}",
             value.replace(&viewer, "<token>")
         );
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = response.headers().get("www-authenticate");
+            assert!(
+                challenge.is_some_and(|v| v.to_str().unwrap().starts_with("Bearer")),
+                "401 without a Bearer challenge: {challenge:?}"
+            );
+        }
     }
 }
 
