@@ -119,6 +119,34 @@ async fn res_12_json_nested_deeper_than_128_is_invalid_input() {
 }
 
 #[tokio::test]
+async fn mal_08_output_that_is_not_json_or_nests_too_deep_is_invalid_input() {
+    // wit/types.wit: output that fails the JSON boundary check fails the invocation with
+    // INVALID_INPUT (OUTPUT_TOO_LARGE for size); PLUGIN_ERROR is the plugin's own error.
+    let engine = engine();
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for (text, expect) in [
+        ("{not json", "not valid JSON"),
+        ("", "not valid JSON"),
+        (deep.as_str(), "deeper than 128"),
+    ] {
+        let input = serde_json::json!({"mode": "raw", "text": text}).to_string();
+        let outcome = run_agent(&engine, "huge_output", &input, limits()).await;
+        let f = outcome.result.unwrap_err();
+        assert_eq!(f.code, ErrorCode::InvalidInput, "{text:.20}: {}", f.message);
+        assert!(f.message.contains(expect), "{}", f.message);
+        assert!(
+            f.message.contains("output"),
+            "names the output: {}",
+            f.message
+        );
+    }
+    // Valid JSON passes through unchanged.
+    let input = serde_json::json!({"mode": "raw", "text": "[1,2]"}).to_string();
+    let outcome = run_agent(&engine, "huge_output", &input, limits()).await;
+    assert_eq!(json_output(&outcome), serde_json::json!([1, 2]));
+}
+
+#[tokio::test]
 async fn input_that_is_not_json_is_invalid_input_before_the_guest_runs() {
     let engine = engine();
     let outcome = run_agent(&engine, "echo", "{not json", limits()).await;

@@ -2,7 +2,7 @@
 //! stays up, and the same engine runs `echo` correctly afterwards.
 
 use crate::util::*;
-use corral::engine::{ErrorCode, Limits};
+use corral::engine::{ErrorCode, Invocation, Limits};
 use std::time::{Duration, Instant};
 
 #[tokio::test]
@@ -55,6 +55,51 @@ async fn res_02_guest_blocked_on_a_clock_hits_the_wall_clock() {
     assert!(started.elapsed() < Duration::from_secs(30));
     // Sleeping burns no fuel: fuel alone could never have stopped it.
     assert!(outcome.fuel_used < 10_000_000, "{}", outcome.fuel_used);
+    assert_echo_still_works(&engine).await;
+}
+
+#[tokio::test]
+async fn res_15_a_guest_stopped_by_its_deadline_or_a_cancel_is_charged_its_fuel() {
+    let engine = engine();
+    let plugin = load(&engine, "spin_loop").await;
+    // Deadline: metered far beyond what a second can burn, so the clock stops it.
+    let how = Invocation {
+        limits: Limits {
+            fuel: Some(u64::MAX / 2),
+            timeout: Duration::from_secs(1),
+            ..limits()
+        },
+        ..Invocation::default()
+    };
+    let outcome = engine.invoke(&plugin, run_call("{}"), how).await;
+    assert_eq!(
+        outcome.result.unwrap_err().code,
+        ErrorCode::DeadlineExceeded
+    );
+    // A second of a tight loop is billions of units; even a starved guest burns far
+    // more than the ~2,000 units charged before the loop began (the old bug).
+    assert!(outcome.fuel_used > 50_000_000, "{}", outcome.fuel_used);
+
+    // Cancel: the same, and unmetered calls (`corral call`) are measured too.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let how = Invocation {
+        limits: Limits {
+            fuel: None,
+            timeout: Duration::from_secs(60),
+            ..limits()
+        },
+        cancel: cancel.clone(),
+        ..Invocation::default()
+    };
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+    });
+    let outcome = engine.invoke(&plugin, run_call("{}"), how).await;
+    canceller.await.unwrap();
+    assert_eq!(outcome.result.unwrap_err().code, ErrorCode::Cancelled);
+    assert!(outcome.fuel_used > 50_000_000, "{}", outcome.fuel_used);
+    assert!(outcome.fuel_used < u64::MAX / 4, "{}", outcome.fuel_used);
     assert_echo_still_works(&engine).await;
 }
 

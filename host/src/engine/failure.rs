@@ -106,4 +106,36 @@ impl Failure {
     pub fn invalid_input(message: impl Into<String>) -> Self {
         Failure::new(ErrorCode::InvalidInput, message)
     }
+
+    /// The failure with its message cut to [`MAX_MESSAGE`] bytes (a guest chooses its
+    /// error text, and the host stores and streams it).
+    pub fn bounded(mut self) -> Self {
+        if self.message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !self.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            self.message.truncate(end);
+            self.message.push_str("… (message cut at 16 KiB)");
+        }
+        self
+    }
+}
+
+/// The longest failure message kept, in bytes.
+pub const MAX_MESSAGE: usize = 16 << 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn res_17_a_failure_message_is_cut_at_its_cap() {
+        let f = Failure::transient("é".repeat(MAX_MESSAGE)).bounded();
+        assert!(f.message.len() <= MAX_MESSAGE + 64, "{}", f.message.len());
+        assert!(f.message.ends_with("(message cut at 16 KiB)"));
+        assert_eq!(f.retry, Retry::Transient);
+        let short = Failure::invalid_input("short").bounded();
+        assert_eq!(short.message, "short");
+    }
 }

@@ -211,6 +211,11 @@ impl std::fmt::Debug for Invocation {
 /// deadline.
 const UNMETERED: u64 = u64::MAX;
 
+/// How often (in fuel) a running guest writes its fuel counter back and yields: the
+/// precision of the fuel charged to a guest stopped by its deadline or a cancel
+/// (about a millisecond of a tight loop).
+pub const FUEL_SYNC_INTERVAL: u64 = 10_000_000;
+
 impl Engine {
     /// Asks a plugin what it is: an agent's or connector's info, a tool plugin's specs.
     /// Describing must be cheap, so it runs under a small budget that keeps a hostile
@@ -244,7 +249,7 @@ impl Engine {
             let (logs, logs_truncated) =
                 log.lock().unwrap_or_else(PoisonError::into_inner).finish();
             Outcome {
-                result,
+                result: result.map_err(Failure::bounded),
                 fuel_used,
                 duration: started.elapsed(),
                 logs,
@@ -414,6 +419,14 @@ impl Engine {
         };
         let mut store = Store::new(self.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
+        // Compiled code keeps its fuel counter in a register and writes it back to the
+        // store only at calls; a guest stopped by its deadline or a cancel inside a tight
+        // loop would be charged only up to its last call. Yielding every
+        // FUEL_SYNC_INTERVAL units writes the counter back that often, so what a stopped
+        // guest is charged is exact to within one interval.
+        store
+            .fuel_async_yield_interval(Some(FUEL_SYNC_INTERVAL))
+            .map_err(|e| anyhow::anyhow!("setting the fuel yield interval: {e}"))?;
         store
             .set_fuel(limits.fuel.unwrap_or(UNMETERED))
             .map_err(|e| anyhow::anyhow!("setting fuel: {e}"))?;
@@ -662,11 +675,13 @@ fn check_output(output: Output, limits: &Limits) -> Result<Output, Failure> {
         if text.len() > max {
             return Err(too_large(text.len()));
         }
+        // wit/types.wit: a `json` value that fails the boundary check (not JSON, nested
+        // deeper than 128) never reaches the other side; for output that is
+        // `INVALID_INPUT`, as for input. `PLUGIN_ERROR` is the plugin's own error.
         json::check(what, text, max).map_err(|m| {
-            Failure::new(
-                ErrorCode::PluginError,
-                format!("the plugin returned bad JSON: {m}"),
-            )
+            Failure::invalid_input(format!(
+                "the plugin's {what} failed the JSON boundary check: {m}"
+            ))
         })
     };
     match &output {
