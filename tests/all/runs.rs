@@ -143,11 +143,20 @@ impl Env {
     }
 
     async fn events(&self, id: &str) -> Vec<Event> {
-        self.runner
-            .store()
-            .events_after(id, 0, 10_000)
-            .await
-            .unwrap()
+        let mut all: Vec<Event> = Vec::new();
+        loop {
+            let after = all.last().map_or(0, |e| e.seq);
+            let page = self
+                .runner
+                .store()
+                .events_after(id, after, 10_000)
+                .await
+                .unwrap();
+            if page.is_empty() {
+                return all;
+            }
+            all.extend(page);
+        }
     }
 
     /// Waits (bounded) until the run has an event of `kind`.
@@ -937,4 +946,188 @@ async fn file_grants_are_read_only_under_work_in_and_nothing_else_is_visible() {
     );
     assert!(!dir.path().join("data/written-by-guest.txt").exists());
     assert!(!dir.path().join("ref.written").exists());
+}
+
+both!(res_15_fuel_burnt_until_the_deadline_is_charged_to_the_run);
+async fn res_15_fuel_burnt_until_the_deadline_is_charged_to_the_run(db: Db) {
+    // A guest that spins until its wall clock stops it burns fuel the whole time; the
+    // run is charged for it, so the deadline is no way around the fuel budget.
+    let env = env(db).await;
+    let p = flaky(
+        "{ spin = true }",
+        "fuel = 10_000_000_000_000\ntimeout = \"1s\"",
+    );
+    let (id, events) = env.run(&p, "{}").await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "failed");
+    assert_eq!(last["error_code"], "DEADLINE_EXCEEDED");
+    // Even a starved guest on a loaded machine runs millions of instructions a second;
+    // before the fix the charge was the ~2,000 units burnt before the loop began.
+    let charged = last["fuel_used"].as_i64().unwrap();
+    assert!(charged > 50_000_000, "{last}");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    assert_eq!(run.fuel_used, charged);
+}
+
+both!(sse_09_every_log_line_within_the_budget_is_an_event_in_order);
+async fn sse_09_every_log_line_within_the_budget_is_an_event_in_order(db: Db) {
+    let env = env(db).await;
+    // 5,000 lines of about 100 bytes: well within the 1 MiB / 10,000-line log budget.
+    let p = flaky("{ log_lines = 5000 }", "");
+    let (_, events) = env.run(&p, "{}").await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let lines: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "log" && e.payload["source"] == "log")
+        .map(|e| e.payload["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5000, "no line is lost");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(line.starts_with(&format!("line {i:06} ")), "{i}: {line}");
+    }
+    assert!(
+        !events.iter().any(|e| e.kind == "log"
+            && e.payload["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("truncated"))),
+        "no truncation notice within the budget"
+    );
+
+    // Past the budget: every line up to it, then exactly one notice.
+    let p = flaky("{ log_lines = 12000 }", "");
+    let (_, events) = env.run(&p, "{}").await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let kept = events
+        .iter()
+        .filter(|e| e.kind == "log" && e.payload["source"] == "log")
+        .count();
+    assert_eq!(kept, corral::capabilities::log::MAX_LINES);
+    let notices: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "log" && e.payload["source"] == "host")
+        .collect();
+    assert_eq!(notices.len(), 1, "{notices:#?}");
+    assert!(
+        notices[0].payload["message"]
+            .as_str()
+            .unwrap()
+            .contains("truncated")
+    );
+}
+
+both!(sse_09_progress_before_an_artifact_or_a_question_is_committed_before_it);
+async fn sse_09_progress_before_an_artifact_or_a_question_is_committed_before_it(db: Db) {
+    let env = env(db).await;
+    let p = flaky(
+        "{ log_lines = 3, progress_first = 40, artifact = true, ask = \"Ship it?\" }",
+        "",
+    );
+    let id = env.submit(&p, "{}").await;
+    let exec = {
+        let (runner, id) = (env.runner.clone(), id.clone());
+        tokio::spawn(async move { runner.execute(&id).await })
+    };
+    env.wait_for(&id, "input_required").await;
+    env.runner
+        .answer(&env.tenant, &id, r#"{"approved":true}"#)
+        .await
+        .unwrap();
+    exec.await.unwrap().unwrap();
+    let events = env.events(&id).await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let position = |pred: &dyn Fn(&Event) -> bool| {
+        events
+            .iter()
+            .position(pred)
+            .unwrap_or_else(|| panic!("missing event: {events:#?}"))
+    };
+    let last_log = events
+        .iter()
+        .rposition(|e| e.kind == "log" && e.payload["source"] == "log")
+        .unwrap();
+    let progress = position(&|e| e.kind == "running" && e.payload["progress_pct"] == 40);
+    let artifact = position(&|e| e.kind == "artifact");
+    let asked = position(&|e| e.kind == "input_required");
+    assert!(
+        last_log < progress && progress < artifact && artifact < asked,
+        "log {last_log}, progress {progress}, artifact {artifact}, ask {asked}: {events:#?}"
+    );
+}
+
+both!(res_17_what_a_guest_hands_the_host_to_store_is_capped);
+async fn res_17_what_a_guest_hands_the_host_to_store_is_capped(db: Db) {
+    let env = env(db).await;
+    let p = flaky(
+        r#"{ artifact_names = ["../x", "/etc/x", "a\u0000b", "..", "ok.txt"], state_fill = { keys = 300, bytes = 10 }, schema_bytes = 100000 }"#,
+        "",
+    );
+    let (id, events) = env.run(&p, "{}").await;
+    assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    let results = output["artifact_results"].as_array().unwrap();
+    for bad in &results[..4] {
+        assert!(
+            bad["error"].as_str().unwrap().contains("artifact name"),
+            "{output}"
+        );
+    }
+    assert!(results[4]["ok"].is_string(), "{output}");
+    let names: Vec<String> = env
+        .runner
+        .store()
+        .artifacts(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.name)
+        .collect();
+    assert_eq!(names, ["ok.txt"], "no refused name was stored");
+    assert_eq!(output["state_stored"], 256, "{output}");
+    assert!(
+        output["state_error"].as_str().unwrap().contains("256 keys"),
+        "{output}"
+    );
+    assert!(
+        output["ask_error"]
+            .as_str()
+            .unwrap()
+            .contains("answer schema"),
+        "{output}"
+    );
+    assert!(
+        !events.iter().any(|e| e.kind == "input_required"),
+        "the over-size question was never asked"
+    );
+
+    // Values are capped in total, not only per key.
+    let p = flaky("{ state_fill = { keys = 40, bytes = 60000 } }", "");
+    let (id, _) = env.run(&p, "{}").await;
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let output: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        output["state_stored"], 17,
+        "17 x 60,000 bytes fit 1 MiB: {output}"
+    );
+    assert!(
+        output["state_error"].as_str().unwrap().contains("bytes"),
+        "{output}"
+    );
+
+    // A 2 MiB error message is cut before it is stored or streamed.
+    let p = flaky("{ error_bytes = 2097152 }", "");
+    let (id, events) = env.run(&p, "{}").await;
+    let last = assert_well_formed(&events);
+    assert_eq!(last["status"], "failed");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    let message = run.error_message.unwrap();
+    assert!(message.len() < 20_000, "{}", message.len());
+    for e in &events {
+        assert!(
+            e.payload.to_string().len() <= corral::store::MAX_EVENT_BYTES,
+            "{} event of {} bytes",
+            e.kind,
+            e.payload.to_string().len()
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! Guest output that becomes log lines: `host.log`, stdout and stderr.
 //!
-//! Everything is bounded: a per-invocation byte budget, after which lines are dropped
-//! and one truncation notice is kept. Guest text is neutralised here, once, so no
+//! Everything is bounded: a per-invocation budget of bytes and of lines, after which
+//! lines are dropped and one truncation notice is kept. Guest text is neutralised here, once, so no
 //! consumer (terminal, JSON, SSE) ever sees raw control characters from a guest.
 
 use serde::Serialize;
@@ -73,6 +73,8 @@ pub type Observer = Arc<dyn Fn(GuestEvent) + Send + Sync>;
 
 /// Longest single line kept; the rest of the line is cut.
 const MAX_LINE: usize = 8 << 10;
+/// Most lines kept per invocation, whatever their size (each becomes a stored event).
+pub const MAX_LINES: usize = 10_000;
 /// Longest progress label kept.
 pub const MAX_LABEL: usize = 256;
 
@@ -114,7 +116,7 @@ impl LogBuffer {
             return;
         }
         let message = neutralise(text, MAX_LINE);
-        if self.bytes.saturating_add(message.len()) > self.budget {
+        if self.bytes.saturating_add(message.len()) > self.budget || self.lines.len() >= MAX_LINES {
             self.truncated = true;
             self.notify(GuestEvent::LogTruncated);
             return;

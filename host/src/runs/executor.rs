@@ -1,10 +1,10 @@
 //! Drives one run through its steps: attempts, retries with backoff, feedback loops,
 //! budgets, cancellation, and the events of each transition.
 
+use super::guest_events::GuestEvents;
 use super::pipeline::{ConnectorMode, Pipeline, Step};
 use super::services::StepServices;
 use super::{HOST_CRASH, Live, RunError, Runner, code_str};
-use crate::capabilities::log::{GuestEvent, Level, Source};
 use crate::engine::{
     Call, Deadline, ErrorCode, Failure, Invocation, Limits, Outcome, Output, Plugin, Retry,
     RunContext,
@@ -13,15 +13,10 @@ use crate::store::{Change, RunRecord, RunRef, StepRecord, StoreError};
 use serde_json::{Value, json};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Longest `output_preview` in a step's `complete` event.
 const PREVIEW: usize = 200;
-/// Log and progress events one attempt may write; past it, one truncation notice.
-const MAX_GUEST_EVENTS: usize = 2_000;
-/// Progress events closer together than this are coalesced (except 100%).
-const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// The `agent_type` of a step in events: its plugin's file stem or registered name.
 pub(crate) fn agent_type(step: &Step) -> String {
@@ -663,26 +658,23 @@ impl Walk<'_> {
                 run_budget: self.pipeline.budget.fuel,
             },
         );
-        let services = Arc::new(match step.connector {
-            Some(_) => services.with_config(step.config.to_string()),
-            None => services,
-        });
-        let (tx, rx) = mpsc::channel::<GuestEvent>(1024);
-        let committer = tokio::spawn(commit_guest_events(
+        // The guest's events, in its order; the services flush them before each event
+        // of their own.
+        let (events, committer) = GuestEvents::start(
             self.runner.clone(),
             self.run_ref.clone(),
             step.name.clone(),
             agent.to_string(),
             attempt,
-            rx,
-        ));
-        let observer: crate::capabilities::log::Observer = Arc::new(move |event| {
-            // Never block the guest: a full channel drops the event (bounded DB rows).
-            let _ = tx.try_send(event);
+        );
+        let services = services.with_guest_events(events.clone());
+        let services = Arc::new(match step.connector {
+            Some(_) => services.with_config(step.config.to_string()),
+            None => services,
         });
         let how = Invocation {
             limits,
-            observer: Some(observer),
+            observer: Some(events.observer()),
             services: Some(services.clone()),
             cancel: self.live.cancel.child_token(),
             deadline: Some(deadline),
@@ -734,6 +726,7 @@ impl Walk<'_> {
         };
         // The invocations (and with them the observer's senders) are gone: drain the
         // events so they are committed before this attempt's outcome.
+        events.close();
         if let Err(e) = committer.await {
             tracing::warn!("guest event committer failed: {e}");
         }
@@ -802,10 +795,9 @@ impl Walk<'_> {
                     Err(e) => {
                         return (
                             fuel_used,
-                            Err(Failure::new(
-                                ErrorCode::PluginError,
-                                format!("page {pages} has an item that is not JSON: {e}"),
-                            )),
+                            Err(Failure::invalid_input(format!(
+                                "page {pages} has an item that is not JSON: {e}"
+                            ))),
                         );
                     }
                 }
@@ -866,97 +858,6 @@ fn push_items(input: &str) -> Result<Vec<String>, Failure> {
         }
     };
     Ok(items.iter().map(Value::to_string).collect())
-}
-
-/// Turns a guest's logs and progress into `log` and `running` events, bounded per attempt.
-async fn commit_guest_events(
-    runner: Runner,
-    run: RunRef,
-    step: String,
-    agent: String,
-    attempt: i64,
-    mut rx: mpsc::Receiver<GuestEvent>,
-) {
-    let mut written = 0usize;
-    let mut last_progress: Option<Instant> = None;
-    let mut truncated = false;
-    while let Some(event) = rx.recv().await {
-        if written >= MAX_GUEST_EVENTS {
-            if !truncated {
-                truncated = true;
-                let payload = json!({"step_id": step, "level": "warn", "source": "host",
-                    "message": format!("log truncated: more than {MAX_GUEST_EVENTS} events from one attempt")});
-                let _ = runner.commit(&run, &[], Some(("log", payload))).await;
-            }
-            continue;
-        }
-        let payload = match event {
-            GuestEvent::Log(line) => (
-                "log",
-                json!({
-                    "step_id": step,
-                    "level": level_str(line.level),
-                    "source": source_str(line.source),
-                    "message": line.message,
-                }),
-            ),
-            GuestEvent::Progress { percent, label } => {
-                let now = Instant::now();
-                if percent < 100
-                    && last_progress.is_some_and(|t| now.duration_since(t) < PROGRESS_EVERY)
-                {
-                    continue;
-                }
-                last_progress = Some(now);
-                (
-                    "running",
-                    json!({
-                        "step_id": step,
-                        "agent_type": agent,
-                        "progress_pct": percent,
-                        "progress_label": label,
-                        "attempt": attempt,
-                    }),
-                )
-            }
-            GuestEvent::LogTruncated => (
-                "log",
-                json!({"step_id": step, "level": "warn", "source": "host",
-                       "message": "log truncated: the plugin's log budget is spent"}),
-            ),
-            GuestEvent::Http(record) => {
-                let mut payload = serde_json::to_value(&record).unwrap_or(Value::Null);
-                if let Value::Object(map) = &mut payload {
-                    map.insert("step_id".into(), Value::String(step.clone()));
-                    map.insert("attempt".into(), json!(attempt));
-                }
-                ("http", payload)
-            }
-        };
-        written += 1;
-        if let Err(e) = runner.commit(&run, &[], Some(payload)).await {
-            tracing::warn!("could not record a guest event: {e}");
-        }
-    }
-}
-
-fn level_str(l: Level) -> &'static str {
-    match l {
-        Level::Trace => "trace",
-        Level::Debug => "debug",
-        Level::Info => "info",
-        Level::Warn => "warn",
-        Level::Error => "error",
-    }
-}
-
-fn source_str(s: Source) -> &'static str {
-    match s {
-        Source::Log => "log",
-        Source::Stdout => "stdout",
-        Source::Stderr => "stderr",
-        Source::Host => "host",
-    }
 }
 
 /// A plugin error whose message is `{"message": ..., "detail": ...}` (the SDK's

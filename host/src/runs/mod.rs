@@ -6,6 +6,7 @@
 //! crash recovery, cancellation and answers.
 
 mod executor;
+mod guest_events;
 pub mod manifest;
 pub mod pipeline;
 mod services;
@@ -160,6 +161,18 @@ impl Runner {
                 Ok(true)
             }
         }
+    }
+
+    /// Appends `events` to a run's log in one transaction, then publishes them.
+    pub(crate) async fn commit_events(
+        &self,
+        run: &crate::store::RunRef,
+        events: &[(&str, serde_json::Value)],
+    ) -> Result<(), StoreError> {
+        for event in self.inner.store.commit_events(run, events).await? {
+            self.inner.bus.publish(event);
+        }
+        Ok(())
     }
 
     /// Checks a pipeline (its plugins load and are agents) and the input, then queues a run.

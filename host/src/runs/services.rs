@@ -16,11 +16,17 @@ use std::time::Duration;
 /// Longest state key.
 const MAX_KEY: usize = 256;
 /// Largest state value.
-const MAX_VALUE: usize = 1 << 20;
+pub const MAX_STATE_VALUE: usize = 64 << 10;
 /// Most keys in one run's state.
-const MAX_KEYS: i64 = 1024;
+pub const MAX_STATE_KEYS: i64 = 256;
+/// Most bytes of values in one run's state, all keys together.
+pub const MAX_STATE_BYTES: i64 = 1 << 20;
 /// Longest question text and name fields.
 const MAX_TEXT: usize = 8 << 10;
+/// Largest answer schema (JSON text).
+pub const MAX_SCHEMA: usize = 16 << 10;
+/// Longest artifact name and media type.
+const MAX_NAME: usize = 255;
 
 /// The tools a step attempt may call, and the limits a tool call runs under.
 pub(crate) struct ToolGrant {
@@ -45,6 +51,8 @@ pub(crate) struct StepServices {
     /// A connector step's config, read with `state-get("corral.config")` (the connector
     /// interface's exports take no config).
     config: Option<String>,
+    /// The attempt's queued guest events, committed before each event of the services'.
+    guest_events: Option<super::guest_events::GuestEvents>,
 }
 
 /// The reserved state key under which a connector step reads its config.
@@ -74,6 +82,21 @@ impl StepServices {
             questions: AtomicI64::new(0),
             last_artifact: Mutex::new(None),
             config: None,
+            guest_events: None,
+        }
+    }
+
+    /// Orders the services' events after the guest's logs and progress.
+    pub(crate) fn with_guest_events(mut self, events: super::guest_events::GuestEvents) -> Self {
+        self.guest_events = Some(events);
+        self
+    }
+
+    /// Commits the guest's queued events, so what the services commit next follows them
+    /// in the run's log (the order of the guest's calls).
+    async fn flush_guest_events(&self) {
+        if let Some(events) = &self.guest_events {
+            events.flush().await;
         }
     }
 
@@ -154,13 +177,19 @@ impl RunServices for StepServices {
                 content.len()
             )));
         }
-        if name.is_empty() || name.len() > 255 || media_type.len() > 255 {
-            return Err(PluginError::InvalidInput(
-                "artifact name must be 1-255 bytes and media type at most 255".into(),
-            ));
+        check_artifact_name(name)?;
+        if media_type.is_empty()
+            || media_type.len() > MAX_NAME
+            || media_type
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(PluginError::InvalidInput(format!(
+                "artifact media type must be 1-{MAX_NAME} bytes with no spaces or control \
+                 characters, e.g. `text/csv`"
+            )));
         }
-        let name = crate::capabilities::log::neutralise(name, 255);
-        let media_type = crate::capabilities::log::neutralise(media_type, 255);
+        self.flush_guest_events().await;
         let (record, event) = self
             .runner
             .store()
@@ -168,8 +197,8 @@ impl RunServices for StepServices {
                 &self.run,
                 &NewArtifact {
                     step: &self.step,
-                    name: &name,
-                    media_type: &media_type,
+                    name,
+                    media_type,
                     content,
                 },
             )
@@ -190,6 +219,8 @@ impl RunServices for StepServices {
             )));
         }
         if let Some(schema) = schema {
+            crate::engine::json::check("answer schema", schema, MAX_SCHEMA)
+                .map_err(PluginError::InvalidInput)?;
             let value: serde_json::Value = serde_json::from_str(schema)
                 .map_err(|e| PluginError::InvalidInput(format!("answer schema: {e}")))?;
             jsonschema::validator_for(&value).map_err(|e| {
@@ -217,6 +248,7 @@ impl RunServices for StepServices {
         let schema_json = schema
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
             .unwrap_or(serde_json::Value::Null);
+        self.flush_guest_events().await;
         self.runner
             .commit(
                 &self.run,
@@ -304,23 +336,34 @@ impl RunServices for StepServices {
                 "state key `{key}`: keys starting with `corral.` are reserved for the host"
             )));
         }
-        if value.len() > MAX_VALUE {
+        if value.len() > MAX_STATE_VALUE {
             return Err(PluginError::InvalidInput(format!(
-                "state values are at most {MAX_VALUE} bytes"
+                "state values are at most {MAX_STATE_VALUE} bytes (this one is {})",
+                value.len()
             )));
         }
-        let stored = self
+        let written = self
             .runner
             .store()
-            .state_set(&self.run.id, key, value, MAX_KEYS)
+            .state_set(
+                &self.run.id,
+                key,
+                value,
+                crate::store::StateCaps {
+                    keys: MAX_STATE_KEYS,
+                    bytes: MAX_STATE_BYTES,
+                },
+            )
             .await
             .map_err(Self::store_error)?;
-        if stored {
-            Ok(())
-        } else {
-            Err(PluginError::Permanent(format!(
-                "a run's state holds at most {MAX_KEYS} keys"
-            )))
+        match written {
+            crate::store::StateWrite::Stored => Ok(()),
+            crate::store::StateWrite::TooManyKeys => Err(PluginError::Permanent(format!(
+                "a run's state holds at most {MAX_STATE_KEYS} keys"
+            ))),
+            crate::store::StateWrite::TooManyBytes => Err(PluginError::Permanent(format!(
+                "a run's state holds at most {MAX_STATE_BYTES} bytes of values in all"
+            ))),
         }
     }
 }
@@ -467,12 +510,70 @@ impl StepServices {
 
     /// Commits and publishes a `tool_call` event.
     async fn event(&self, payload: serde_json::Value) {
+        self.flush_guest_events().await;
         if let Err(e) = self
             .runner
             .commit(&self.run, &[], Some(("tool_call", payload)))
             .await
         {
             tracing::warn!("could not record a tool call: {e}");
+        }
+    }
+}
+
+/// An artifact name is a plain file name: 1-255 bytes, no `/` or `\\`, not `.` or `..`,
+/// no control characters (NUL included). It is refused, never rewritten, so the name a
+/// plugin chose is the name every client sees.
+fn check_artifact_name(name: &str) -> Result<(), PluginError> {
+    let problem = if name.is_empty() || name.len() > MAX_NAME {
+        Some(format!("must be 1-{MAX_NAME} bytes"))
+    } else if name.contains(['/', '\\']) {
+        Some("must not contain `/` or `\\`".to_string())
+    } else if name == "." || name == ".." {
+        Some("must not be `.` or `..`".to_string())
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters".to_string())
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(p) => Err(PluginError::InvalidInput(format!(
+            "artifact name {:?} {p}: use a plain file name such as `report.csv`",
+            crate::capabilities::log::neutralise(name, 64)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_artifact_name;
+
+    #[test]
+    fn res_17_artifact_names_cannot_traverse_or_hold_nul() {
+        for bad in [
+            "",
+            "../x",
+            "/etc/x",
+            "a/b",
+            "a\\b",
+            ".",
+            "..",
+            "x\0y",
+            "x\ny",
+            &"a".repeat(256),
+        ] {
+            assert!(check_artifact_name(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [
+            "report.csv",
+            "..x",
+            "x..",
+            "résumé.pdf",
+            "a b.txt",
+            &"a".repeat(255),
+        ] {
+            assert!(check_artifact_name(good).is_ok(), "{good:?} refused");
         }
     }
 }

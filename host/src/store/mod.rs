@@ -492,6 +492,25 @@ impl Store {
         Ok(Some(event))
     }
 
+    /// Appends `events` to a run's log, in order, in one transaction.
+    pub async fn commit_events(
+        &self,
+        run: &RunRef,
+        events: &[(&str, Value)],
+    ) -> Result<Vec<Event>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _w = self.write_guard().await;
+        let mut tx = self.pool.begin().await?;
+        let mut appended = Vec::with_capacity(events.len());
+        for (kind, payload) in events {
+            appended.push(append_event(&mut tx, &run.id, &run.tenant_id, kind, payload).await?);
+        }
+        tx.commit().await?;
+        Ok(appended)
+    }
+
     /// Events of a run with `seq > after`, in order, at most `limit`.
     pub async fn events_after(&self, run_id: &str, after: i64, limit: i64) -> Result<Vec<Event>> {
         let rows = sqlx::query(
@@ -642,24 +661,34 @@ impl Store {
         })
     }
 
-    /// Writes a state value; `max_keys` bounds how many keys a run may hold.
+    /// Writes a state value within `caps` (the run's key count and total value bytes).
     pub async fn state_set(
         &self,
         run_id: &str,
         key: &str,
         value: &[u8],
-        max_keys: i64,
-    ) -> Result<bool> {
+        caps: StateCaps,
+    ) -> Result<StateWrite> {
         let _w = self.write_guard().await;
-        let count: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM run_state WHERE run_id = $1 AND key <> $2")
-                .bind(run_id)
-                .bind(key)
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("n")?;
-        if count >= max_keys {
-            return Ok(false);
+        let mut tx = self.pool.begin().await?;
+        // The other keys of the run: with the write guard (SQLite) and the run's single
+        // executor, nothing else writes this run's state in between.
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(LENGTH(value)), 0) AS bytes \
+             FROM run_state WHERE run_id = $1 AND key <> $2",
+        )
+        .bind(run_id)
+        .bind(key)
+        .fetch_one(&mut *tx)
+        .await?;
+        let count: i64 = row.try_get("n")?;
+        let bytes: i64 = row.try_get("bytes")?;
+        if count >= caps.keys {
+            return Ok(StateWrite::TooManyKeys);
+        }
+        let len = i64::try_from(value.len()).unwrap_or(i64::MAX);
+        if bytes.saturating_add(len) > caps.bytes {
+            return Ok(StateWrite::TooManyBytes);
         }
         sqlx::query(
             "INSERT INTO run_state (run_id, key, value) VALUES ($1, $2, $3) \
@@ -668,9 +697,10 @@ impl Store {
         .bind(run_id)
         .bind(key)
         .bind(value)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(true)
+        tx.commit().await?;
+        Ok(StateWrite::Stored)
     }
 
     /// Stores an artifact (content-addressed: equal contents share one blob) and its
@@ -783,6 +813,7 @@ async fn append_event(
     .await?;
     let seq: i64 = row.try_get("seq")?;
     let ts = rfc3339_now();
+    let payload = bounded_payload(payload);
     let payload_text = payload.to_string();
     sqlx::query(
         "INSERT INTO events (run_id, seq, tenant_id, type, ts, payload) VALUES ($1, $2, $3, $4, $5, $6)",
@@ -800,9 +831,78 @@ async fn append_event(
         run_id: run_id.to_string(),
         seq,
         ts,
-        payload: payload.clone(),
+        payload: payload.into_owned(),
         tenant_id: tenant_id.to_string(),
     })
+}
+
+/// The caps on one run's state, checked when a value is written.
+#[derive(Debug, Clone, Copy)]
+pub struct StateCaps {
+    /// Most keys.
+    pub keys: i64,
+    /// Most bytes of values, all keys together.
+    pub bytes: i64,
+}
+
+/// What a state write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateWrite {
+    /// The value is stored.
+    Stored,
+    /// Refused: the run holds the most keys it may.
+    TooManyKeys,
+    /// Refused: the run's values would exceed their total cap.
+    TooManyBytes,
+}
+
+/// The largest event payload stored, as JSON text. Everything a guest can put into an
+/// event is capped well below this at its source; this is the last line.
+pub const MAX_EVENT_BYTES: usize = 64 << 10;
+/// Strings in an over-size payload are cut to this many bytes.
+const CUT_STRING: usize = 1 << 10;
+
+/// `payload`, or when its JSON is over [`MAX_EVENT_BYTES`] a copy with every long string
+/// cut and `"truncated": true`; if even that is too big, only its short fields.
+fn bounded_payload(payload: &Value) -> std::borrow::Cow<'_, Value> {
+    if payload.to_string().len() <= MAX_EVENT_BYTES {
+        return std::borrow::Cow::Borrowed(payload);
+    }
+    fn cut(value: &mut Value) {
+        match value {
+            Value::String(text) if text.len() > CUT_STRING => {
+                let mut end = CUT_STRING;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.truncate(end);
+                text.push_str("… (cut)");
+            }
+            Value::Array(items) => items.iter_mut().for_each(cut),
+            Value::Object(map) => map.values_mut().for_each(cut),
+            _ => {}
+        }
+    }
+    let mut smaller = payload.clone();
+    cut(&mut smaller);
+    if smaller.to_string().len() > MAX_EVENT_BYTES {
+        // Many fields or a long array: keep the scalars and short strings at the top.
+        smaller = match smaller {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .filter(|(_, v)| !v.is_array() && !v.is_object())
+                    .take(64)
+                    .collect(),
+            ),
+            _ => Value::Object(serde_json::Map::new()),
+        };
+    }
+    if let Value::Object(map) = &mut smaller {
+        map.insert("truncated".into(), Value::Bool(true));
+    } else {
+        smaller = serde_json::json!({"value": smaller, "truncated": true});
+    }
+    std::borrow::Cow::Owned(smaller)
 }
 
 /// Hides a password in a database URL before it reaches a message.
@@ -827,6 +927,23 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn res_17_an_event_payload_is_bounded_before_it_is_stored() {
+        let small = serde_json::json!({"step_id": "a", "message": "hello"});
+        assert_eq!(*bounded_payload(&small), small);
+        let big = serde_json::json!({"step_id": "a", "message": "é".repeat(100_000)});
+        let cut = bounded_payload(&big);
+        assert!(cut.to_string().len() <= MAX_EVENT_BYTES);
+        assert_eq!(cut["step_id"], "a");
+        assert_eq!(cut["truncated"], true);
+        assert!(cut["message"].as_str().unwrap().starts_with("éé"));
+        let wide = serde_json::json!({"step_id": "a", "items": vec!["x".repeat(900); 1000]});
+        let cut = bounded_payload(&wide);
+        assert!(cut.to_string().len() <= MAX_EVENT_BYTES);
+        assert_eq!(cut["step_id"], "a");
+        assert_eq!(cut["truncated"], true);
+    }
 
     #[test]
     fn urls_lose_their_password_and_nothing_else() {
