@@ -226,6 +226,23 @@ fn peak_rss_kib(cmd: &mut Command) -> (i32, String, u64) {
 }
 
 #[test]
+fn res_09_millions_of_empty_writes_to_output_streams_do_not_grow_host_memory() {
+    // GHSA-5m8g-xhq4-4h93: wasmtime-wasi's AsyncWriteStream queued every empty write, so
+    // a guest could grow host memory at almost no fuel. Corral's stdout and stderr are
+    // its own bounded log streams and files use wasmtime's file stream, which takes one
+    // write at a time; this guards that no stream the guest reaches queues them.
+    let (code, err, peak_kib) = peak_rss_kib(
+        corral()
+            .arg("call")
+            .arg(plugin_path("empty_writer"))
+            .args(["--timeout", "300s"]),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(peak_kib > 0, "no RSS sample taken");
+    assert!(peak_kib < 256 * 1024, "peak RSS {peak_kib} KiB");
+}
+
+#[test]
 fn res_03_memory_grower_fails_memory_limit_and_host_rss_stays_far_below_1_gib() {
     let (code, err, peak_kib) = peak_rss_kib(
         corral()
