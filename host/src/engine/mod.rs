@@ -50,6 +50,12 @@ pub struct EngineConfig {
     pub plugin_cache_entries: usize,
     /// How guests' outbound requests resolve host names (with operator overrides).
     pub http_resolver: crate::capabilities::http::Resolver,
+    /// Hard cap on the bytes any invocation may write under `/work`
+    /// (`Limits::scratch_bytes` is clamped to it).
+    pub max_scratch_bytes: u64,
+    /// Hard cap on the files and directories any invocation may create
+    /// (`Limits::scratch_entries` is clamped to it).
+    pub max_scratch_entries: u64,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +70,8 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(10),
             plugin_cache_entries: 256,
             http_resolver: crate::capabilities::http::Resolver::default(),
+            max_scratch_bytes: 1 << 30,
+            max_scratch_entries: 100_000,
         }
     }
 }
@@ -213,6 +221,10 @@ fn build_linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostState>> 
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+    // wasi:filesystem/types again, over the stock one: the same implementation, charged
+    // to the invocation's scratch-disk quota (capabilities::scratch).
+    crate::capabilities::scratch::add_to_linker(&mut linker, HostState::scratch_fs)
+        .map_err(|e| anyhow::anyhow!("linking the scratch-disk quota: {e}"))?;
     // wasi:http is linked for every plugin; each request is checked against the plugin's
     // grants when it is made (capabilities::http), and refused without one.
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
