@@ -3,6 +3,7 @@
 
 pub mod bindings;
 mod cache;
+pub mod compile;
 pub mod deadline;
 pub mod failure;
 mod invoke;
@@ -21,7 +22,7 @@ pub use load::{Plugin, World};
 use crate::capabilities::HostState;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use wasmtime::component::Linker;
@@ -50,6 +51,12 @@ pub struct EngineConfig {
     pub plugin_cache_entries: usize,
     /// How guests' outbound requests resolve host names (with operator overrides).
     pub http_resolver: crate::capabilities::http::Resolver,
+    /// Components compiled at once, in all (at most one per tenant at a time; waiting
+    /// tenants are served in turn).
+    pub compile_slots: usize,
+    /// How long a load waits for its compile before answering `COMPILE_TIMEOUT` (the
+    /// compile itself cannot be interrupted: it finishes in the background).
+    pub compile_timeout: Duration,
     /// Hard cap on the bytes any invocation may write under `/work`
     /// (`Limits::scratch_bytes` is clamped to it).
     pub max_scratch_bytes: u64,
@@ -70,6 +77,8 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(10),
             plugin_cache_entries: 256,
             http_resolver: crate::capabilities::http::Resolver::default(),
+            compile_slots: 2,
+            compile_timeout: Duration::from_secs(120),
             max_scratch_bytes: 1 << 30,
             max_scratch_entries: 100_000,
         }
@@ -89,6 +98,9 @@ struct Inner {
     cache: Option<cache::DiskCache>,
     loaded: Mutex<LoadedPlugins>,
     ticker_stop: Arc<AtomicBool>,
+    compile_slots: Arc<compile::CompileSlots>,
+    /// Components compiled (not loaded from a cache) so far.
+    compiles: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -127,10 +139,12 @@ impl Engine {
             inner: Arc::new(Inner {
                 wasmtime,
                 linker,
-                config,
                 cache,
                 loaded: Mutex::new(LoadedPlugins::default()),
                 ticker_stop,
+                compile_slots: compile::CompileSlots::new(config.compile_slots),
+                compiles: AtomicU64::new(0),
+                config,
             }),
         })
     }
@@ -138,6 +152,16 @@ impl Engine {
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// How many components this engine has compiled (not counting cache hits).
+    pub fn compile_count(&self) -> u64 {
+        self.inner.compiles.load(Ordering::Relaxed)
+    }
+
+    /// The engine's compile slots.
+    pub fn compile_slots(&self) -> &compile::CompileSlots {
+        &self.inner.compile_slots
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
