@@ -767,7 +767,7 @@ fn classify(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> Failure 
         return Failure::new(
             ErrorCode::ResourceLimit,
             format!(
-                "the plugin failed after its {quota}: {}",
+                "the plugin failed after a write was refused ({quota}): {}",
                 guest_message(state).unwrap_or(detail)
             ),
         );
