@@ -321,3 +321,81 @@ async fn an_invocation_can_be_cancelled_from_outside_promptly() {
     );
     assert_echo_still_works(&engine).await;
 }
+
+/// An engine of its own, with no compiled-code cache: every load that is not in its
+/// memory compiles, so its compile count tells what was compiled.
+fn uncached_engine(scratch: &std::path::Path, compile_timeout: Duration) -> corral::engine::Engine {
+    corral::engine::Engine::new(corral::engine::EngineConfig {
+        cache_dir: None,
+        scratch_root: scratch.to_path_buf(),
+        max_concurrent: 4,
+        compile_timeout,
+        ..corral::engine::EngineConfig::default()
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn res_19_an_unknown_import_or_world_is_refused_before_compiling() {
+    let scratch = tempfile::tempdir().unwrap();
+    let engine = uncached_engine(scratch.path(), Duration::from_secs(120));
+    // An agent in every other way, with one import the host lacks; and a big core
+    // module inside it, so that compiling it would take real work.
+    let mut body = String::new();
+    for i in 0..2_000 {
+        body.push_str(&format!(
+            "(func (export \"f{i}\") (param i32) (result i32) local.get 0 i32.const {i} i32.add)"
+        ));
+    }
+    let text = format!(
+        r#"(component
+             (import "evil:escape/door@1.0.0" (instance))
+             (core module {body})
+             (instance $i)
+             (export "corral:plugin/agent@0.1.0" (instance $i)))"#
+    );
+    let f = engine.load(wat(&text)).await.unwrap_err();
+    assert_eq!(f.code, ErrorCode::InvalidComponent, "{f}");
+    assert!(
+        f.message.contains("imports `evil:escape/door@1.0.0`"),
+        "{f}"
+    );
+    let f = engine
+        .load(wat(&format!("(component (core module {body}))")))
+        .await
+        .unwrap_err();
+    assert!(f.message.contains("exports none of"), "{f}");
+    assert_eq!(engine.compile_count(), 0, "nothing was compiled");
+
+    // A real plugin compiles once; loading it again is a cache hit.
+    let echo = std::fs::read(plugin_path("echo")).unwrap();
+    engine.load(echo.clone()).await.unwrap();
+    engine.load(echo).await.unwrap();
+    assert_eq!(engine.compile_count(), 1);
+}
+
+#[tokio::test]
+async fn res_19_a_compile_past_its_time_limit_is_answered_and_its_slot_comes_back() {
+    let scratch = tempfile::tempdir().unwrap();
+    // No real compile finishes in a millisecond.
+    let engine = uncached_engine(scratch.path(), Duration::from_millis(1));
+    let bytes = std::fs::read(plugin_path("text_tools")).unwrap();
+    let f = engine.load_as(bytes.clone(), "acme").await.unwrap_err();
+    assert_eq!(f.code, ErrorCode::CompileTimeout, "{f}");
+    assert_eq!(f.code.as_str(), "COMPILE_TIMEOUT");
+    // The compile goes on in the background, holding its slot until it ends.
+    let mut running = usize::MAX;
+    for _ in 0..600 {
+        running = engine.compile_slots().running();
+        if running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(running, 0, "the slot came back");
+    assert_eq!(engine.compile_slots().waiting(), 0);
+    // Its result was kept: the same bytes now load at once, without compiling again.
+    let plugin = engine.load_as(bytes, "acme").await.unwrap();
+    assert_eq!(plugin.world, corral::engine::World::Tool);
+    assert_eq!(engine.compile_count(), 1);
+}

@@ -378,3 +378,122 @@ async fn res_08_a_guest_holding_ever_more_handles_hits_the_cap() {
     assert!(f.message.contains("more than 1000 handles"), "{f}");
     assert_echo_still_works(&engine).await;
 }
+
+fn disk_filler_limits(bytes: u64, entries: u64) -> Limits {
+    Limits {
+        scratch_bytes: bytes,
+        scratch_entries: entries,
+        ..limits()
+    }
+}
+
+/// A write through an output stream was refused. The stream's error carries
+/// `insufficient-space` for a guest that asks (`filesystem-error-code`); Rust's std does
+/// not ask and reports every stream error as EIO (wasi errno 29), so either is a refusal.
+fn assert_stream_write_refused(report: &serde_json::Value) {
+    let errno = report["errno"].as_i64();
+    assert!(
+        errno == Some(29) || errno == Some(51),
+        "expected EIO or ENOSPC: {report:#}"
+    );
+}
+
+#[tokio::test]
+async fn res_16_a_guest_writing_past_its_scratch_quota_gets_a_write_error() {
+    let engine = engine();
+    let quota = 8 << 20;
+    // 64 MiB against an 8 MiB quota, 1 MiB at a time and in odd-sized pieces.
+    for chunk in [1 << 20, 12_345] {
+        let input = format!(r#"{{"mode":"write","bytes":{},"chunk":{chunk}}}"#, 64 << 20);
+        let outcome = run_agent(
+            &engine,
+            "disk_filler",
+            &input,
+            disk_filler_limits(quota, 1_000),
+        )
+        .await;
+        let report = json_output(&outcome);
+        assert_stream_write_refused(&report);
+        let on_disk = report["bytes_on_disk"].as_u64().unwrap();
+        assert!(on_disk <= quota, "{on_disk} bytes on disk: {report:#}");
+        assert!(
+            on_disk >= quota - (1 << 20),
+            "the quota is usable: {report:#}"
+        );
+        assert!(report["done"].as_u64().unwrap() <= quota, "{report:#}");
+    }
+    // The default quota (64 MiB) holds without any setting.
+    let input = format!(r#"{{"mode":"write","bytes":{}}}"#, 80 << 20);
+    let outcome = run_agent(&engine, "disk_filler", &input, limits()).await;
+    let report = json_output(&outcome);
+    assert_stream_write_refused(&report);
+    assert!(
+        report["bytes_on_disk"].as_u64().unwrap() <= 64 << 20,
+        "{report:#}"
+    );
+    assert_echo_still_works(&engine).await;
+}
+
+#[tokio::test]
+async fn res_16_a_sparse_file_cannot_dodge_the_scratch_quota() {
+    let engine = engine();
+    let input = format!(r#"{{"mode":"set_len","bytes":{}}}"#, 1u64 << 40);
+    let outcome = run_agent(
+        &engine,
+        "disk_filler",
+        &input,
+        disk_filler_limits(8 << 20, 1_000),
+    )
+    .await;
+    let report = json_output(&outcome);
+    assert_eq!(report["error"], "StorageFull", "{report:#}");
+    assert_eq!(report["bytes_on_disk"], 0, "{report:#}");
+}
+
+#[tokio::test]
+async fn res_16_a_guest_creating_millions_of_files_stops_at_the_entry_cap() {
+    let engine = engine();
+    for mode in ["files", "dirs"] {
+        let input = format!(r#"{{"mode":"{mode}","count":1000000}}"#);
+        let outcome = run_agent(&engine, "disk_filler", &input, limits()).await;
+        let report = json_output(&outcome);
+        // EDQUOT (wasi `quota`): the default cap of 1000 entries.
+        assert_eq!(report["error"], "QuotaExceeded", "{mode}: {report:#}");
+        assert_eq!(report["done"], 1_000, "{mode}: {report:#}");
+        assert_eq!(report["entries_on_disk"], 1_000, "{mode}: {report:#}");
+    }
+    assert_echo_still_works(&engine).await;
+}
+
+#[tokio::test]
+async fn res_16_rewriting_or_replacing_files_does_not_use_up_the_quota() {
+    let engine = engine();
+    let quota = disk_filler_limits(4 << 20, 10);
+    // 1 MiB rewritten 40 times: a truncated file's bytes come back.
+    let input = format!(r#"{{"mode":"rewrite","bytes":{},"count":40}}"#, 1 << 20);
+    let report = json_output(&run_agent(&engine, "disk_filler", &input, quota.clone()).await);
+    assert_eq!(report["error"], serde_json::Value::Null, "{report:#}");
+    assert_eq!(report["done"], 40, "{report:#}");
+    // A file created and deleted 100 times: a deleted entry comes back.
+    let input = r#"{"mode":"churn","count":100}"#;
+    let report = json_output(&run_agent(&engine, "disk_filler", input, quota).await);
+    assert_eq!(report["error"], serde_json::Value::Null, "{report:#}");
+    assert_eq!(report["done"], 100, "{report:#}");
+}
+
+#[tokio::test]
+async fn res_16_a_guest_that_traps_on_the_quota_fails_with_resource_limit() {
+    let engine = engine();
+    let input = format!(r#"{{"mode":"panic","bytes":{}}}"#, 16 << 20);
+    let outcome = run_agent(
+        &engine,
+        "disk_filler",
+        &input,
+        disk_filler_limits(1 << 20, 1_000),
+    )
+    .await;
+    let f = outcome.result.unwrap_err();
+    assert_eq!(f.code, ErrorCode::ResourceLimit, "{f}");
+    assert!(f.message.contains("quota of 1048576 bytes"), "{f}");
+    assert_echo_still_works(&engine).await;
+}

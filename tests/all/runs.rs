@@ -1131,3 +1131,32 @@ async fn res_17_what_a_guest_hands_the_host_to_store_is_capped(db: Db) {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_16_a_manifest_sets_its_steps_scratch_quota() {
+    let env = env(sqlite()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin_path("disk_filler"), dir.path().join("filler.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("filler.corral.toml"),
+        "[limits]\nscratch_bytes = \"2MiB\"\nscratch_entries = 7\n",
+    )
+    .unwrap();
+    let p = pipeline::parse_toml(
+        "name = \"quota\"\n[[steps]]\nname = \"fill\"\nplugin = \"filler.wasm\"\n",
+        dir.path(),
+    )
+    .unwrap();
+    for (input, done) in [
+        (json!({"mode": "files", "count": 100}), 7),
+        (json!({"mode": "write", "bytes": 16 << 20}), 2 << 20),
+    ] {
+        let (id, events) = env.run(&p, &input.to_string()).await;
+        assert_eq!(assert_well_formed(&events)["status"], "succeeded");
+        let run = env.runner.store().run(&id).await.unwrap().unwrap();
+        let out: Value = serde_json::from_str(run.output.as_deref().unwrap()).unwrap();
+        assert!(out["error"].is_string(), "{out}");
+        assert!(out["done"].as_u64().unwrap() <= done, "{out}");
+        assert!(out["bytes_on_disk"].as_u64().unwrap() <= 2 << 20, "{out}");
+    }
+}

@@ -1600,3 +1600,28 @@ async fn a_webhook_delivery_wakes_a_run_waiting_for_it() {
         json!([{"signal": "go"}])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_19_an_upload_importing_what_the_host_lacks_is_refused_naming_it() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let component = wat::parse_str(
+        r#"(component
+             (import "evil:escape/door@1.0.0" (instance))
+             (instance $i)
+             (export "corral:plugin/agent@0.1.0" (instance $i)))"#,
+    )
+    .unwrap();
+    let resp = api
+        .req(Method::POST, "/v1/plugins", &server.admin_token)
+        .header("content-type", "application/wasm")
+        .body(component)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = resp.json::<Value>().await.unwrap();
+    assert_eq!(body["error"]["code"], "INVALID_COMPONENT", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("evil:escape/door@1.0.0"), "{body}");
+}

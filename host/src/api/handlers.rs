@@ -141,17 +141,29 @@ pub(super) async fn upload_plugin(
         ));
     }
     let body = bytes(req).await?;
-    // Compiling is CPU-heavy: a few at a time, however many uploads arrive.
-    let _permit = state.compiles.acquire().await.map_err(ApiError::internal)?;
+    // Compiling is CPU-heavy: the engine's compile slots, shared fairly between tenants
+    // (one at a time per tenant), with a time limit the request sees.
     let started = Instant::now();
     let engine = state.runner.engine();
-    let plugin = engine.load(body.to_vec()).await.map_err(|f| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_COMPONENT",
-            f.message,
-        )
-    })?;
+    let plugin = engine
+        .load_as(body.to_vec(), &caller.tenant_id)
+        .await
+        .map_err(|f| match f.code {
+            crate::engine::ErrorCode::CompileTimeout => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "COMPILE_TIMEOUT",
+                    f.message,
+                );
+                e.retry_after = Some(30);
+                e
+            }
+            _ => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_COMPONENT",
+                f.message,
+            ),
+        })?;
     crate::metrics::global()
         .plugin_load
         .observe(started.elapsed());

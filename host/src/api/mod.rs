@@ -38,8 +38,6 @@ pub struct ApiConfig {
     pub heartbeat: Duration,
     /// Bad-token requests per client address per minute before 429.
     pub max_auth_failures: u32,
-    /// Plugin compilations at once.
-    pub max_concurrent_compiles: usize,
 }
 
 impl Default for ApiConfig {
@@ -51,7 +49,6 @@ impl Default for ApiConfig {
             max_queued_per_tenant: 1_000,
             heartbeat: Duration::from_secs(15),
             max_auth_failures: 20,
-            max_concurrent_compiles: 2,
         }
     }
 }
@@ -63,7 +60,6 @@ pub struct AppState {
     pub(crate) config: Arc<ApiConfig>,
     pub(crate) streams: Arc<Mutex<HashMap<String, usize>>>,
     pub(crate) auth_failures: Arc<auth::AuthFailures>,
-    pub(crate) compiles: Arc<tokio::sync::Semaphore>,
     /// Cancelled when the server shuts down: open streams close so shutdown can finish.
     pub(crate) shutdown: tokio_util::sync::CancellationToken,
 }
@@ -73,9 +69,6 @@ impl AppState {
     pub fn new(runner: Runner, config: ApiConfig) -> Self {
         AppState {
             runner,
-            compiles: Arc::new(tokio::sync::Semaphore::new(
-                config.max_concurrent_compiles.max(1),
-            )),
             auth_failures: Arc::new(auth::AuthFailures::new(
                 config.max_auth_failures,
                 Duration::from_secs(60),

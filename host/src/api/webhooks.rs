@@ -67,7 +67,7 @@ pub(super) async fn create_webhook(
     let plugin = state
         .runner
         .engine()
-        .load(bytes)
+        .load_as(bytes, &caller.tenant_id)
         .await
         .map_err(|f| ApiError::bad_request(format!("plugin: {f}")))?;
     if plugin.world != World::Connector {

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod log;
+pub mod scratch;
 
 use crate::engine::bindings::{host, types};
 use crate::engine::limits::Limiter;
@@ -71,6 +72,8 @@ pub struct HostState {
     pub(crate) cancel: tokio_util::sync::CancellationToken,
     pub(crate) http_ctx: wasmtime_wasi_http::WasiHttpCtx,
     pub(crate) http: http::HttpHooks,
+    /// What the guest may still write under its preopened directories.
+    pub(crate) scratch: Arc<scratch::ScratchQuota>,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for HostState {
@@ -93,6 +96,17 @@ impl WasiView for HostState {
 }
 
 impl HostState {
+    /// `wasi:filesystem/types` under the scratch-disk quota.
+    pub(crate) fn scratch_fs(&mut self) -> scratch::ScratchFs<'_> {
+        scratch::ScratchFs::new(
+            wasmtime_wasi::filesystem::WasiFilesystemCtxView {
+                ctx: self.wasi.filesystem(),
+                table: &mut self.table,
+            },
+            &self.scratch,
+        )
+    }
+
     fn log_buffer(&self) -> std::sync::MutexGuard<'_, LogBuffer> {
         self.log.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -133,14 +133,16 @@ pub(super) async fn run(cli: &Cli, args: &CallArgs) -> anyhow::Result<ExitCode> 
         Ok(m) => m,
         Err(e) => return Ok(report_failure(&Failure::invalid_input(e), args.json)),
     };
+    let mut limits = Limits {
+        fuel: args.fuel,
+        timeout: args.timeout,
+        memory_bytes: args.memory,
+        max_output_bytes: args.max_output,
+        ..Limits::default()
+    };
+    manifest.apply_scratch_limits(&mut limits);
     let how = Invocation {
-        limits: Limits {
-            fuel: args.fuel,
-            timeout: args.timeout,
-            memory_bytes: args.memory,
-            max_output_bytes: args.max_output,
-            ..Limits::default()
-        },
+        limits,
         observer,
         services: None,
         cancel,

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     Cancelled,
     /// Tables, instances or handles beyond the sandbox's caps.
     ResourceLimit,
+    /// Compiling the component took longer than the host waits.
+    CompileTimeout,
 }
 
 impl ErrorCode {
@@ -46,6 +48,7 @@ impl ErrorCode {
             ErrorCode::PluginError => "PLUGIN_ERROR",
             ErrorCode::Cancelled => "CANCELLED",
             ErrorCode::ResourceLimit => "RESOURCE_LIMIT",
+            ErrorCode::CompileTimeout => "COMPILE_TIMEOUT",
         }
     }
 }

@@ -416,6 +416,12 @@ impl Engine {
                 log.clone(),
                 how.observer.clone(),
             ),
+            scratch: crate::capabilities::scratch::ScratchQuota::new(
+                limits.scratch_bytes.min(self.config().max_scratch_bytes),
+                limits
+                    .scratch_entries
+                    .min(self.config().max_scratch_entries),
+            ),
         };
         let mut store = Store::new(self.wasmtime(), state);
         store.limiter(|s| &mut s.limiter);
@@ -771,6 +777,15 @@ fn classify(e: &wasmtime::Error, state: &HostState, limits: &Limits) -> Failure 
     }
     if detail.contains("resource limit exceeded") || detail.contains("maximum concurrent") {
         return Failure::new(ErrorCode::ResourceLimit, detail);
+    }
+    if let Some(quota) = state.scratch.refusal() {
+        return Failure::new(
+            ErrorCode::ResourceLimit,
+            format!(
+                "the plugin failed after a write was refused ({quota}): {}",
+                guest_message(state).unwrap_or(detail)
+            ),
+        );
     }
     let message = match guest_message(state) {
         Some(said) => format!("{said} ({})", first_line(&detail)),

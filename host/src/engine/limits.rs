@@ -29,6 +29,12 @@ pub struct Limits {
     /// Live handles (component resources, and host-side WASI resources such as open
     /// files and streams) a guest may hold at once.
     pub max_handles: usize,
+    /// Bytes the guest may write under its scratch directory `/work` (see
+    /// `capabilities::scratch`): past it, writes fail with `insufficient-space`.
+    pub scratch_bytes: u64,
+    /// Files, directories and links the guest may create there: past it, creating
+    /// fails with `quota`.
+    pub scratch_entries: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +50,8 @@ impl Default for Limits {
             max_log_bytes: 1 << 20,
             max_transfer_bytes: 32 << 20,
             max_handles: 10_000,
+            scratch_bytes: crate::capabilities::scratch::DEFAULT_BYTES,
+            scratch_entries: crate::capabilities::scratch::DEFAULT_ENTRIES,
         }
     }
 }

@@ -5,11 +5,12 @@
 //! the host does not provide.
 
 use super::bindings::{agent, connector, tool};
-use super::{Engine, Failure};
+use super::{Engine, ErrorCode, Failure};
 use crate::capabilities::HostState;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre};
 
@@ -105,6 +106,87 @@ pub(super) fn describe_error(e: &wasmtime::Error) -> String {
     parts.join(": ")
 }
 
+/// The queue of the host's own loads (pipeline files, `corral call`).
+const HOST_QUEUE: &str = "";
+
+/// Refuses the first import the host does not provide, naming it.
+fn check_imports(imports: &[String]) -> Result<(), Failure> {
+    match imports.iter().find(|n| !import_allowed(n)) {
+        Some(bad) => Err(Failure::invalid_component(format!(
+            "imports `{bad}`, which this host does not provide (a plugin may import \
+             {PACKAGE}/host@0.1 and WASI 0.2: io, clocks, random, cli, filesystem, sockets, http)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The one world a component's exports (name, whether an instance) implement.
+fn world_of(exports: &[(String, bool)]) -> Result<World, Failure> {
+    let worlds: Vec<World> = exports
+        .iter()
+        .filter(|(_, instance)| *instance)
+        .filter_map(|(name, _)| {
+            name.split_once('@')
+                .filter(|(_, v)| v.starts_with(VERSION_PREFIX))
+                .and_then(|(path, _)| path.strip_prefix("corral:plugin/"))
+                .and_then(World::from_interface)
+        })
+        .collect();
+    match worlds.as_slice() {
+        [world] => Ok(*world),
+        [] => Err(Failure::invalid_component(format!(
+            "exports none of corral:plugin/agent, tool or connector @0.1 (it exports: {})",
+            if exports.is_empty() {
+                "nothing".to_string()
+            } else {
+                exports
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ))),
+        _ => Err(Failure::invalid_component(
+            "exports more than one of corral:plugin/agent, tool and connector; \
+             a plugin implements exactly one world",
+        )),
+    }
+}
+
+/// Reads the component's own import and export sections (not those of the modules and
+/// components nested in it) without compiling or validating anything, and refuses an
+/// unknown import or a missing world at once. Compiling checks everything again.
+fn precheck(bytes: &[u8]) -> Result<(), Failure> {
+    use wasmtime::wasmparser::{ComponentExternalKind, Parser, Payload};
+    let malformed = |e: wasmtime::wasmparser::BinaryReaderError| {
+        Failure::invalid_component(format!("malformed component: {e}"))
+    };
+    let mut depth = 0usize;
+    let mut imports = Vec::new();
+    let mut exports = Vec::new();
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(malformed)? {
+            Payload::ModuleSection { .. } | Payload::ComponentSection { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    imports.push(import.map_err(malformed)?.name.name.to_string());
+                }
+            }
+            Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    let export = export.map_err(malformed)?;
+                    let instance = export.kind == ComponentExternalKind::Instance;
+                    exports.push((export.name.name.to_string(), instance));
+                }
+            }
+            _ => {}
+        }
+    }
+    check_imports(&imports)?;
+    world_of(&exports).map(|_| ())
+}
+
 /// What the first bytes say about a binary, before wasmtime sees it.
 fn check_header(bytes: &[u8]) -> Result<(), Failure> {
     match bytes.get(..8) {
@@ -150,7 +232,18 @@ impl Engine {
 
     /// Loads a plugin from component bytes: checks, compiles (or reuses the compiled
     /// cache), and pre-instantiates it. Loading the same bytes again is a cache hit.
+    /// Compiles queue for the host's own turn; see [`Engine::load_as`].
     pub async fn load(&self, bytes: Vec<u8>) -> Result<Arc<Plugin>, Failure> {
+        self.load_as(bytes, HOST_QUEUE).await
+    }
+
+    /// [`Engine::load`] for a tenant: the world and imports are read from the binary and
+    /// checked before anything is compiled; compiling takes one of the engine's compile
+    /// slots (at most one per tenant, tenants served in turn) and is answered with
+    /// `COMPILE_TIMEOUT` after `EngineConfig::compile_timeout`. A compile that outlives
+    /// its caller finishes in the background, holding its slot until it ends, and its
+    /// result is cached: loading the same bytes later is a cache hit.
+    pub async fn load_as(&self, bytes: Vec<u8>, tenant: &str) -> Result<Arc<Plugin>, Failure> {
         let max = self.config().max_component_bytes;
         if bytes.len() > max {
             return Err(Failure::invalid_component(format!(
@@ -164,14 +257,38 @@ impl Engine {
         if let Some(plugin) = self.cached(&digest) {
             return Ok(plugin);
         }
+        // What the binary says it imports and exports, before a slot or a compile.
+        precheck(&bytes)?;
+        let slot = self.inner.compile_slots.acquire(tenant).await;
+        if let Some(plugin) = self.cached(&digest) {
+            // Compiled by someone else while this one waited.
+            return Ok(plugin);
+        }
         // Compiling is CPU-bound and can take seconds: keep it off the async workers.
         let engine = self.clone();
-        let plugin = tokio::task::spawn_blocking(move || engine.compile(&bytes, digest_hex))
-            .await
-            .map_err(|e| Failure::invalid_component(format!("compiler task failed: {e}")))??;
-        let plugin = Arc::new(plugin);
-        self.remember(plugin.clone());
-        Ok(plugin)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let result = engine.compile(&bytes, digest_hex).map(Arc::new);
+            if let Ok(plugin) = &result {
+                engine.remember(plugin.clone());
+            }
+            // The slot is given back when the compile really ends, waited for or not.
+            drop(slot);
+            let _ = tx.send(result);
+        });
+        let limit = self.config().compile_timeout;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Failure::invalid_component("the compiler task failed")),
+            Err(_) => Err(Failure::new(
+                ErrorCode::CompileTimeout,
+                format!(
+                    "compiling the component took longer than {limit:?}; it goes on in \
+                     the background, and loading the same bytes once it is done is answered \
+                     from the cache"
+                ),
+            )),
+        }
     }
 
     fn compile(&self, bytes: &[u8], digest_hex: String) -> Result<Plugin, Failure> {
@@ -180,6 +297,7 @@ impl Engine {
         let component = match cache.and_then(|c| c.get(wasmtime, &digest_hex)) {
             Some(component) => component,
             None => {
+                self.inner.compiles.fetch_add(1, Ordering::Relaxed);
                 let component = Component::from_binary(wasmtime, bytes)
                     .map_err(|e| Failure::invalid_component(describe_error(&e)))?;
                 if let Some(cache) = cache {
@@ -191,47 +309,17 @@ impl Engine {
         let ty = component.component_type();
 
         let imports: Vec<String> = ty.imports(wasmtime).map(|(n, _)| n.to_string()).collect();
-        if let Some(bad) = imports.iter().find(|n| !import_allowed(n)) {
-            return Err(Failure::invalid_component(format!(
-                "imports `{bad}`, which this host does not provide (a plugin may import \
-                 {PACKAGE}/host@0.1 and WASI 0.2: io, clocks, random, cli, filesystem, sockets)"
-            )));
-        }
+        check_imports(&imports)?;
 
-        let mut exports = Vec::new();
-        let mut worlds = Vec::new();
-        for (name, item) in ty.exports(wasmtime) {
-            exports.push(name.to_string());
-            let interface = name
-                .split_once('@')
-                .filter(|(_, v)| v.starts_with(VERSION_PREFIX))
-                .and_then(|(path, _)| path.strip_prefix("corral:plugin/"));
-            if let (Some(world), ComponentItem::ComponentInstance(_)) =
-                (interface.and_then(World::from_interface), item.ty)
-            {
-                worlds.push(world);
-            }
-        }
-        let world = match worlds.as_slice() {
-            [world] => *world,
-            [] => {
-                return Err(Failure::invalid_component(format!(
-                    "exports none of corral:plugin/agent, tool or connector @0.1 \
-                     (it exports: {})",
-                    if exports.is_empty() {
-                        "nothing".to_string()
-                    } else {
-                        exports.join(", ")
-                    }
-                )));
-            }
-            _ => {
-                return Err(Failure::invalid_component(
-                    "exports more than one of corral:plugin/agent, tool and connector; \
-                     a plugin implements exactly one world",
-                ));
-            }
-        };
+        let exports: Vec<(String, bool)> = ty
+            .exports(wasmtime)
+            .map(|(name, item)| {
+                let instance = matches!(item.ty, ComponentItem::ComponentInstance(_));
+                (name.to_string(), instance)
+            })
+            .collect();
+        let world = world_of(&exports)?;
+        let exports: Vec<String> = exports.into_iter().map(|(name, _)| name).collect();
 
         let pre: InstancePre<HostState> = self
             .inner

@@ -3,6 +3,7 @@
 
 pub mod bindings;
 mod cache;
+pub mod compile;
 pub mod deadline;
 pub mod failure;
 mod invoke;
@@ -21,7 +22,7 @@ pub use load::{Plugin, World};
 use crate::capabilities::HostState;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use wasmtime::component::Linker;
@@ -50,6 +51,18 @@ pub struct EngineConfig {
     pub plugin_cache_entries: usize,
     /// How guests' outbound requests resolve host names (with operator overrides).
     pub http_resolver: crate::capabilities::http::Resolver,
+    /// Components compiled at once, in all (at most one per tenant at a time; waiting
+    /// tenants are served in turn).
+    pub compile_slots: usize,
+    /// How long a load waits for its compile before answering `COMPILE_TIMEOUT` (the
+    /// compile itself cannot be interrupted: it finishes in the background).
+    pub compile_timeout: Duration,
+    /// Hard cap on the bytes any invocation may write under `/work`
+    /// (`Limits::scratch_bytes` is clamped to it).
+    pub max_scratch_bytes: u64,
+    /// Hard cap on the files and directories any invocation may create
+    /// (`Limits::scratch_entries` is clamped to it).
+    pub max_scratch_entries: u64,
 }
 
 impl Default for EngineConfig {
@@ -64,6 +77,10 @@ impl Default for EngineConfig {
             epoch_tick: Duration::from_millis(10),
             plugin_cache_entries: 256,
             http_resolver: crate::capabilities::http::Resolver::default(),
+            compile_slots: 2,
+            compile_timeout: Duration::from_secs(120),
+            max_scratch_bytes: 1 << 30,
+            max_scratch_entries: 100_000,
         }
     }
 }
@@ -81,6 +98,9 @@ struct Inner {
     cache: Option<cache::DiskCache>,
     loaded: Mutex<LoadedPlugins>,
     ticker_stop: Arc<AtomicBool>,
+    compile_slots: Arc<compile::CompileSlots>,
+    /// Components compiled (not loaded from a cache) so far.
+    compiles: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -119,10 +139,12 @@ impl Engine {
             inner: Arc::new(Inner {
                 wasmtime,
                 linker,
-                config,
                 cache,
                 loaded: Mutex::new(LoadedPlugins::default()),
                 ticker_stop,
+                compile_slots: compile::CompileSlots::new(config.compile_slots),
+                compiles: AtomicU64::new(0),
+                config,
             }),
         })
     }
@@ -130,6 +152,16 @@ impl Engine {
     /// The engine's settings.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
+    }
+
+    /// How many components this engine has compiled (not counting cache hits).
+    pub fn compile_count(&self) -> u64 {
+        self.inner.compiles.load(Ordering::Relaxed)
+    }
+
+    /// The engine's compile slots.
+    pub fn compile_slots(&self) -> &compile::CompileSlots {
+        &self.inner.compile_slots
     }
 
     pub(crate) fn wasmtime(&self) -> &wasmtime::Engine {
@@ -213,6 +245,10 @@ fn build_linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostState>> 
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)
         .map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+    // wasi:filesystem/types again, over the stock one: the same implementation, charged
+    // to the invocation's scratch-disk quota (capabilities::scratch).
+    crate::capabilities::scratch::add_to_linker(&mut linker, HostState::scratch_fs)
+        .map_err(|e| anyhow::anyhow!("linking the scratch-disk quota: {e}"))?;
     // wasi:http is linked for every plugin; each request is checked against the plugin's
     // grants when it is made (capabilities::http), and refused without one.
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)

@@ -636,6 +636,10 @@ impl Walk<'_> {
             }
             limits.fuel = limits.fuel.map(|f| f.min(left));
         }
+        // The scratch-disk quota its plugin's manifest asks for.
+        if let Some(manifest) = self.manifests.get(idx) {
+            manifest.apply_scratch_limits(&mut limits);
+        }
         let deadline = Deadline::after(limits.timeout);
         // The step's tools: only those it lists (its plugin's grants were checked at load).
         let granted = step

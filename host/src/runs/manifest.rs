@@ -21,6 +21,8 @@
 //! http_requests = 64
 //! http_response_bytes = 16777216
 //! http_timeout = "30s"
+//! scratch_bytes = "256MiB" # what it may write under /work per invocation (default 64MiB)
+//! scratch_entries = 5000   # files and directories it may create there (default 1000)
 //! ```
 //!
 //! A pipeline step can only narrow these grants (its own `tools` list).
@@ -40,6 +42,9 @@ const MAX_SECRETS: usize = 32;
 const CAP_REQUESTS: u32 = 10_000;
 const CAP_RESPONSE_BYTES: u64 = 1 << 30;
 const CAP_TIMEOUT: Duration = Duration::from_secs(600);
+/// Caps on the scratch-disk quota a manifest may ask for (the engine may cap lower).
+const CAP_SCRATCH_BYTES: u64 = 1 << 30;
+const CAP_SCRATCH_ENTRIES: u64 = 100_000;
 
 /// A plugin's manifest.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -85,6 +90,31 @@ pub struct ManifestLimits {
     pub http_response_bytes: Option<u64>,
     /// Longest wait for one response, e.g. `"30s"`.
     pub http_timeout: Option<String>,
+    /// Bytes it may write under `/work` per invocation: a number or a size like `"256MiB"`.
+    pub scratch_bytes: Option<SizeSetting>,
+    /// Files, directories and links it may create under `/work` per invocation.
+    pub scratch_entries: Option<u64>,
+}
+
+/// A size in a manifest: bytes, or text like `"64MiB"`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SizeSetting {
+    /// A number of bytes.
+    Bytes(u64),
+    /// A size with a unit.
+    Text(String),
+}
+
+impl SizeSetting {
+    fn bytes(&self) -> Result<u64, String> {
+        match self {
+            SizeSetting::Bytes(n) => Ok(*n),
+            SizeSetting::Text(t) => {
+                crate::engine::limits::parse_size(t).map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+            }
+        }
+    }
 }
 
 impl Manifest {
@@ -121,7 +151,48 @@ impl Manifest {
                 }
             }
         }
-        self.http_limits().map(|_| ())
+        self.http_limits()?;
+        self.scratch_limits().map(|_| ())
+    }
+
+    /// The scratch-disk quota `(bytes, entries)` it asks for (`None`: the default);
+    /// refused above the caps.
+    pub fn scratch_limits(&self) -> Result<(Option<u64>, Option<u64>), String> {
+        let bytes = match &self.limits.scratch_bytes {
+            None => None,
+            Some(size) => {
+                let n = size
+                    .bytes()
+                    .map_err(|e| format!("limits.scratch_bytes: {e}"))?;
+                if n > CAP_SCRATCH_BYTES {
+                    return Err(format!(
+                        "limits.scratch_bytes: at most {CAP_SCRATCH_BYTES} (1GiB)"
+                    ));
+                }
+                Some(n)
+            }
+        };
+        if let Some(n) = self.limits.scratch_entries
+            && n > CAP_SCRATCH_ENTRIES
+        {
+            return Err(format!(
+                "limits.scratch_entries: at most {CAP_SCRATCH_ENTRIES}"
+            ));
+        }
+        Ok((bytes, self.limits.scratch_entries))
+    }
+
+    /// Lays the scratch-disk quota it asks for over `limits` (the engine still clamps
+    /// it to the host's cap).
+    pub fn apply_scratch_limits(&self, limits: &mut crate::engine::Limits) {
+        if let Ok((bytes, entries)) = self.scratch_limits() {
+            if let Some(n) = bytes {
+                limits.scratch_bytes = n;
+            }
+            if let Some(n) = entries {
+                limits.scratch_entries = n;
+            }
+        }
     }
 
     /// The HTTP limits: the manifest's asks, or the defaults; refused above the caps.
@@ -319,5 +390,47 @@ mod tests {
         .unwrap();
         let err = for_plugin(&plugin).unwrap_err();
         assert!(err.contains("grants.secrets.T"), "{err}");
+    }
+
+    #[test]
+    fn res_16_a_manifest_sets_the_scratch_quota_within_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugin = PluginRef::Path(dir.path().join("agent.wasm"));
+        let file = dir.path().join("agent.corral.toml");
+        std::fs::write(
+            &file,
+            "[limits]\nscratch_bytes = \"256MiB\"\nscratch_entries = 5000\n",
+        )
+        .unwrap();
+        let manifest = for_plugin(&plugin).unwrap();
+        let mut limits = crate::engine::Limits::default();
+        manifest.apply_scratch_limits(&mut limits);
+        assert_eq!(limits.scratch_bytes, 256 << 20);
+        assert_eq!(limits.scratch_entries, 5000);
+        std::fs::write(&file, "[limits]\nscratch_bytes = 1048576\n").unwrap();
+        let mut limits = crate::engine::Limits::default();
+        for_plugin(&plugin)
+            .unwrap()
+            .apply_scratch_limits(&mut limits);
+        assert_eq!(limits.scratch_bytes, 1 << 20);
+        assert_eq!(
+            limits.scratch_entries,
+            crate::engine::Limits::default().scratch_entries
+        );
+        for (text, field) in [
+            ("scratch_bytes = \"2GiB\"", "limits.scratch_bytes"),
+            ("scratch_bytes = \"lots\"", "limits.scratch_bytes"),
+            ("scratch_entries = 1000000", "limits.scratch_entries"),
+        ] {
+            std::fs::write(&file, format!("[limits]\n{text}\n")).unwrap();
+            let err = for_plugin(&plugin).unwrap_err();
+            assert!(err.contains(field), "{text}: {err}");
+        }
+        let api = serde_json::json!({"limits": {"scratch_entries": 200_000}});
+        assert!(
+            Manifest::from_json(&api)
+                .unwrap_err()
+                .contains("limits.scratch_entries")
+        );
     }
 }
