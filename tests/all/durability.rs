@@ -751,21 +751,16 @@ async fn dur_08_soak_kills_cancels_and_answers_leave_every_run_ended_once(db: Db
         for _ in 0..rng.random_range(2..8) {
             tokio::time::sleep(Duration::from_millis(rng.random_range(50..700))).await;
             let id = ids[rng.random_range(0..ids.len())].clone();
-            match rng.random_range(0..3) {
-                0 => {
-                    let (status, body) = host.post(&format!("/v1/runs/{id}/cancel"), None).await;
-                    ok_or_conflict("cancel", status, &body);
-                }
-                1 => {
-                    if store.open_question(&id).await.unwrap().is_some() {
-                        let answer = json!({"approved": rng.random_bool(0.7)});
-                        let (status, body) = host
-                            .post(&format!("/v1/runs/{id}/input"), Some(answer))
-                            .await;
-                        ok_or_conflict("answer", status, &body);
-                    }
-                }
-                _ => {}
+            let action = rng.random_range(0..3);
+            if action == 0 {
+                let (status, body) = host.post(&format!("/v1/runs/{id}/cancel"), None).await;
+                ok_or_conflict("cancel", status, &body);
+            } else if action == 1 && store.open_question(&id).await.unwrap().is_some() {
+                let answer = json!({"approved": rng.random_bool(0.7)});
+                let (status, body) = host
+                    .post(&format!("/v1/runs/{id}/input"), Some(answer))
+                    .await;
+                ok_or_conflict("answer", status, &body);
             }
         }
         host.kill();
@@ -832,4 +827,70 @@ async fn dur_08_soak_kills_cancels_and_answers_leave_every_run_ended_once(db: Db
         "DUR-08 soak (seed {seed}): {} runs, {by_status:?}",
         ids.len()
     );
+}
+
+on_both_dbs!(dur_08_nothing_is_recorded_after_a_runs_final_event);
+async fn dur_08_nothing_is_recorded_after_a_runs_final_event(db: Db) {
+    use corral::store::{Change, NewRun};
+    let dir = tempfile::tempdir().unwrap();
+    let store = match &db {
+        Db::Sqlite => Store::open_in_dir(dir.path()).await.unwrap(),
+        Db::Postgres(url) => Store::open(url).await.unwrap(),
+    };
+    let tenant = store.ensure_tenant("late").await.unwrap();
+    let (run, _) = store
+        .create_run(&NewRun {
+            tenant_id: tenant,
+            pipeline_id: None,
+            pipeline_name: "p".into(),
+            spec: "{}".into(),
+            input: "{}".into(),
+            steps: vec![("a".into(), "flaky".into())],
+        })
+        .await
+        .unwrap();
+    let r = run.as_ref();
+    let finish = |status: &'static str| Change::RunFinish {
+        status,
+        output: None,
+        error_code: None,
+        error_message: None,
+    };
+    let end = json!({"all_done": true, "status": "failed"});
+    let ended = store
+        .commit(&r, &[finish("failed")], Some(("complete", end)))
+        .await
+        .unwrap();
+    assert!(ended.is_some());
+    // Late writers: a guest's log line, a paused host's step result, a second end.
+    let late_log = store
+        .commit(&r, &[], Some(("log", json!({"message": "late"}))))
+        .await
+        .unwrap();
+    let late_step = store
+        .commit(
+            &r,
+            &[Change::StepSucceeded {
+                idx: 0,
+                output: "{}".into(),
+            }],
+            Some(("complete", json!({"step_id": "a"}))),
+        )
+        .await
+        .unwrap();
+    let second_end = store
+        .commit(
+            &r,
+            &[finish("succeeded")],
+            Some(("complete", json!({"all_done": true, "status": "succeeded"}))),
+        )
+        .await
+        .unwrap();
+    assert!(late_log.is_none() && late_step.is_none() && second_end.is_none());
+    let events = store.events_after(&run.id, 0, 100).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["queued", "complete"]);
+    let run = store.run(&run.id).await.unwrap().unwrap();
+    assert_one_end(&run, &events);
+    assert_ne!(store.steps(&run.id).await.unwrap()[0].status, "succeeded");
 }

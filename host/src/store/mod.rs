@@ -529,7 +529,9 @@ impl Store {
     }
 
     /// Applies `changes` and appends `event` in one transaction. If any guarded change
-    /// matches no row (the state moved on), nothing is written and `None` is returned.
+    /// matches no row (the state moved on), or the event would come after the run's final
+    /// event (the run has ended and this is not the transition that ends it), nothing is
+    /// written and `None` is returned.
     pub async fn commit(
         &self,
         run: &RunRef,
@@ -562,9 +564,22 @@ impl Store {
                 return Ok(None);
             }
         }
+        let ending = changes
+            .iter()
+            .any(|c| matches!(c, Change::RunFinish { .. }));
         let mut written = Vec::with_capacity(events.len());
         for (kind, payload) in events {
-            written.push(append_event(&mut tx, &run.id, &run.tenant_id, kind, payload).await?);
+            let appended =
+                append_event_unless_ended(&mut tx, &run.id, &run.tenant_id, kind, payload, ending)
+                    .await?;
+            match appended {
+                Some(event) => written.push(event),
+                // The run ended meanwhile: this late write is refused as a whole.
+                None => {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
         }
         tx.commit().await?;
         Ok(Some(written))
@@ -853,12 +868,40 @@ async fn append_event(
     kind: &str,
     payload: &Value,
 ) -> Result<Event> {
-    let row: AnyRow = sqlx::query(
-        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq - 1 AS seq",
-    )
-    .bind(run_id)
-    .fetch_one(&mut **tx)
-    .await?;
+    append_event_unless_ended(tx, run_id, tenant_id, kind, payload, false)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "run {run_id} has already ended: nothing more is recorded for it"
+            ))
+        })
+}
+
+/// Appends an event inside `tx`, unless the run has already ended (`None`): nothing is
+/// ever written after a run's final event, whoever writes late (a paused host whose
+/// lease was taken over, a guest event racing the end). `ending`: this transaction is
+/// the one that ends the run, so its own final events are let through.
+async fn append_event_unless_ended(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run_id: &str,
+    tenant_id: &str,
+    kind: &str,
+    payload: &Value,
+    ending: bool,
+) -> Result<Option<Event>> {
+    let sql = if ending {
+        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq - 1 AS seq"
+    } else {
+        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 \
+         AND status NOT IN ('succeeded', 'failed', 'cancelled') RETURNING next_seq - 1 AS seq"
+    };
+    let Some(row): Option<AnyRow> = sqlx::query(sql)
+        .bind(run_id)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(None);
+    };
     let seq: i64 = row.try_get("seq")?;
     let ts = rfc3339_now();
     let payload_text = payload.to_string();
@@ -873,14 +916,14 @@ async fn append_event(
     .bind(&payload_text)
     .execute(&mut **tx)
     .await?;
-    Ok(Event {
+    Ok(Some(Event {
         kind: kind.to_string(),
         run_id: run_id.to_string(),
         seq,
         ts,
         payload: payload.clone(),
         tenant_id: tenant_id.to_string(),
-    })
+    }))
 }
 
 /// Hides a password in a database URL before it reaches a message.
