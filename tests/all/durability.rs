@@ -712,7 +712,7 @@ on_both_dbs!(dur_08_soak_kills_cancels_and_answers_leave_every_run_ended_once);
 async fn dur_08_soak_kills_cancels_and_answers_leave_every_run_ended_once(db: Db) {
     use rand::{Rng, SeedableRng};
     let seed = knob("CORRAL_SOAK_SEED", rand::random::<u32>().into());
-    let rounds = knob("CORRAL_SOAK_ROUNDS", 4);
+    let rounds = knob("CORRAL_SOAK_ROUNDS", 5);
     let per_round = knob("CORRAL_SOAK_RUNS", 10);
     eprintln!(
         "DUR-08 soak: seed {seed}, {rounds} kills, {per_round} runs each \
@@ -893,4 +893,93 @@ async fn dur_08_nothing_is_recorded_after_a_runs_final_event(db: Db) {
     let run = store.run(&run.id).await.unwrap().unwrap();
     assert_one_end(&run, &events);
     assert_ne!(store.steps(&run.id).await.unwrap()[0].status, "succeeded");
+}
+
+on_both_dbs!(dur_09_nodes_recovering_one_run_at_once_take_it_over_once);
+async fn dur_09_nodes_recovering_one_run_at_once_take_it_over_once(db: Db) {
+    use corral::store::{Change, NewRun};
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        match &db {
+            Db::Sqlite => Store::open_in_dir(dir.path()).await.unwrap(),
+            Db::Postgres(url) => Store::open(url).await.unwrap(),
+        }
+    };
+    let store = open().await;
+    let tenant = store.ensure_tenant("nodes").await.unwrap();
+    let spec = r#"{"name":"p","steps":[{"name":"a","plugin":"/nowhere/flaky.wasm"}]}"#;
+    let mut ids = Vec::new();
+    // Two runs under a host that died mid-step; the second was cancelled meanwhile.
+    for cancel in [false, true] {
+        let (run, _) = store
+            .create_run(&NewRun {
+                tenant_id: tenant.clone(),
+                pipeline_id: None,
+                pipeline_name: "p".into(),
+                spec: spec.into(),
+                input: "{}".into(),
+                steps: vec![("a".into(), "flaky".into())],
+            })
+            .await
+            .unwrap();
+        store
+            .claim_run(&run.id, "host_dead", Duration::from_millis(1))
+            .await
+            .unwrap()
+            .unwrap();
+        let started = store
+            .commit(
+                &run.as_ref(),
+                &[Change::StepStart {
+                    idx: 0,
+                    generation: 0,
+                    attempt: 1,
+                }],
+                Some(("running", json!({"step_id": "a", "attempt": 1}))),
+            )
+            .await
+            .unwrap();
+        assert!(started.is_some());
+        if cancel {
+            store.request_cancel(&run.id).await.unwrap();
+        }
+        ids.push(run.id);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Three nodes (each its own pool) recover at the same moment.
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(other_node(open().await).await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(nodes.len()));
+    let tasks: Vec<_> = nodes
+        .into_iter()
+        .map(|node| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                node.recover().await.unwrap()
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in tasks {
+        taken += t.await.unwrap();
+    }
+    let crashes = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| e.kind == "error" && e.payload["error_code"] == "HOST_CRASH")
+            .count()
+    };
+    let requeued = store.events_after(&ids[0], 0, 100).await.unwrap();
+    assert_eq!(crashes(&requeued), 1, "{requeued:#?}");
+    assert_eq!(store.run(&ids[0]).await.unwrap().unwrap().status, "queued");
+    let cancelled = store.events_after(&ids[1], 0, 100).await.unwrap();
+    assert_eq!(crashes(&cancelled), 1, "{cancelled:#?}");
+    let run = store.run(&ids[1]).await.unwrap().unwrap();
+    assert_eq!(assert_one_end(&run, &cancelled), "cancelled");
+    let attempts = store.attempts(&ids[1]).await.unwrap();
+    assert_eq!(attempts[0].status, "crashed");
+    assert_eq!(taken, 2, "each run is taken over by exactly one node");
 }
