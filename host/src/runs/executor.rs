@@ -1046,7 +1046,8 @@ pub(crate) async fn recover_run(runner: &Runner, orphan: &RunRecord) -> Result<b
     let mut run = orphan.clone();
     // A lost guard means the run moved on; look again (a cancel may have landed).
     for _ in 0..3 {
-        if !run.is_orphaned(&runner.inner.owner, now) {
+        // Never a run this process is executing (its lease renewal may merely be late).
+        if !run.is_orphaned(now) || runner.live(&run.id).is_some() {
             return Ok(false);
         }
         if recover_once(runner, &run).await? {

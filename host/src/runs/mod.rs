@@ -297,7 +297,7 @@ impl Runner {
             // with a cancel request as cancelled, never re-queues it).
             _ => {
                 if let Some(now) = store.run(run_id).await?
-                    && now.is_orphaned(&self.inner.owner, crate::store::now_ms())
+                    && now.is_orphaned(crate::store::now_ms())
                 {
                     executor::recover_run(self, &now).await?;
                 }
@@ -386,9 +386,12 @@ impl Runner {
     /// request (made while its host was down) ends `cancelled` instead, with its final
     /// event, in the same transaction. Returns how many runs were taken over.
     pub async fn recover(&self) -> Result<usize, RunError> {
-        let orphans = self.inner.store.orphaned_runs(&self.inner.owner).await?;
+        let orphans = self.inner.store.orphaned_runs().await?;
         let mut n = 0;
         for run in orphans {
+            if self.live(&run.id).is_some() {
+                continue;
+            }
             // One run that cannot be recovered must not hold up the others.
             match executor::recover_run(self, &run).await {
                 Ok(true) => n += 1,

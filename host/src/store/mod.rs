@@ -496,16 +496,17 @@ impl Store {
         Ok(())
     }
 
-    /// Runs that were running or waiting under a host that is gone (its lease expired,
-    /// or it is `previous_owner` restarting): candidates for crash recovery.
-    pub async fn orphaned_runs(&self, live_owner: &str) -> Result<Vec<RunRecord>> {
+    /// Runs that were running or waiting under a lease that has expired: their host is
+    /// gone, or is the caller and no longer executes them (leases are renewed only for runs
+    /// a host executes). Candidates for crash recovery; the caller skips the runs it is
+    /// executing itself.
+    pub async fn orphaned_runs(&self) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
             " FROM runs WHERE status IN ('running', 'waiting') \
-             AND (owner IS NULL OR owner <> $1) AND (lease_until IS NULL OR lease_until < $2)"
+             AND (lease_until IS NULL OR lease_until < $1)"
         ))
-        .bind(live_owner)
         .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;

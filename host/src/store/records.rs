@@ -169,11 +169,11 @@ impl RunRecord {
         TERMINAL.contains(&self.status.as_str())
     }
 
-    /// Whether the run is live under a host whose lease has expired at `now` (unix ms)
-    /// and which is not `live_owner`: what crash recovery takes over.
-    pub fn is_orphaned(&self, live_owner: &str, now: i64) -> bool {
+    /// Whether the run is running or waiting under a lease that expired before `now` (unix
+    /// ms): its host is gone (or is this one, and no longer executes it). Crash recovery
+    /// takes such runs over, except those the recovering process is executing itself.
+    pub fn is_orphaned(&self, now: i64) -> bool {
         matches!(self.status.as_str(), "running" | "waiting")
-            && self.owner.as_deref() != Some(live_owner)
             && self.lease_until.is_none_or(|t| t < now)
     }
 
