@@ -298,8 +298,10 @@ impl Runner {
             _ => {
                 if let Some(now) = store.run(run_id).await?
                     && now.is_orphaned(crate::store::now_ms())
+                    && let Err(e) = executor::recover_run(self, &now).await
                 {
-                    executor::recover_run(self, &now).await?;
+                    // The flag is set: the recovery loop finishes it.
+                    tracing::warn!("ending cancelled run {run_id} failed (will retry): {e}");
                 }
                 Ok(())
             }
