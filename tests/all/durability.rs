@@ -460,6 +460,12 @@ fn assert_one_end(run: &corral::store::RunRecord, events: &[Event]) -> String {
     let ctx = || format!("run {} ({}): {events:#?}", run.id, run.status);
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as i64 + 1, "seq not contiguous from 1: {}", ctx());
+        assert_eq!(
+            e.tenant_id,
+            run.tenant_id,
+            "another tenant's event: {}",
+            ctx()
+        );
     }
     assert_eq!(
         events.iter().filter(|e| e.is_final()).count(),
