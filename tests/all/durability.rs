@@ -1,7 +1,9 @@
 //! Crash recovery and the `corral run` CLI contract, with real processes.
 
 use crate::util::*;
-use serde_json::Value;
+use corral::store::{Event, Store};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -280,4 +282,710 @@ fn ctrl_c_cancels_an_embedded_run_cleanly_and_exits_130() {
             .count(),
         1
     );
+}
+
+// ---- `corral serve` killed and restarted on SQLite or Postgres (DUR-08/09/10) ----
+
+/// The database a test's servers share.
+enum Db {
+    Sqlite,
+    Postgres(String),
+}
+
+/// Runs `body(Db)` on SQLite and, when CORRAL_TEST_POSTGRES_URL is set, on Postgres in a
+/// schema of its own.
+macro_rules! on_both_dbs {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Db::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                match std::env::var("CORRAL_TEST_POSTGRES_URL") {
+                    Ok(url) if !url.is_empty() => {
+                        let url = crate::runs::postgres_schema(&url).await;
+                        super::$name(super::Db::Postgres(url)).await
+                    }
+                    _ => eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run"),
+                }
+            }
+        }
+    };
+}
+
+/// One `corral serve` host that can be killed with SIGKILL and started again on the same
+/// database (and data directory, so its compiled-code cache survives).
+struct Host {
+    data: std::sync::Arc<tempfile::TempDir>,
+    db: Option<String>,
+    envs: Vec<(String, String)>,
+    server: Option<Server>,
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Host {
+    fn start(db: &Db, envs: &[(&str, &str)]) -> Host {
+        let mut envs: Vec<(String, String)> = envs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let db = match db {
+            Db::Sqlite => None,
+            Db::Postgres(url) => {
+                envs.push(("CORRAL_DATABASE_URL".into(), url.clone()));
+                Some(url.clone())
+            }
+        };
+        let mut host = Host {
+            data: std::sync::Arc::new(tempfile::tempdir().unwrap()),
+            db,
+            envs,
+            server: None,
+            url: String::new(),
+            token: String::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        };
+        host.boot();
+        host
+    }
+
+    fn boot(&mut self) {
+        let envs: Vec<(&str, &str)> = self
+            .envs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let server = Server::start_in(self.data.clone(), &envs);
+        if self.token.is_empty() {
+            self.token = server.admin_token.clone();
+            assert!(!self.token.is_empty(), "no admin token on first start");
+        }
+        self.url = server.url.clone();
+        self.server = Some(server);
+    }
+
+    /// `kill -9`.
+    fn kill(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.kill();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.boot();
+    }
+
+    /// The database, opened by this test process as another node would.
+    async fn store(&self) -> Store {
+        match &self.db {
+            None => Store::open_in_dir(self.data.path()).await.unwrap(),
+            Some(url) => Store::open(url).await.unwrap(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Uploads `flaky` and returns its plugin id.
+    async fn upload_flaky(&self) -> String {
+        let resp = self
+            .http
+            .post(format!("{}/v1/plugins", self.url))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/wasm")
+            .body(std::fs::read(crate::util::plugin_path("flaky")).unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let body: Value = resp.json().await.unwrap();
+        body["id"].as_str().unwrap().to_string()
+    }
+
+    /// Submits a run of `flaky` steps, one per config; `(status, body)`.
+    async fn submit(
+        &self,
+        plugin: &str,
+        defaults: Value,
+        configs: &[Value],
+    ) -> (StatusCode, Value) {
+        let steps: Vec<Value> = configs
+            .iter()
+            .enumerate()
+            .map(|(i, c)| json!({"name": format!("s{i}"), "plugin": plugin, "config": c}))
+            .collect();
+        self.post(
+            "/v1/runs",
+            Some(
+                json!({"pipeline": {"name": "chaos", "defaults": defaults, "steps": steps},
+                        "input": {"n": 1}}),
+            ),
+        )
+        .await
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A run's log is well formed: seq 1..n without gap or duplicate, exactly one final event,
+/// and it is the last one; it agrees with the run's status, and a cancelled run has exactly
+/// one `cancelled` event. Returns the final status.
+fn assert_one_end(run: &corral::store::RunRecord, events: &[Event]) -> String {
+    let ctx = || format!("run {} ({}): {events:#?}", run.id, run.status);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1, "seq not contiguous from 1: {}", ctx());
+        assert_eq!(
+            e.tenant_id,
+            run.tenant_id,
+            "another tenant's event: {}",
+            ctx()
+        );
+    }
+    assert_eq!(
+        events.iter().filter(|e| e.is_final()).count(),
+        1,
+        "exactly one final event: {}",
+        ctx()
+    );
+    let last = events.last().unwrap();
+    assert!(last.is_final(), "nothing after the final event: {}", ctx());
+    assert!(run.is_terminal(), "{}", ctx());
+    assert_eq!(last.payload["status"], run.status.as_str(), "{}", ctx());
+    let cancelled = events.iter().filter(|e| e.kind == "cancelled").count();
+    assert_eq!(
+        cancelled,
+        usize::from(run.status == "cancelled"),
+        "one cancelled event iff cancelled: {}",
+        ctx()
+    );
+    run.status.clone()
+}
+
+/// Waits (bounded) until `pred` holds for the run's events.
+async fn wait_events(store: &Store, id: &str, what: &str, pred: impl Fn(&[Event]) -> bool) {
+    for _ in 0..1200 {
+        let events = store.events_after(id, 0, 10_000).await.unwrap();
+        if pred(&events) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "run {id}: no {what}: {:#?}",
+        store.events_after(id, 0, 10_000).await.unwrap()
+    );
+}
+
+/// Runs that are queued with a cancel request: the scheduler never claims them, so each
+/// one is a run that would never end.
+async fn stuck_cancelled(store: &Store, ids: &[String]) -> Vec<String> {
+    let mut stuck = Vec::new();
+    for id in ids {
+        let run = store.run(id).await.unwrap().unwrap();
+        if run.status == "queued" && run.cancel_requested {
+            stuck.push(id.clone());
+        }
+    }
+    stuck
+}
+
+/// Another node's API: a runner in this test process on the same database.
+async fn other_node(store: Store) -> corral::runs::Runner {
+    corral::runs::Runner::new(
+        crate::util::engine(),
+        store,
+        corral::runs::RunnerConfig {
+            lease: Duration::from_millis(LEASE_MS),
+            ..corral::runs::RunnerConfig::default()
+        },
+    )
+}
+
+const LEASE_MS: u64 = 3000;
+
+on_both_dbs!(dur_09_cancel_while_the_host_is_down_ends_the_run_cancelled_after_recovery);
+async fn dur_09_cancel_while_the_host_is_down_ends_the_run_cancelled_after_recovery(db: Db) {
+    let lease = LEASE_MS.to_string();
+    let mut host = Host::start(&db, &[("CORRAL_LEASE_MS", &lease)]);
+    let flaky = host.upload_flaky().await;
+    let store = host.store().await;
+    let long = json!({"timeout": "120s", "backoff": "1h", "max_attempts": 10});
+    // Running (a long sleep), waiting (for an answer), in retry backoff (an hour long),
+    // and one more running run whose cancel lands only after the lease has expired.
+    let cases = [
+        (json!({"sleep_ms": 60_000}), "running"),
+        (json!({"ask": "ok?"}), "input_required"),
+        (json!({"fail_until_attempt": 9}), "retrying"),
+        (json!({"sleep_ms": 60_000}), "running"),
+    ];
+    let mut ids = Vec::new();
+    for (config, _) in &cases {
+        let (status, body) = host
+            .submit(&flaky, long.clone(), &[json!({}), config.clone()])
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["run_id"].as_str().unwrap().to_string());
+    }
+    for (id, (_, kind)) in ids.iter().zip(&cases) {
+        wait_events(&store, id, kind, |events| {
+            events
+                .iter()
+                .any(|e| e.kind == *kind && e.payload["step_id"] == "s1")
+        })
+        .await;
+    }
+    host.kill();
+
+    // The host is down; another node takes the cancels (202 over its API).
+    let node = other_node(store.clone()).await;
+    let tenant = store.ensure_tenant("default").await.unwrap();
+    for id in &ids[..3] {
+        node.cancel(&tenant, id).await.unwrap();
+    }
+    // After the dead host's lease expired, a cancel ends the run at once.
+    tokio::time::sleep(Duration::from_millis(LEASE_MS + 500)).await;
+    node.cancel(&tenant, &ids[3]).await.unwrap();
+    let late = store.run(&ids[3]).await.unwrap().unwrap().status;
+
+    // The host comes back; its recovery must end the other three cancelled, not queue them
+    // again (the scheduler never claims a run with a cancel request: stuck forever).
+    host.restart();
+    for id in &ids {
+        for _ in 0..600 {
+            if store.run(id).await.unwrap().unwrap().is_terminal() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert_eq!(stuck_cancelled(&store, &ids).await, Vec::<String>::new());
+    assert_eq!(
+        late, "cancelled",
+        "a cancel after the lease expired ends the run at once"
+    );
+    for id in &ids {
+        let run = store.run(id).await.unwrap().unwrap();
+        let events = store.events_after(id, 0, 10_000).await.unwrap();
+        assert_eq!(assert_one_end(&run, &events), "cancelled", "{events:#?}");
+        let steps = store.steps(id).await.unwrap();
+        assert_eq!(steps[0].status, "succeeded");
+        assert_eq!(steps[1].status, "cancelled", "{steps:?}");
+        let attempts = store.attempts(id).await.unwrap();
+        assert!(
+            attempts.iter().all(|a| a.status != "running"),
+            "no attempt is left running: {attempts:?}"
+        );
+    }
+}
+
+on_both_dbs!(dur_10_the_queued_run_cap_is_exact_under_concurrent_submissions);
+async fn dur_10_the_queued_run_cap_is_exact_under_concurrent_submissions(db: Db) {
+    const CAP: usize = 10;
+    const SUBMITTERS: usize = 24;
+    let cap = CAP.to_string();
+    let host = Host::start(
+        &db,
+        &[
+            ("CORRAL_MAX_QUEUED_PER_TENANT", &cap),
+            ("CORRAL_MAX_CONCURRENT_RUNS", "1"),
+        ],
+    );
+    let flaky = host.upload_flaky().await;
+    let store = host.store().await;
+    // One long run takes the only slot, so nothing else leaves the queue meanwhile.
+    let (status, body) = host
+        .submit(
+            &flaky,
+            json!({"timeout": "120s"}),
+            &[json!({"sleep_ms": 90_000})],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let blocker = body["run_id"].as_str().unwrap().to_string();
+    wait_events(&store, &blocker, "running", |events| {
+        events.iter().any(|e| e.kind == "running")
+    })
+    .await;
+
+    let host = std::sync::Arc::new(host);
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(SUBMITTERS));
+    let mut tasks = Vec::new();
+    for _ in 0..SUBMITTERS {
+        let (host, flaky, start) = (host.clone(), flaky.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            host.submit(&flaky, json!({}), &[json!({})]).await
+        }));
+    }
+    let mut accepted = 0;
+    let mut refused = 0;
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::CREATED => accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(body["error"]["code"], "TOO_MANY_QUEUED_RUNS", "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let tenant = store.ensure_tenant("default").await.unwrap();
+    let queued = store.queued_count(&tenant).await.unwrap();
+    assert_eq!(
+        (accepted, refused, queued),
+        (CAP, SUBMITTERS - CAP, CAP as i64),
+        "exactly the cap is admitted"
+    );
+    // Full: one more is refused with the documented shape and a Retry-After.
+    let resp = host
+        .http
+        .post(format!("{}/v1/runs", host.url))
+        .bearer_auth(&host.token)
+        .json(&json!({"pipeline": {"name": "x", "steps": [{"name": "a", "plugin": flaky}]}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key("retry-after"));
+}
+
+/// A soak knob from the environment, else its default.
+fn knob(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A random pipeline of `flaky` steps: succeeds, fails for good, retries transient errors
+/// or traps (and succeeds, or runs out of attempts), waits for an answer, or runs slowly.
+fn random_pipeline(rng: &mut impl rand::Rng) -> (Value, Vec<Value>) {
+    let quick = json!({"backoff": "150ms", "backoff_max": "1s", "max_attempts": 4});
+    match rng.random_range(0..7) {
+        0 => (quick, vec![json!({}), json!({})]),
+        1 => (
+            quick,
+            vec![
+                json!({}),
+                json!({"fail_until_attempt": 9, "kind": "permanent"}),
+            ],
+        ),
+        2 => (quick, vec![json!({"fail_until_attempt": 3})]),
+        3 => (
+            quick,
+            vec![json!({"fail_until_attempt": 2, "kind": "trap"}), json!({})],
+        ),
+        4 => (
+            json!({"backoff": "100ms", "max_attempts": 2}),
+            vec![json!({"fail_until_attempt": 5})],
+        ),
+        5 => (quick, vec![json!({"ask": "go on?"}), json!({})]),
+        _ => (
+            quick,
+            vec![json!({"sleep_ms": rng.random_range(300..2500)}), json!({})],
+        ),
+    }
+}
+
+on_both_dbs!(dur_08_soak_kills_cancels_and_answers_leave_every_run_ended_once);
+async fn dur_08_soak_kills_cancels_and_answers_leave_every_run_ended_once(db: Db) {
+    use rand::{Rng, SeedableRng};
+    let seed = knob("CORRAL_SOAK_SEED", rand::random::<u32>().into());
+    let rounds = knob("CORRAL_SOAK_ROUNDS", 5);
+    let per_round = knob("CORRAL_SOAK_RUNS", 10);
+    eprintln!(
+        "DUR-08 soak: seed {seed}, {rounds} kills, {per_round} runs each \
+         (CORRAL_SOAK_SEED / CORRAL_SOAK_ROUNDS / CORRAL_SOAK_RUNS to replay or lengthen)"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    const LEASE: u64 = 1500;
+    let lease = LEASE.to_string();
+    let mut host = Host::start(
+        &db,
+        &[
+            ("CORRAL_LEASE_MS", &lease),
+            ("CORRAL_MAX_CONCURRENT_RUNS", "4"),
+        ],
+    );
+    let flaky = host.upload_flaky().await;
+    let store = host.store().await;
+    let tenant = store.ensure_tenant("default").await.unwrap();
+    let node = other_node(store.clone()).await;
+    let mut ids: Vec<String> = Vec::new();
+    let ok_or_conflict = |what: &str, status: StatusCode, body: &Value| {
+        assert!(
+            status == StatusCode::ACCEPTED || status == StatusCode::CONFLICT,
+            "{what}: {status} {body}"
+        );
+    };
+
+    for _ in 0..rounds {
+        for _ in 0..per_round {
+            let (defaults, configs) = random_pipeline(&mut rng);
+            let (status, body) = host.submit(&flaky, defaults, &configs).await;
+            assert_eq!(status, StatusCode::CREATED, "{body}");
+            ids.push(body["run_id"].as_str().unwrap().to_string());
+        }
+        // Cancels and answers at random moments, then kill -9 at a random moment.
+        for _ in 0..rng.random_range(2..8) {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(50..700))).await;
+            let id = ids[rng.random_range(0..ids.len())].clone();
+            let action = rng.random_range(0..3);
+            if action == 0 {
+                let (status, body) = host.post(&format!("/v1/runs/{id}/cancel"), None).await;
+                ok_or_conflict("cancel", status, &body);
+            } else if action == 1 && store.open_question(&id).await.unwrap().is_some() {
+                let answer = json!({"approved": rng.random_bool(0.7)});
+                let (status, body) = host
+                    .post(&format!("/v1/runs/{id}/input"), Some(answer))
+                    .await;
+                ok_or_conflict("answer", status, &body);
+            }
+        }
+        host.kill();
+        // While the host is down, another node cancels a run or two that are still live.
+        let mut live = Vec::new();
+        for id in &ids {
+            if !store.run(id).await.unwrap().unwrap().is_terminal() {
+                live.push(id.clone());
+            }
+        }
+        for _ in 0..rng.random_range(1..3) {
+            let pool = if live.is_empty() { &ids } else { &live };
+            let id = pool[rng.random_range(0..pool.len())].clone();
+            match node.cancel(&tenant, &id).await {
+                Ok(()) | Err(corral::runs::RunError::AlreadyFinished(..)) => {}
+                Err(e) => panic!("cancel {id} while the host is down: {e}"),
+            }
+        }
+        // Sometimes the host stays down past its lease, sometimes it is back at once.
+        if rng.random_bool(0.5) {
+            tokio::time::sleep(Duration::from_millis(LEASE + 200)).await;
+        }
+        host.restart();
+    }
+
+    // Settle: answer whatever waits until every run has ended (bounded, generously).
+    let deadline = std::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let mut live = Vec::new();
+        for id in &ids {
+            let run = store.run(id).await.unwrap().unwrap();
+            if run.is_terminal() {
+                continue;
+            }
+            if run.status == "waiting" && store.open_question(id).await.unwrap().is_some() {
+                let (status, body) = host
+                    .post(
+                        &format!("/v1/runs/{id}/input"),
+                        Some(json!({"approved": true})),
+                    )
+                    .await;
+                ok_or_conflict("answer", status, &body);
+            }
+            live.push((id.clone(), run.status, run.cancel_requested));
+        }
+        if live.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "seed {seed}: runs that never ended: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let mut by_status = std::collections::BTreeMap::<String, usize>::new();
+    for id in &ids {
+        let run = store.run(id).await.unwrap().unwrap();
+        let events = store.events_after(id, 0, 10_000).await.unwrap();
+        *by_status.entry(assert_one_end(&run, &events)).or_default() += 1;
+    }
+    assert_eq!(stuck_cancelled(&store, &ids).await, Vec::<String>::new());
+    eprintln!(
+        "DUR-08 soak (seed {seed}): {} runs, {by_status:?}",
+        ids.len()
+    );
+}
+
+on_both_dbs!(dur_08_nothing_is_recorded_after_a_runs_final_event);
+async fn dur_08_nothing_is_recorded_after_a_runs_final_event(db: Db) {
+    use corral::store::{Change, NewRun};
+    let dir = tempfile::tempdir().unwrap();
+    let store = match &db {
+        Db::Sqlite => Store::open_in_dir(dir.path()).await.unwrap(),
+        Db::Postgres(url) => Store::open(url).await.unwrap(),
+    };
+    let tenant = store.ensure_tenant("late").await.unwrap();
+    let (run, _) = store
+        .create_run(&NewRun {
+            tenant_id: tenant,
+            pipeline_id: None,
+            pipeline_name: "p".into(),
+            spec: "{}".into(),
+            input: "{}".into(),
+            steps: vec![("a".into(), "flaky".into())],
+        })
+        .await
+        .unwrap();
+    let r = run.as_ref();
+    let finish = |status: &'static str| Change::RunFinish {
+        status,
+        output: None,
+        error_code: None,
+        error_message: None,
+    };
+    let end = json!({"all_done": true, "status": "failed"});
+    let ended = store
+        .commit(&r, &[finish("failed")], Some(("complete", end)))
+        .await
+        .unwrap();
+    assert!(ended.is_some());
+    // Late writers: a guest's log line, a paused host's step result, a second end.
+    let late_log = store
+        .commit(&r, &[], Some(("log", json!({"message": "late"}))))
+        .await
+        .unwrap();
+    let late_step = store
+        .commit(
+            &r,
+            &[Change::StepSucceeded {
+                idx: 0,
+                output: "{}".into(),
+            }],
+            Some(("complete", json!({"step_id": "a"}))),
+        )
+        .await
+        .unwrap();
+    let second_end = store
+        .commit(
+            &r,
+            &[finish("succeeded")],
+            Some(("complete", json!({"all_done": true, "status": "succeeded"}))),
+        )
+        .await
+        .unwrap();
+    assert!(late_log.is_none() && late_step.is_none() && second_end.is_none());
+    let events = store.events_after(&run.id, 0, 100).await.unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["queued", "complete"]);
+    let run = store.run(&run.id).await.unwrap().unwrap();
+    assert_one_end(&run, &events);
+    assert_ne!(store.steps(&run.id).await.unwrap()[0].status, "succeeded");
+}
+
+on_both_dbs!(dur_09_nodes_recovering_one_run_at_once_take_it_over_once);
+async fn dur_09_nodes_recovering_one_run_at_once_take_it_over_once(db: Db) {
+    use corral::store::{Change, NewRun};
+    let dir = tempfile::tempdir().unwrap();
+    let open = || async {
+        match &db {
+            Db::Sqlite => Store::open_in_dir(dir.path()).await.unwrap(),
+            Db::Postgres(url) => Store::open(url).await.unwrap(),
+        }
+    };
+    let store = open().await;
+    let tenant = store.ensure_tenant("nodes").await.unwrap();
+    let spec = r#"{"name":"p","steps":[{"name":"a","plugin":"/nowhere/flaky.wasm"}]}"#;
+    let mut ids = Vec::new();
+    // Two runs under a host that died mid-step; the second was cancelled meanwhile.
+    for cancel in [false, true] {
+        let (run, _) = store
+            .create_run(&NewRun {
+                tenant_id: tenant.clone(),
+                pipeline_id: None,
+                pipeline_name: "p".into(),
+                spec: spec.into(),
+                input: "{}".into(),
+                steps: vec![("a".into(), "flaky".into())],
+            })
+            .await
+            .unwrap();
+        store
+            .claim_run(&run.id, "host_dead", Duration::from_millis(1))
+            .await
+            .unwrap()
+            .unwrap();
+        let started = store
+            .commit(
+                &run.as_ref(),
+                &[Change::StepStart {
+                    idx: 0,
+                    generation: 0,
+                    attempt: 1,
+                }],
+                Some(("running", json!({"step_id": "a", "attempt": 1}))),
+            )
+            .await
+            .unwrap();
+        assert!(started.is_some());
+        if cancel {
+            store.request_cancel(&run.id).await.unwrap();
+        }
+        ids.push(run.id);
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Three nodes (each its own pool) recover at the same moment.
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(other_node(open().await).await);
+    }
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(nodes.len()));
+    let tasks: Vec<_> = nodes
+        .into_iter()
+        .map(|node| {
+            let barrier = barrier.clone();
+            tokio::spawn(async move {
+                barrier.wait().await;
+                node.recover().await.unwrap()
+            })
+        })
+        .collect();
+    let mut taken = 0;
+    for t in tasks {
+        taken += t.await.unwrap();
+    }
+    let crashes = |events: &[Event]| {
+        events
+            .iter()
+            .filter(|e| e.kind == "error" && e.payload["error_code"] == "HOST_CRASH")
+            .count()
+    };
+    let requeued = store.events_after(&ids[0], 0, 100).await.unwrap();
+    assert_eq!(crashes(&requeued), 1, "{requeued:#?}");
+    assert_eq!(store.run(&ids[0]).await.unwrap().unwrap().status, "queued");
+    let cancelled = store.events_after(&ids[1], 0, 100).await.unwrap();
+    assert_eq!(crashes(&cancelled), 1, "{cancelled:#?}");
+    let run = store.run(&ids[1]).await.unwrap().unwrap();
+    assert_eq!(assert_one_end(&run, &cancelled), "cancelled");
+    let attempts = store.attempts(&ids[1]).await.unwrap();
+    assert_eq!(attempts[0].status, "crashed");
+    assert_eq!(taken, 2, "each run is taken over by exactly one node");
 }

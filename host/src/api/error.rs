@@ -100,6 +100,7 @@ impl From<crate::runs::RunError> for ApiError {
                 ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PIPELINE", message)
             }
             E::InvalidInput(_) => ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", message),
+            E::TooManyQueued(_) => ApiError::too_many("TOO_MANY_QUEUED_RUNS", message, 5),
             E::Store(e) => ApiError::internal(e),
         }
     }

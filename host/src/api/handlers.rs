@@ -380,6 +380,7 @@ pub(super) async fn create_run(
     Body(new): Body<NewRun>,
 ) -> Result<Response, ApiError> {
     let store = state.runner.store();
+    // A cheap early refusal; the exact check is the one made with the insert.
     let queued = store.queued_count(&caller.tenant_id).await?;
     if queued >= state.config.max_queued_per_tenant {
         return Err(ApiError::too_many(
@@ -412,7 +413,13 @@ pub(super) async fn create_run(
     })?;
     let run = state
         .runner
-        .submit(&caller.tenant_id, &p, pipeline_id, &new.input.to_string())
+        .submit_capped(
+            &caller.tenant_id,
+            &p,
+            pipeline_id,
+            &new.input.to_string(),
+            Some(state.config.max_queued_per_tenant),
+        )
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -192,7 +192,7 @@ fn refuse(e: &RunError) -> ExitCode {
         | RunError::NotFound(_)
         | RunError::NotWaiting(_)
         | RunError::AlreadyFinished(..) => ExitCode::from(2),
-        RunError::Store(_) => ExitCode::from(1),
+        RunError::Store(_) | RunError::TooManyQueued(_) => ExitCode::from(1),
     }
 }
 

@@ -154,6 +154,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
             .max_concurrent_runs
             .or(file.max_concurrent_runs)
             .unwrap_or(8),
+        lease: super::runs::lease_from_env(),
         ..RunnerConfig::default()
     };
     let lease = runner_config.lease;

@@ -59,6 +59,10 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(run.id.clone(), live.clone());
+    // A cancel requested before the claim (it raced it) stops the run before it starts.
+    if run.cancel_requested {
+        cancel.cancel();
+    }
     // A cancel requested from another process arrives through the store.
     let watcher = spawn_cancel_watcher(runner.clone(), run.id.clone(), cancel.clone());
 
@@ -68,23 +72,50 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
         Ok(Some(r)) => r.fuel_used,
         _ => run.fuel_used,
     };
-    let ended = match result {
-        Ok(output) => finish(&runner, &run_ref, "succeeded", Some(output), None, fuel).await,
-        Err(Stop::Cancelled) => finish_cancelled(&runner, &run_ref, None, fuel).await,
-        Err(Stop::Failed { code, message }) => {
-            finish(
-                &runner,
-                &run_ref,
-                "failed",
-                None,
-                Some((code, message)),
-                fuel,
-            )
-            .await
+    // The end is retried while the database is unreachable: giving up would leave the run
+    // live under this host, whose lease keeps being renewed.
+    let mut delay = Duration::from_millis(250);
+    for tries in 1.. {
+        let ended = match &result {
+            Ok(output) => {
+                finish(
+                    &runner,
+                    &run_ref,
+                    "succeeded",
+                    Some(output.clone()),
+                    None,
+                    fuel,
+                )
+                .await
+            }
+            Err(Stop::Cancelled) => finish_cancelled(&runner, &run_ref, None, fuel).await,
+            Err(Stop::Failed { code, message }) => {
+                finish(
+                    &runner,
+                    &run_ref,
+                    "failed",
+                    None,
+                    Some((code.clone(), message.clone())),
+                    fuel,
+                )
+                .await
+            }
+        };
+        match ended {
+            Ok(_) => break,
+            Err(e) if tries < 8 => {
+                tracing::warn!(
+                    "could not record the end of run {} (will retry): {e}",
+                    run.id
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                tracing::error!("could not record the end of run {}: {e}", run.id);
+                break;
+            }
         }
-    };
-    if let Err(e) = ended {
-        tracing::error!("could not record the end of run {}: {e}", run.id);
     }
     watcher.abort();
     runner
@@ -111,6 +142,39 @@ fn spawn_cancel_watcher(
     })
 }
 
+/// The payload of a run's final `complete` event.
+fn final_payload(run: &RunRef, status: &str, error: Option<&(String, String)>, fuel: i64) -> Value {
+    let mut payload = json!({
+        "run_id": run.id,
+        "all_done": true,
+        "status": status,
+        "error": error.is_some() || status != "succeeded",
+        "fuel_used": fuel,
+    });
+    if let (Some(obj), Some((code, message))) = (payload.as_object_mut(), error) {
+        obj.insert("error_code".into(), json!(code));
+        obj.insert("message".into(), json!(message));
+    }
+    payload
+}
+
+/// The terminal status change of a run (guarded: only a live run can end).
+fn run_finish(
+    status: &'static str,
+    output: Option<String>,
+    error: Option<&(String, String)>,
+) -> [Change; 2] {
+    [
+        Change::RunFinish {
+            status,
+            output,
+            error_code: error.map(|(c, _)| c.clone()),
+            error_message: error.map(|(_, m)| m.clone()),
+        },
+        Change::SkipRemaining,
+    ]
+}
+
 /// The run's final `complete` event, with the terminal status change (guarded: a run
 /// that already ended is left alone, so there is exactly one final event).
 async fn finish(
@@ -121,62 +185,45 @@ async fn finish(
     error: Option<(String, String)>,
     fuel: i64,
 ) -> Result<bool, StoreError> {
-    let (error_code, error_message) = match &error {
-        Some((c, m)) => (Some(c.clone()), Some(m.clone())),
-        None => (None, None),
-    };
-    let mut payload = json!({
-        "run_id": run.id,
-        "all_done": true,
-        "status": status,
-        "error": error.is_some() || status != "succeeded",
-        "fuel_used": fuel,
-    });
-    if let (Some(obj), Some((code, message))) = (payload.as_object_mut(), &error) {
-        obj.insert("error_code".into(), json!(code));
-        obj.insert("message".into(), json!(message));
-    }
+    let payload = final_payload(run, status, error.as_ref(), fuel);
     runner
         .commit(
             run,
-            &[
-                Change::RunFinish {
-                    status,
-                    output,
-                    error_code,
-                    error_message,
-                },
-                Change::SkipRemaining,
-            ],
+            &run_finish(status, output, error.as_ref()),
             Some(("complete", payload)),
         )
         .await
 }
 
-/// Ends a run as cancelled: the `cancelled` event, then the final `complete`.
+/// Ends a run as cancelled: the `cancelled` event and the final `complete`, with the
+/// terminal status change, in one transaction. Guarded: a run that already ended (a
+/// second cancel, or a cancel racing completion or recovery) is left alone and `false`
+/// is returned, so there is never a `cancelled` event without its final event, nor one
+/// after it.
 pub(crate) async fn finish_cancelled(
     runner: &Runner,
     run: &RunRef,
     step: Option<&str>,
     fuel: i64,
 ) -> Result<bool, StoreError> {
-    // The guard on RunFinish makes a second cancel (or a cancel racing completion) a no-op.
-    let still_live = runner
-        .store()
-        .run(&run.id)
-        .await?
-        .is_some_and(|r| !r.is_terminal());
-    if !still_live {
-        return Ok(false);
-    }
-    runner
-        .commit(
-            run,
-            &[],
-            Some(("cancelled", json!({"run_id": run.id, "step_id": step}))),
-        )
-        .await?;
-    finish(runner, run, "cancelled", None, None, fuel).await
+    finish_cancelled_with(runner, run, &[], Vec::new(), step, fuel).await
+}
+
+/// [`finish_cancelled`] with `guards_and_changes` applied first and `events_before` the
+/// `cancelled` event, all in the same transaction.
+async fn finish_cancelled_with(
+    runner: &Runner,
+    run: &RunRef,
+    guards_and_changes: &[Change],
+    mut events: Vec<(&str, Value)>,
+    step: Option<&str>,
+    fuel: i64,
+) -> Result<bool, StoreError> {
+    let mut changes = guards_and_changes.to_vec();
+    changes.extend(run_finish("cancelled", None, None));
+    events.push(("cancelled", json!({"run_id": run.id, "step_id": step})));
+    events.push(("complete", final_payload(run, "cancelled", None, fuel)));
+    runner.commit_many(run, &changes, &events).await
 }
 
 /// The state the executor keeps while it walks the steps.
@@ -194,6 +241,9 @@ struct Walk<'a> {
 }
 
 async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, Stop> {
+    if live.cancel.is_cancelled() {
+        return Err(Stop::Cancelled);
+    }
     let pipeline = super::pipeline::parse_json(&run.spec, Some(std::path::Path::new("/")))
         .map_err(|e| Stop::Failed {
             code: "INVALID_PIPELINE".into(),
@@ -890,43 +940,55 @@ fn to_i64(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Crash recovery for one orphaned run (see [`Runner::recover`]).
-pub(crate) async fn recover_run(runner: &Runner, run: &RunRecord) -> Result<(), RunError> {
+/// Crash recovery for one orphaned run (see [`Runner::recover`]). Every outcome is one
+/// transaction guarded on the run still being orphaned (live under the host that died,
+/// whose lease has expired), so a host that renewed in time, or another recoverer that got
+/// there first, makes it a no-op; and on no cancel having been requested when it re-queues,
+/// so a cancel that lands meanwhile is seen on the next pass. `Ok(true)`: this call took
+/// the run over.
+pub(crate) async fn recover_run(runner: &Runner, orphan: &RunRecord) -> Result<bool, RunError> {
+    let now = crate::store::now_ms();
+    let mut run = orphan.clone();
+    // A lost guard means the run moved on; look again (a cancel may have landed).
+    for _ in 0..3 {
+        // Never a run this process is executing (its lease renewal may merely be late).
+        if !run.is_orphaned(now) || runner.live(&run.id).is_some() {
+            return Ok(false);
+        }
+        if recover_once(runner, &run).await? {
+            return Ok(true);
+        }
+        match runner.store().run(&run.id).await? {
+            Some(fresh) => run = fresh,
+            None => return Ok(false),
+        }
+    }
+    Ok(false)
+}
+
+async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError> {
     let run_ref = run.as_ref();
-    let pipeline = super::pipeline::parse_json(&run.spec, Some(std::path::Path::new("/")))
-        .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+    let orphaned = Change::RunOrphaned {
+        owner: run.owner.clone(),
+    };
     let steps = runner.store().steps(&run.id).await?;
     let interrupted = steps
         .iter()
         .find(|s| matches!(s.status.as_str(), "running" | "waiting" | "retrying"));
-    let Some(step) = interrupted else {
-        // Claimed but no step started: just queue it again.
-        runner.commit(&run_ref, &[Change::RunRequeue], None).await?;
-        return Ok(());
-    };
-    let max_attempts = pipeline
-        .steps
-        .get(usize::try_from(step.idx).unwrap_or(usize::MAX))
-        .map(|s| i64::from(s.max_attempts))
-        .unwrap_or(1);
-    let was_waiting = step.status == "waiting";
-    // A step that was waiting for a person did not fail: it re-runs and its answers replay.
-    let out_of_attempts = !was_waiting && step.attempts >= max_attempts;
     let message = "the host running this step stopped unexpectedly";
-    let changes = vec![Change::AttemptEnd {
-        idx: step.idx,
-        generation: step.loops,
-        attempt: step.attempts,
-        status: "crashed",
-        fuel: 0,
-        error_code: Some(HOST_CRASH.into()),
-        error_message: Some(message.into()),
-    }];
-    runner
-        .commit(
-            &run_ref,
-            &changes,
-            Some((
+    // The interrupted attempt is recorded as crashed whatever happens next.
+    let crashed = |step: &StepRecord, will_retry: bool| {
+        (
+            Change::AttemptEnd {
+                idx: step.idx,
+                generation: step.loops,
+                attempt: step.attempts,
+                status: "crashed",
+                fuel: 0,
+                error_code: Some(HOST_CRASH.into()),
+                error_message: Some(message.into()),
+            },
+            (
                 "error",
                 json!({
                     "step_id": step.name,
@@ -934,41 +996,83 @@ pub(crate) async fn recover_run(runner: &Runner, run: &RunRecord) -> Result<(), 
                     "error_code": HOST_CRASH,
                     "message": message,
                     "attempt": step.attempts,
-                    "will_retry": !out_of_attempts,
+                    "will_retry": will_retry,
                 }),
-            )),
+            ),
         )
-        .await?;
-    if out_of_attempts {
+    };
+
+    // Cancelled while its host was down: it ends here, never back in the queue (where the
+    // scheduler would skip it for good).
+    if run.cancel_requested {
+        let mut changes = vec![orphaned];
+        let mut events = Vec::new();
+        if let Some(step) = interrupted {
+            let (attempt_end, error) = crashed(step, false);
+            changes.push(attempt_end);
+            changes.push(Change::StepFailed {
+                idx: step.idx,
+                status: "cancelled",
+                error_code: code_str(ErrorCode::Cancelled).into(),
+                error_message: "cancelled while its host was down".into(),
+            });
+            events.push(error);
+        }
+        let step = interrupted.map(|s| s.name.as_str());
+        return Ok(
+            finish_cancelled_with(runner, &run_ref, &changes, events, step, run.fuel_used).await?,
+        );
+    }
+
+    let Some(step) = interrupted else {
+        // Claimed but no step started: just queue it again.
+        return Ok(runner
+            .commit(&run_ref, &[orphaned, Change::RunRequeue], None)
+            .await?);
+    };
+    // A spec that no longer parses cannot be retried: the step gets no more attempts.
+    let max_attempts = super::pipeline::parse_json(&run.spec, Some(std::path::Path::new("/")))
+        .ok()
+        .and_then(|p| {
+            p.steps
+                .get(usize::try_from(step.idx).unwrap_or(usize::MAX))
+                .map(|s| i64::from(s.max_attempts))
+        })
+        .unwrap_or(1);
+    let was_waiting = step.status == "waiting";
+    // A step that was waiting for a person did not fail: it re-runs and its answers replay.
+    let out_of_attempts = !was_waiting && step.attempts >= max_attempts;
+    let (attempt_end, error) = crashed(step, !out_of_attempts);
+    let committed = if out_of_attempts {
+        let failure = (
+            HOST_CRASH.to_string(),
+            format!("step `{}`: {message}", step.name),
+        );
+        let mut changes = vec![
+            orphaned,
+            attempt_end,
+            Change::StepFailed {
+                idx: step.idx,
+                status: "failed",
+                error_code: HOST_CRASH.into(),
+                error_message: message.into(),
+            },
+        ];
+        changes.extend(run_finish("failed", None, Some(&failure)));
+        let complete = (
+            "complete",
+            final_payload(&run_ref, "failed", Some(&failure), run.fuel_used),
+        );
         runner
-            .commit(
-                &run_ref,
-                &[Change::StepFailed {
-                    idx: step.idx,
-                    status: "failed",
-                    error_code: HOST_CRASH.into(),
-                    error_message: message.into(),
-                }],
-                None,
-            )
-            .await?;
-        finish(
-            runner,
-            &run_ref,
-            "failed",
-            None,
-            Some((
-                HOST_CRASH.into(),
-                format!("step `{}`: {message}", step.name),
-            )),
-            run.fuel_used,
-        )
-        .await?;
+            .commit_many(&run_ref, &changes, &[error, complete])
+            .await?
     } else {
         runner
-            .commit(
+            .commit_many(
                 &run_ref,
                 &[
+                    orphaned,
+                    attempt_end,
                     Change::StepStatus {
                         idx: step.idx,
                         from: None,
@@ -976,11 +1080,11 @@ pub(crate) async fn recover_run(runner: &Runner, run: &RunRecord) -> Result<(), 
                     },
                     Change::RunRequeue,
                 ],
-                None,
+                &[error],
             )
-            .await?;
-    }
-    Ok(())
+            .await?
+    };
+    Ok(committed)
 }
 
 #[cfg(test)]

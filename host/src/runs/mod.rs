@@ -43,6 +43,11 @@ pub enum RunError {
     /// The input is not acceptable.
     #[error("INVALID_INPUT: {0}")]
     InvalidInput(String),
+    /// The tenant has as many queued runs as it may; nothing was queued.
+    #[error(
+        "TOO_MANY_QUEUED_RUNS: this tenant already has {0} queued runs; wait for some to start"
+    )]
+    TooManyQueued(i64),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,6 +63,7 @@ impl RunError {
             RunError::InvalidAnswer(_) => "INVALID_ANSWER",
             RunError::InvalidPipeline(_) => "INVALID_PIPELINE",
             RunError::InvalidInput(_) => "INVALID_INPUT",
+            RunError::TooManyQueued(_) => "TOO_MANY_QUEUED_RUNS",
             RunError::Store(_) => "STORE_ERROR",
         }
     }
@@ -163,14 +169,33 @@ impl Runner {
         }
     }
 
-    /// Appends `events` to a run's log in one transaction, then publishes them.
+    /// Commits `changes` with several events in one transaction, then publishes them.
+    pub(crate) async fn commit_many(
+        &self,
+        run: &crate::store::RunRef,
+        changes: &[Change],
+        events: &[(&str, serde_json::Value)],
+    ) -> Result<bool, StoreError> {
+        match self.inner.store.commit_many(run, changes, events).await? {
+            None => Ok(false),
+            Some(written) => {
+                for event in written {
+                    self.inner.bus.publish(event);
+                }
+                Ok(true)
+            }
+        }
+    }
+
+    /// Appends `events` to a run's log in one transaction, then publishes them (none if
+    /// the run has ended meanwhile).
     pub(crate) async fn commit_events(
         &self,
         run: &crate::store::RunRef,
         events: &[(&str, serde_json::Value)],
     ) -> Result<(), StoreError> {
-        for event in self.inner.store.commit_events(run, events).await? {
-            self.inner.bus.publish(event);
+        if !events.is_empty() {
+            self.commit_many(run, &[], events).await?;
         }
         Ok(())
     }
@@ -182,6 +207,21 @@ impl Runner {
         pipeline: &Pipeline,
         pipeline_id: Option<String>,
         input: &str,
+    ) -> Result<RunRecord, RunError> {
+        self.submit_capped(tenant_id, pipeline, pipeline_id, input, None)
+            .await
+    }
+
+    /// [`Runner::submit`], refused with `TOO_MANY_QUEUED_RUNS` when the tenant already has
+    /// `max_queued` queued runs. The check and the insert are atomic, so the cap is exact
+    /// under any number of concurrent submissions.
+    pub async fn submit_capped(
+        &self,
+        tenant_id: &str,
+        pipeline: &Pipeline,
+        pipeline_id: Option<String>,
+        input: &str,
+        max_queued: Option<i64>,
     ) -> Result<RunRecord, RunError> {
         json::check("input", input, self.inner.config.max_input_bytes)
             .map_err(RunError::InvalidInput)?;
@@ -206,18 +246,17 @@ impl Runner {
             .iter()
             .map(|s| (s.name.clone(), executor::agent_type(s)))
             .collect();
-        let (run, event) = self
-            .inner
-            .store
-            .create_run(&NewRun {
-                tenant_id: tenant_id.to_string(),
-                pipeline_id,
-                pipeline_name: pipeline.name.clone(),
-                spec,
-                input: input.to_string(),
-                steps,
-            })
-            .await?;
+        let new = NewRun {
+            tenant_id: tenant_id.to_string(),
+            pipeline_id,
+            pipeline_name: pipeline.name.clone(),
+            spec,
+            input: input.to_string(),
+            steps,
+        };
+        let Some((run, event)) = self.inner.store.create_run_capped(&new, max_queued).await? else {
+            return Err(RunError::TooManyQueued(max_queued.unwrap_or(0)));
+        };
         self.inner
             .store
             .link_run_plugins(&run.id, &registry.used())
@@ -257,8 +296,8 @@ impl Runner {
             return Ok(());
         }
         match status.as_str() {
-            // Nobody is executing it: end it here (guarded, so a claimer racing us wins
-            // or loses cleanly, and the run still ends exactly once).
+            // Nobody is executing it, and with the flag set nobody will claim it: end it
+            // here (guarded, so it still ends exactly once whoever else tries).
             "queued" => {
                 executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await?;
                 Ok(())
@@ -266,9 +305,35 @@ impl Runner {
             s if crate::store::TERMINAL.contains(&s) => {
                 Err(RunError::AlreadyFinished(run.id, status))
             }
-            // Running in another process: it polls the flag and stops within a second.
-            _ => Ok(()),
+            // Running or waiting in another process: it polls the flag and stops within a
+            // second. If that host is gone (its lease expired), nobody polls: end it here,
+            // as recovery would. Before the lease expires, recovery will (it finishes a run
+            // with a cancel request as cancelled, never re-queues it).
+            _ => {
+                if let Some(now) = store.run(run_id).await?
+                    && now.is_orphaned(crate::store::now_ms())
+                    && let Err(e) = executor::recover_run(self, &now).await
+                {
+                    // The flag is set: the recovery loop finishes it.
+                    tracing::warn!("ending cancelled run {run_id} failed (will retry): {e}");
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Finishes queued runs that have a cancel request as cancelled (the scheduler never
+    /// claims them). A cancel normally ends a queued run itself; this covers a canceller
+    /// that died between setting the flag and ending the run.
+    pub async fn finish_cancel_requested(&self) -> Result<usize, RunError> {
+        let runs = self.inner.store.cancel_requested_queued(100).await?;
+        let mut n = 0;
+        for run in &runs {
+            if executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     /// Answers the question a waiting run asked. The answer is validated against the
@@ -333,12 +398,25 @@ impl Runner {
     /// Recovers runs whose host died (their lease expired): a run that was running is
     /// queued again with the interrupted attempt marked crashed (its step gets attempt + 1),
     /// or fails `HOST_CRASH` when the step is out of attempts. Waiting runs are queued
-    /// too: their step re-runs and answers already given are replayed.
+    /// too: their step re-runs and answers already given are replayed. A run with a cancel
+    /// request (made while its host was down) ends `cancelled` instead, with its final
+    /// event, in the same transaction. Returns how many runs were taken over.
     pub async fn recover(&self) -> Result<usize, RunError> {
-        let orphans = self.inner.store.orphaned_runs(&self.inner.owner).await?;
-        let n = orphans.len();
+        let orphans = self.inner.store.orphaned_runs().await?;
+        let mut n = 0;
         for run in orphans {
-            executor::recover_run(self, &run).await?;
+            if self.live(&run.id).is_some() {
+                continue;
+            }
+            // One run that cannot be recovered must not hold up the others.
+            match executor::recover_run(self, &run).await {
+                Ok(true) => n += 1,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("recovering run {} failed (will retry): {e}", run.id),
+            }
+        }
+        if let Err(e) = self.finish_cancel_requested().await {
+            tracing::warn!("finishing cancelled queued runs failed (will retry): {e}");
         }
         if n > 0 {
             self.inner.wake.notify_one();
@@ -369,9 +447,18 @@ impl Runner {
         let _lease = self.spawn_lease_renewal();
         let slots = Arc::new(Semaphore::new(self.inner.config.max_concurrent_runs.max(1)));
         let max = self.inner.config.max_concurrent_runs.max(1);
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             if stop.is_cancelled() {
                 return Ok(());
+            }
+            // Queued runs with a cancel request are never claimed: end them (cheap, and
+            // at most once a second).
+            if last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_sweep = Some(std::time::Instant::now());
+                if let Err(e) = self.finish_cancel_requested().await {
+                    tracing::warn!("finishing cancelled queued runs failed (will retry): {e}");
+                }
             }
             let permit = tokio::select! {
                 p = slots.clone().acquire_owned() => p.map_err(|_| RunError::InvalidInput("scheduler closed".into()))?,
@@ -417,10 +504,18 @@ impl Runner {
         let task = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
+                let ids: Vec<String> = runner
+                    .inner
+                    .live
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .keys()
+                    .cloned()
+                    .collect();
                 if let Err(e) = runner
                     .inner
                     .store
-                    .renew_leases(&runner.inner.owner, runner.inner.config.lease)
+                    .renew_leases(&runner.inner.owner, runner.inner.config.lease, &ids)
                     .await
                 {
                     tracing::warn!("renewing run leases failed: {e}");

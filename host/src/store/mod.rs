@@ -251,14 +251,41 @@ impl Store {
 
     /// Creates a queued run with its steps and its `queued` event (seq 1), atomically.
     pub async fn create_run(&self, new: &NewRun) -> Result<(RunRecord, Event)> {
+        self.create_run_capped(new, None)
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("an uncapped run was refused".into()))
+    }
+
+    /// Like [`Store::create_run`], but only while the tenant has fewer than `max_queued`
+    /// queued runs; `None` (nothing written) when it has that many already. The count and
+    /// the insert are one statement, and on Postgres the tenant's row is locked first, so
+    /// concurrent submissions (from any number of hosts) never overshoot the cap: under
+    /// READ COMMITTED two transactions would otherwise both count `cap - 1` and both insert.
+    pub async fn create_run_capped(
+        &self,
+        new: &NewRun,
+        max_queued: Option<i64>,
+    ) -> Result<Option<(RunRecord, Event)>> {
         let _w = self.write_guard().await;
         let now = now_ms();
         let id = new_id("run");
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        if max_queued.is_some() && self.backend == Backend::Postgres {
+            // Serializes this tenant's capped submissions; each statement after it sees
+            // what the previous holder committed.
+            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
+                .bind(&new.tenant_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        }
+        // SQLite takes its write lock when this statement starts, so its count cannot go
+        // stale before the insert either (and the in-process write guard is held anyway).
+        let inserted = sqlx::query(
             "INSERT INTO runs (id, tenant_id, pipeline_id, pipeline_name, spec, input, status, \
              queue_seq, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8)",
+             SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8 \
+             WHERE $9 < 0 OR (SELECT COUNT(*) FROM runs \
+                              WHERE tenant_id = $2 AND status = 'queued') < $9",
         )
         .bind(&id)
         .bind(&new.tenant_id)
@@ -268,8 +295,13 @@ impl Store {
         .bind(&new.input)
         .bind(order_stamp())
         .bind(now)
+        .bind(max_queued.map_or(-1, |n| n.max(0)))
         .execute(&mut *tx)
         .await?;
+        if inserted.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
         for (idx, (name, plugin)) in new.steps.iter().enumerate() {
             sqlx::query(
                 "INSERT INTO steps (run_id, idx, name, plugin, status) \
@@ -297,7 +329,7 @@ impl Store {
             .run(&id)
             .await?
             .ok_or_else(|| StoreError::Corrupt("run vanished after insert".into()))?;
-        Ok((run, event))
+        Ok(Some((run, event)))
     }
 
     /// A run by id (any tenant: callers that serve tenants use [`Store::run_for_tenant`]).
@@ -389,7 +421,7 @@ impl Store {
             let done = sqlx::query(
                 "UPDATE runs SET status = 'running', owner = $2, lease_until = $3, \
                  started_at = COALESCE(started_at, $4), updated_at = $4, claim_seq = $5 \
-                 WHERE id = $1 AND status = 'queued'",
+                 WHERE id = $1 AND status = 'queued' AND cancel_requested = 0",
             )
             .bind(&id)
             .bind(owner)
@@ -434,44 +466,95 @@ impl Store {
         }
     }
 
-    /// Extends the lease of the runs `owner` holds.
-    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<()> {
+    /// Extends the lease of the runs `owner` holds and is executing (`ids`). A run this
+    /// host holds but no longer executes (its end could not be recorded) is not renewed,
+    /// so recovery takes it over once the lease runs out.
+    pub async fn renew_leases(&self, owner: &str, lease: Duration, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
         let _w = self.write_guard().await;
         let until = now_ms().saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        sqlx::query(
-            "UPDATE runs SET lease_until = $2 WHERE owner = $1 AND status IN ('running', 'waiting')",
-        )
-        .bind(owner)
-        .bind(until)
-        .execute(&self.pool)
-        .await?;
+        for chunk in ids.chunks(500) {
+            // Placeholders only ($3, $4, ...): the ids are bound, never spliced.
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "UPDATE runs SET lease_until = $2 WHERE owner = $1 \
+                 AND status IN ('running', 'waiting') AND id IN ({list})"
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(owner)
+                .bind(until);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&self.pool).await?;
+        }
         Ok(())
     }
 
-    /// Runs that were running or waiting under a host that is gone (its lease expired,
-    /// or it is `previous_owner` restarting): candidates for crash recovery.
-    pub async fn orphaned_runs(&self, live_owner: &str) -> Result<Vec<RunRecord>> {
+    /// Runs that were running or waiting under a lease that has expired: their host is
+    /// gone, or is the caller and no longer executes them (leases are renewed only for runs
+    /// a host executes). Candidates for crash recovery; the caller skips the runs it is
+    /// executing itself.
+    pub async fn orphaned_runs(&self) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
             " FROM runs WHERE status IN ('running', 'waiting') \
-             AND (owner IS NULL OR owner <> $1) AND (lease_until IS NULL OR lease_until < $2)"
+             AND (lease_until IS NULL OR lease_until < $1)"
         ))
-        .bind(live_owner)
         .bind(now_ms())
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(RunRecord::from_row).collect()
     }
 
+    /// Queued runs with a cancel request (at most `limit`): the scheduler never claims
+    /// them, so whoever finds one finishes it as cancelled. Normally the cancel that set
+    /// the flag does that at once; this is for a canceller that died before it could.
+    pub async fn cancel_requested_queued(&self, limit: i64) -> Result<Vec<RunRecord>> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            run_columns!(),
+            " FROM runs WHERE status = 'queued' AND cancel_requested = 1 \
+             ORDER BY queue_seq LIMIT $1"
+        ))
+        .bind(limit.clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(RunRecord::from_row).collect()
+    }
+
     /// Applies `changes` and appends `event` in one transaction. If any guarded change
-    /// matches no row (the state moved on), nothing is written and `None` is returned.
+    /// matches no row (the state moved on), or the event would come after the run's final
+    /// event (the run has ended and this is not the transition that ends it), nothing is
+    /// written and `None` is returned.
     pub async fn commit(
         &self,
         run: &RunRef,
         changes: &[Change],
         event: Option<(&str, Value)>,
     ) -> Result<Option<Option<Event>>> {
+        let events: Vec<(&str, Value)> = event.into_iter().collect();
+        Ok(self
+            .commit_many(run, changes, &events)
+            .await?
+            .map(|mut written| written.pop()))
+    }
+
+    /// Like [`Store::commit`] with any number of events, appended in order in the same
+    /// transaction (a terminal transition and its `cancelled` + final `complete` events,
+    /// so no crash or racing writer can leave one without the other).
+    pub async fn commit_many(
+        &self,
+        run: &RunRef,
+        changes: &[Change],
+        events: &[(&str, Value)],
+    ) -> Result<Option<Vec<Event>>> {
         let _w = self.write_guard().await;
         let mut tx = self.pool.begin().await?;
         let now = now_ms();
@@ -482,33 +565,25 @@ impl Store {
                 return Ok(None);
             }
         }
-        let event = match event {
-            Some((kind, payload)) => {
-                Some(append_event(&mut tx, &run.id, &run.tenant_id, kind, &payload).await?)
-            }
-            None => None,
-        };
-        tx.commit().await?;
-        Ok(Some(event))
-    }
-
-    /// Appends `events` to a run's log, in order, in one transaction.
-    pub async fn commit_events(
-        &self,
-        run: &RunRef,
-        events: &[(&str, Value)],
-    ) -> Result<Vec<Event>> {
-        if events.is_empty() {
-            return Ok(Vec::new());
-        }
-        let _w = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
-        let mut appended = Vec::with_capacity(events.len());
+        let ending = changes
+            .iter()
+            .any(|c| matches!(c, Change::RunFinish { .. }));
+        let mut written = Vec::with_capacity(events.len());
         for (kind, payload) in events {
-            appended.push(append_event(&mut tx, &run.id, &run.tenant_id, kind, payload).await?);
+            let appended =
+                append_event_unless_ended(&mut tx, &run.id, &run.tenant_id, kind, payload, ending)
+                    .await?;
+            match appended {
+                Some(event) => written.push(event),
+                // The run ended meanwhile: this late write is refused as a whole.
+                None => {
+                    tx.rollback().await?;
+                    return Ok(None);
+                }
+            }
         }
         tx.commit().await?;
-        Ok(appended)
+        Ok(Some(written))
     }
 
     /// Events of a run with `seq > after`, in order, at most `limit`.
@@ -805,12 +880,40 @@ async fn append_event(
     kind: &str,
     payload: &Value,
 ) -> Result<Event> {
-    let row: AnyRow = sqlx::query(
-        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq - 1 AS seq",
-    )
-    .bind(run_id)
-    .fetch_one(&mut **tx)
-    .await?;
+    append_event_unless_ended(tx, run_id, tenant_id, kind, payload, false)
+        .await?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "run {run_id} has already ended: nothing more is recorded for it"
+            ))
+        })
+}
+
+/// Appends an event inside `tx`, unless the run has already ended (`None`): nothing is
+/// ever written after a run's final event, whoever writes late (a paused host whose
+/// lease was taken over, a guest event racing the end). `ending`: this transaction is
+/// the one that ends the run, so its own final events are let through.
+async fn append_event_unless_ended(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    run_id: &str,
+    tenant_id: &str,
+    kind: &str,
+    payload: &Value,
+    ending: bool,
+) -> Result<Option<Event>> {
+    let sql = if ending {
+        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq - 1 AS seq"
+    } else {
+        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 \
+         AND status NOT IN ('succeeded', 'failed', 'cancelled') RETURNING next_seq - 1 AS seq"
+    };
+    let Some(row): Option<AnyRow> = sqlx::query(sql)
+        .bind(run_id)
+        .fetch_optional(&mut **tx)
+        .await?
+    else {
+        return Ok(None);
+    };
     let seq: i64 = row.try_get("seq")?;
     let ts = rfc3339_now();
     let payload = bounded_payload(payload);
@@ -826,14 +929,14 @@ async fn append_event(
     .bind(&payload_text)
     .execute(&mut **tx)
     .await?;
-    Ok(Event {
+    Ok(Some(Event {
         kind: kind.to_string(),
         run_id: run_id.to_string(),
         seq,
         ts,
         payload: payload.into_owned(),
         tenant_id: tenant_id.to_string(),
-    })
+    }))
 }
 
 /// The caps on one run's state, checked when a value is written.

@@ -10,8 +10,8 @@ use sqlx::any::AnyRow;
 macro_rules! run_columns {
     () => {
         "id, tenant_id, pipeline_id, pipeline_name, spec, input, output, status, error_code, \
-         error_message, fuel_used, next_seq, cancel_requested, owner, claim_seq, created_at, \
-         started_at, finished_at"
+         error_message, fuel_used, next_seq, cancel_requested, owner, lease_until, claim_seq, \
+         created_at, started_at, finished_at"
     };
 }
 
@@ -124,6 +124,9 @@ pub struct RunRecord {
     /// The host executing it.
     #[serde(skip)]
     pub owner: Option<String>,
+    /// Until when (unix ms) the owner's claim holds without renewal.
+    #[serde(skip)]
+    pub lease_until: Option<i64>,
     /// The scheduler's stamp of its latest claim (orders claims made within one millisecond).
     #[serde(skip)]
     pub claim_seq: Option<i64>,
@@ -153,6 +156,7 @@ impl RunRecord {
             last_seq: r.try_get::<i64, _>("next_seq")? - 1,
             cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
             owner: r.try_get("owner")?,
+            lease_until: r.try_get("lease_until")?,
             claim_seq: r.try_get("claim_seq")?,
             created_at: r.try_get("created_at")?,
             started_at: r.try_get("started_at")?,
@@ -163,6 +167,14 @@ impl RunRecord {
     /// Whether the run has ended.
     pub fn is_terminal(&self) -> bool {
         TERMINAL.contains(&self.status.as_str())
+    }
+
+    /// Whether the run is running or waiting under a lease that expired before `now` (unix
+    /// ms): its host is gone (or is this one, and no longer executes it). Crash recovery
+    /// takes such runs over, except those the recovering process is executing itself.
+    pub fn is_orphaned(&self, now: i64) -> bool {
+        matches!(self.status.as_str(), "running" | "waiting")
+            && self.lease_until.is_none_or(|t| t < now)
     }
 
     /// A reference for writes.
@@ -363,8 +375,17 @@ pub enum Change {
         /// Failure message.
         error_message: Option<String>,
     },
-    /// Back to the queue after a crash (guarded on `running`/`waiting`).
+    /// Back to the queue after a crash (guarded on `running`/`waiting` and on no cancel
+    /// having been requested: a run with a cancel request is finished, never re-queued,
+    /// because the scheduler never claims it).
     RunRequeue,
+    /// Guard of crash recovery: the run is still live under `owner` (the host that died)
+    /// and that host's lease has expired. A host that renewed in time, or another
+    /// recoverer that got there first, makes the whole transition a no-op.
+    RunOrphaned {
+        /// The owner the recoverer saw (`None`: no owner).
+        owner: Option<String>,
+    },
     /// Adds fuel to the run and its tenant.
     AddFuel {
         /// Step position.
@@ -441,6 +462,7 @@ impl Change {
             Change::RunStatus { .. }
                 | Change::RunFinish { .. }
                 | Change::RunRequeue
+                | Change::RunOrphaned { .. }
                 | Change::StepStatus { from: Some(_), .. }
         )
     }
@@ -477,9 +499,17 @@ impl Change {
             .bind(now),
             Change::RunRequeue => sqlx::query(
                 "UPDATE runs SET status = 'queued', owner = NULL, lease_until = NULL, updated_at = $2 \
-                 WHERE id = $1 AND status IN ('running', 'waiting')",
+                 WHERE id = $1 AND status IN ('running', 'waiting') AND cancel_requested = 0",
             )
             .bind(run_id)
+            .bind(now),
+            Change::RunOrphaned { owner } => sqlx::query(
+                "UPDATE runs SET updated_at = $3 WHERE id = $1 \
+                 AND status IN ('running', 'waiting') AND COALESCE(owner, '') = $2 \
+                 AND (lease_until IS NULL OR lease_until < $3)",
+            )
+            .bind(run_id)
+            .bind(owner.as_deref().unwrap_or(""))
             .bind(now),
             Change::AddFuel { step_idx, fuel } => {
                 sqlx::query("UPDATE runs SET fuel_used = fuel_used + $2 WHERE id = $1")
