@@ -554,9 +554,10 @@ async fn dur_06_cancel_in_every_state_ends_the_run_once(db: Db) {
     env.runner.execute(&id).await.unwrap();
     cancelled(&env.events(&id).await);
 
-    // Running (burning CPU), waiting (for an answer), retrying (in a long backoff).
+    // Running (burning CPU), waiting (for an answer), retrying (in a long backoff). The
+    // spinner's fuel lasts minutes, so the cancel, not the fuel, is what stops it.
     for (config, extra, wait_for) in [
-        ("{ spin = true }", "", "running"),
+        ("{ spin = true }", "fuel = 10_000_000_000_000", "running"),
         (r#"{ ask = "ok?" }"#, "", "input_required"),
         ("{ fail_until_attempt = 9 }", "backoff = \"1h\"", "retrying"),
     ] {
