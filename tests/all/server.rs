@@ -524,7 +524,7 @@ async fn raw_request(url: &str, head: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_10_the_auth_scheme_is_case_insensitive_and_other_schemes_are_refused() {
+async fn auth_scheme_is_case_insensitive_and_other_schemes_are_refused() {
     let server = Server::start(&[]);
     let api = Api::new(&server);
     let viewer = server.token("default", "viewer");
@@ -555,6 +555,32 @@ async fn api_10_the_auth_scheme_is_case_insensitive_and_other_schemes_are_refuse
                 "401 without a Bearer challenge: {challenge:?}"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_09_bad_tokens_from_an_address_never_lock_out_a_valid_token_from_it() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    // Far past the throttle (20 a minute), from the same loopback address.
+    let mut last = StatusCode::OK;
+    for _ in 0..25 {
+        last = api.json(Method::GET, "/v1/runs", "crl_wrong", None).await.0;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    // Bad tokens (and none at all) from the throttled address: 429 with Retry-After.
+    for token in ["crl_wrong", ""] {
+        let resp = api.req(Method::GET, "/v1/runs", token).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(resp.headers().contains_key("retry-after"));
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "TOO_MANY_AUTH_FAILURES");
+    }
+    // The valid token from the same address is accepted, on every try.
+    for _ in 0..3 {
+        let (status, body) = api.json(Method::GET, "/v1/runs", &admin, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
 
@@ -905,7 +931,7 @@ async fn openapi_lists_every_route_and_health_and_metrics_need_no_token() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    // API-09: the unauthenticated endpoint names no tenant.
+    // API-10: endpoints that need no token name no tenant.
     assert!(
         !metrics.contains("tenant="),
         "/metrics leaks tenant labels:\n{metrics}"
@@ -1600,3 +1626,4 @@ async fn a_webhook_delivery_wakes_a_run_waiting_for_it() {
         json!([{"signal": "go"}])
     );
 }
+
