@@ -25,7 +25,7 @@ impl Db {
 /// A Postgres URL whose connections use a schema of their own. Schemas are named after
 /// the test process; those of processes that are gone are dropped first, so the shared
 /// test database does not fill up run after run.
-async fn postgres_schema(base: &str) -> String {
+pub(crate) async fn postgres_schema(base: &str) -> String {
     let pid = std::process::id();
     let schema = format!("corral_test_{pid}_{:016x}", rand_u64());
     let admin = sqlx::PgPool::connect(base).await.unwrap();

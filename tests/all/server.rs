@@ -1627,3 +1627,234 @@ async fn a_webhook_delivery_wakes_a_run_waiting_for_it() {
     );
 }
 
+/// Server settings for `db`: SQLite in the data dir, or a fresh Postgres schema (`None`
+/// when Postgres is not configured: the variant is skipped).
+async fn database_envs(postgres: bool) -> Option<Vec<(&'static str, String)>> {
+    if !postgres {
+        return Some(vec![]);
+    }
+    match std::env::var("CORRAL_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(vec![(
+            "CORRAL_DATABASE_URL",
+            crate::runs::postgres_schema(&url).await,
+        )]),
+        _ => {
+            eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run");
+            None
+        }
+    }
+}
+
+/// An error answer in the documented shape: JSON `{"error": {"code", "message"}}`.
+async fn assert_json_error(resp: reqwest::Response, want: StatusCode, what: &str) -> Value {
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, want, "{what}: {text}");
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/json"),
+        "{what}: {text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert!(body["error"]["code"].is_string(), "{what}: {body}");
+    assert!(body["error"]["message"].is_string(), "{what}: {body}");
+    body
+}
+
+async fn mal_09_nul_and_control_characters(postgres: bool) {
+    let Some(envs) = database_envs(postgres).await else {
+        return;
+    };
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&envs);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "echo").await;
+    for (method, path) in [
+        (Method::GET, "/v1/runs/%00"),
+        (Method::GET, "/v1/runs/run_%00x/artifacts"),
+        (Method::POST, "/v1/runs/%01/cancel"),
+        (Method::GET, "/v1/plugins/%00"),
+        (Method::DELETE, "/v1/plugins/%7F"),
+        (Method::GET, "/v1/pipelines/%00"),
+        (Method::GET, "/v1/artifacts/%1b"),
+        (Method::GET, "/v1/runs/%00/events"),
+        (Method::DELETE, "/v1/tokens/%00"),
+        (Method::DELETE, "/v1/secrets/%00"),
+        (Method::DELETE, "/v1/webhooks/%00"),
+        (Method::GET, "/v1/runs?status=%00"),
+        (Method::GET, "/v1/runs?cursor=1.%00"),
+        (Method::GET, "/v1/runs/%FF"),
+    ] {
+        let resp = api.req(method.clone(), path, &admin).send().await.unwrap();
+        let status = resp.status();
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND,
+            "{method} {path}: {status}"
+        );
+        assert_json_error(resp, status, &format!("{method} {path}")).await;
+    }
+    // An upload named with a NUL is refused before anything is stored.
+    let resp = api
+        .req(Method::POST, "/v1/plugins?name=%00&version=1.0.0", &admin)
+        .header("content-type", "application/wasm")
+        // Refused before the body is read: the server then closes the connection.
+        .header("connection", "close")
+        .body(std::fs::read(plugin_path("echo")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(resp, StatusCode::BAD_REQUEST, "upload named NUL").await;
+    // Text in JSON bodies that a database cannot store is never a 500 (Postgres refuses
+    // NUL in text; SQLite stores it).
+    let pipeline = json!({"name": "nul\u{0}name", "steps": [agent("a", "echo@0.1.0", json!({}))]});
+    for (path, body) in [
+        ("/v1/pipelines", pipeline.clone()),
+        ("/v1/runs", json!({"pipeline": pipeline, "input": {"text": "a\u{0}b"}})),
+    ] {
+        let resp = api
+            .req(Method::POST, path, &admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        if status.is_success() {
+            continue;
+        }
+        assert_json_error(resp, StatusCode::BAD_REQUEST, path).await;
+    }
+    let (status, _) = api.json(Method::GET, "/v1/runs", &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "the server is intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mal_09_nul_and_control_characters_in_ids_and_queries_answer_json_4xx_on_sqlite() {
+    mal_09_nul_and_control_characters(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mal_09_nul_and_control_characters_in_ids_and_queries_answer_json_4xx_on_postgres() {
+    mal_09_nul_and_control_characters(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extractor_rejections_answer_in_the_json_error_shape() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    // Query strings: a bad value, an unknown key. The message names the parameter.
+    for (path, names) in [
+        ("/v1/runs?limit=abc", "limit"),
+        ("/v1/runs?bogus=1", "bogus"),
+        ("/v1/runs?limit=", "limit"),
+    ] {
+        let resp = api.req(Method::GET, path, &admin).send().await.unwrap();
+        let body = assert_json_error(resp, StatusCode::BAD_REQUEST, path).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{path}: {message}");
+    }
+    // JSON bodies: not JSON, the wrong content type, a missing body.
+    let resp = api
+        .req(Method::POST, "/v1/runs", &admin)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(resp, StatusCode::BAD_REQUEST, "bad JSON").await;
+    let resp = api
+        .req(Method::POST, "/v1/runs", &admin)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain body").await;
+    // A method the route does not take.
+    let resp = api.req(Method::PUT, "/v1/runs", &admin).send().await.unwrap();
+    assert_json_error(resp, StatusCode::METHOD_NOT_ALLOWED, "PUT /v1/runs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_put_without_a_secrets_key_answers_503_secrets_disabled() {
+    // A database by URL and no key: secrets are disabled (the data-dir default makes a key).
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let server = Server::start(&[("CORRAL_DATABASE_URL", url.as_str())]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let resp = api
+        .req(Method::PUT, "/v1/secrets/API_TOKEN", &admin)
+        .json(&json!({"value": "s3cr3t"}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(resp, StatusCode::SERVICE_UNAVAILABLE, "PUT secret").await;
+    assert_eq!(body["error"]["code"], "SECRETS_DISABLED");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("CORRAL_SECRETS_KEY") && message.contains("secrets_key"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mal_07_stored_pipelines_are_checked_like_runs_and_errors_name_the_field() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "echo").await;
+    // A [tools] entry naming a plugin the tenant does not have: refused by both routes.
+    let pipeline = json!({
+        "name": "t",
+        "tools": {"text": "missing-tools@9.9.9"},
+        "steps": [agent("a", "echo@0.1.0", json!({}))],
+    });
+    for (path, body) in [
+        ("/v1/pipelines", pipeline.clone()),
+        ("/v1/runs", json!({"pipeline": pipeline, "input": {}})),
+    ] {
+        let resp = api
+            .req(Method::POST, path, &admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let body = assert_json_error(resp, StatusCode::BAD_REQUEST, path).await;
+        assert_eq!(body["error"]["code"], "INVALID_PIPELINE", "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("missing-tools"), "{path}: {message}");
+    }
+    let (status, body) = api.json(Method::GET, "/v1/pipelines", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["pipelines"], json!([]), "nothing was stored");
+    // A huge number where a small one belongs: the message names the field.
+    let huge = json!({"name": "t", "defaults": {"max_attempts": 1e30},
+                      "steps": [agent("a", "echo@0.1.0", json!({}))]});
+    let resp = api
+        .req(Method::POST, "/v1/pipelines", &admin)
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(resp, StatusCode::BAD_REQUEST, "huge").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_attempts"), "{message}");
+    // And in a manifest set over the API.
+    let plugins = api.json(Method::GET, "/v1/plugins", &admin, None).await.1;
+    let id = plugins["plugins"][0]["id"].as_str().unwrap().to_string();
+    let resp = api
+        .req(Method::PUT, &format!("/v1/plugins/{id}/manifest"), &admin)
+        .json(&json!({"limits": {"http_requests": 1e30}}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(resp, StatusCode::BAD_REQUEST, "manifest").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("limits.http_requests"), "{message}");
+}

@@ -131,6 +131,15 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
         store = store.with_sealer(sealer);
     }
 
+    if !store.secrets_enabled() {
+        tracing::warn!(
+            "secrets are disabled: no secrets key is configured; set {} (base64 of 32 random \
+             bytes) or `secrets_key` in the config file to enable them (until then the \
+             /v1/secrets routes answer 503 SECRETS_DISABLED)",
+            crate::secrets::KEY_ENV
+        );
+    }
+
     // First start on an empty database: a tenant and an admin token, shown once.
     if store.tenants().await?.is_empty() {
         let tenant = store.ensure_tenant("default").await?;
