@@ -79,7 +79,11 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             E::SecretsDisabled => {
                 tracing::warn!("a secret was used on a server without a secrets key");
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "SECRETS_DISABLED", e.to_string())
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SECRETS_DISABLED",
+                    e.to_string(),
+                )
             }
             // Ids and names are checked at the boundary; this is the backstop for text in
             // bodies, so that no database's encoding rules turn into a 500 (MAL-09).

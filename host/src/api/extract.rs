@@ -47,7 +47,10 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
         }
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Path(v)),
-            Err(e) => Err(from_rejection(bad_request_unless_server(e.status()), e.body_text())),
+            Err(e) => Err(from_rejection(
+                bad_request_unless_server(e.status()),
+                e.body_text(),
+            )),
         }
     }
 }
@@ -92,7 +95,14 @@ mod tests {
         for bad in ["name=%00", "name=a%1fb", "a=%7F", "x=%0a", "x=%0D%0A"] {
             assert!(query_has_control(bad), "{bad}");
         }
-        for ok in ["name=echo&version=1.0.0", "x=%20", "x=%", "x=%2", "x=%e2%82%ac", "x=%zz"] {
+        for ok in [
+            "name=echo&version=1.0.0",
+            "x=%20",
+            "x=%",
+            "x=%2",
+            "x=%e2%82%ac",
+            "x=%zz",
+        ] {
             assert!(!query_has_control(ok), "{ok}");
         }
         assert!(has_control("a\0b") && has_control("\u{85}") && !has_control("é"));

@@ -4,11 +4,11 @@
 use super::AppState;
 use super::auth::{Admin, Caller, Operator, Role};
 use super::error::{ApiError, from_rejection};
+use super::extract::{Path, Query};
 use crate::engine::{Output, World};
 use crate::runs::pipeline;
 use axum::Json;
 use axum::body::Bytes;
-use super::extract::{Path, Query};
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -3,6 +3,7 @@
 use super::AppState;
 use super::auth::Admin;
 use super::error::ApiError;
+use super::extract::Path;
 use super::handlers::Body;
 use crate::engine::World;
 use crate::runs::pipeline;
@@ -10,7 +11,6 @@ use crate::runs::webhooks::WebhookError;
 use crate::store::NewWebhook;
 use axum::Json;
 use axum::body::Bytes;
-use super::extract::Path;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

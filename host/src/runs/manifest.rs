@@ -292,8 +292,8 @@ mod tests {
         let e = Manifest::from_json(&serde_json::json!({"limits": {"http_requests": 1e30}}))
             .unwrap_err();
         assert!(e.contains("limits.http_requests"), "{e}");
-        let e = Manifest::from_json(&serde_json::json!({"grants": {"tools": ["a", 7]}}))
-            .unwrap_err();
+        let e =
+            Manifest::from_json(&serde_json::json!({"grants": {"tools": ["a", 7]}})).unwrap_err();
         assert!(e.contains("grants.tools[1]"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let component = dir.path().join("p.wasm");
