@@ -571,7 +571,11 @@ async fn api_09_bad_tokens_from_an_address_never_lock_out_a_valid_token_from_it(
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
     // Bad tokens (and none at all) from the throttled address: 429 with Retry-After.
     for token in ["crl_wrong", ""] {
-        let resp = api.req(Method::GET, "/v1/runs", token).send().await.unwrap();
+        let resp = api
+            .req(Method::GET, "/v1/runs", token)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(resp.headers().contains_key("retry-after"));
         let body: Value = resp.json().await.unwrap();
@@ -1714,7 +1718,10 @@ async fn mal_09_nul_and_control_characters(postgres: bool) {
     let pipeline = json!({"name": "nul\u{0}name", "steps": [agent("a", "echo@0.1.0", json!({}))]});
     for (path, body) in [
         ("/v1/pipelines", pipeline.clone()),
-        ("/v1/runs", json!({"pipeline": pipeline, "input": {"text": "a\u{0}b"}})),
+        (
+            "/v1/runs",
+            json!({"pipeline": pipeline, "input": {"text": "a\u{0}b"}}),
+        ),
     ] {
         let resp = api
             .req(Method::POST, path, &admin)
@@ -1776,7 +1783,11 @@ async fn extractor_rejections_answer_in_the_json_error_shape() {
         .unwrap();
     assert_json_error(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain body").await;
     // A method the route does not take.
-    let resp = api.req(Method::PUT, "/v1/runs", &admin).send().await.unwrap();
+    let resp = api
+        .req(Method::PUT, "/v1/runs", &admin)
+        .send()
+        .await
+        .unwrap();
     assert_json_error(resp, StatusCode::METHOD_NOT_ALLOWED, "PUT /v1/runs").await;
 }
 
@@ -1857,4 +1868,230 @@ async fn mal_07_stored_pipelines_are_checked_like_runs_and_errors_name_the_field
     let body = assert_json_error(resp, StatusCode::BAD_REQUEST, "manifest").await;
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("limits.http_requests"), "{message}");
+}
+
+/// A raw TCP connection to the server from loopback address `from` (127.0.0.0/8 is all
+/// loopback), so that tests can act as several client addresses.
+async fn connect_from(url: &str, from: [u8; 4]) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// Reads until the server closes the connection (EOF or reset), up to `limit`: what it
+/// sent, or `None` when it was still open.
+async fn read_until_closed(
+    read: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let result = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    result
+        .ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Writes `bytes` one at a time, `every` apart, until done or the server closes.
+fn trickle(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    bytes: Vec<u8>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        for b in bytes {
+            if write.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        // Then hold the connection open without sending more.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        drop(write);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_18_slow_headers_slow_bodies_and_idle_connections_are_closed_and_the_server_stays_responsive()
+ {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[
+        ("CORRAL_HEADER_READ_TIMEOUT_SECS", "2"),
+        ("CORRAL_BODY_READ_TIMEOUT_SECS", "3"),
+        ("CORRAL_IDLE_TIMEOUT_SECS", "4"),
+        ("CORRAL_HEARTBEAT_SECS", "1"),
+    ]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let limit = Duration::from_secs(60);
+    // Many connections trickling their headers a byte every 300 ms, from two addresses.
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".repeat(4);
+    let mut slow = Vec::new();
+    for i in 0..100u8 {
+        let sock = connect_from(&server.url, [127, 0, 0, 2 + i % 2]).await;
+        let (read, write) = sock.into_split();
+        slow.push((
+            read,
+            trickle(write, head.clone(), Duration::from_millis(300)),
+        ));
+    }
+    // Connections that never send a byte.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(connect_from(&server.url, [127, 0, 0, 4]).await);
+    }
+    // A body trickled a byte every 300 ms, after complete headers.
+    let sock = connect_from(&server.url, [127, 0, 0, 5]).await;
+    let (mut body_read, body_write) = sock.into_split();
+    let mut request = format!(
+        "POST /v1/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .into_bytes();
+    let head_len = request.len();
+    request.extend(std::iter::repeat_n(b' ', 1000));
+    let body_writer = {
+        let mut write = body_write;
+        write.write_all(&request[..head_len]).await.unwrap();
+        trickle(
+            write,
+            request[head_len..].to_vec(),
+            Duration::from_millis(300),
+        )
+    };
+    // A kept-alive connection that made one request and then waits.
+    let mut idle = connect_from(&server.url, [127, 0, 0, 6]).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let idle_since = std::time::Instant::now();
+    // A healthy SSE stream, open longer than the idle timeout.
+    let stream = api
+        .req(Method::GET, "/v1/events", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut events = stream.bytes_stream().eventsource();
+
+    // With all of that open, normal requests are answered.
+    for _ in 0..3 {
+        let (status, _) = api.json(Method::GET, "/healthz", "", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = api.json(Method::GET, "/v1/runs", &admin, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Slow headers and silent connections are closed without an answer worth having.
+    for (mut read, writer) in slow {
+        assert!(
+            read_until_closed(&mut read, limit).await.is_some(),
+            "a connection trickling its headers was not closed"
+        );
+        writer.abort();
+    }
+    for mut sock in silent {
+        assert!(
+            read_until_closed(&mut sock, limit).await.is_some(),
+            "a silent connection was not closed"
+        );
+    }
+    // The trickled body: refused in the JSON shape, and the connection closed.
+    let answer = read_until_closed(&mut body_read, limit)
+        .await
+        .expect("a connection trickling its body was not closed");
+    body_writer.abort();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    // The idle keep-alive connection: answered, then closed after the idle timeout (not
+    // after the shorter header timeout).
+    let answer = read_until_closed(&mut idle, limit)
+        .await
+        .expect("an idle kept-alive connection was not closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(3500),
+        "closed after {:?}, before the idle timeout",
+        idle_since.elapsed()
+    );
+    // The SSE stream outlived them all and still carries heartbeats.
+    let mut heartbeats = 0;
+    while heartbeats < 2 {
+        let event = tokio::time::timeout(limit, events.next())
+            .await
+            .expect("the stream went silent")
+            .expect("the stream was closed")
+            .unwrap();
+        if event.data.contains("heartbeat") {
+            heartbeats += 1;
+        }
+    }
+    let (status, _) = api.json(Method::GET, "/healthz", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_18_one_address_gets_a_capped_number_of_connections() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[
+        ("CORRAL_MAX_CONNECTIONS_PER_ADDRESS", "4"),
+        ("CORRAL_HEADER_READ_TIMEOUT_SECS", "300"),
+        ("CORRAL_IDLE_TIMEOUT_SECS", "300"),
+    ]);
+    let api = Api::new(&server);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(&server.url, [127, 0, 0, 7]).await);
+    }
+    // The fifth from that address is closed at once, long before any timeout.
+    let mut extra = connect_from(&server.url, [127, 0, 0, 7]).await;
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let answer = read_until_closed(&mut extra, Duration::from_secs(60))
+        .await
+        .expect("the connection over the cap was left open");
+    assert!(answer.is_empty(), "it was served: {answer}");
+    // The four held ones are still served, and other addresses are unaffected.
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut first, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (status, _) = api.json(Method::GET, "/healthz", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Closed connections give their places back.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut sock = connect_from(&server.url, [127, 0, 0, 7]).await;
+        let _ = sock
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let answer = read_until_closed(&mut sock, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the places never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -9,6 +9,7 @@ pub mod error;
 mod extract;
 mod handlers;
 pub mod metrics;
+pub mod server;
 mod sse;
 mod webhooks;
 
