@@ -1814,6 +1814,45 @@ async fn a_secret_put_without_a_secrets_key_answers_503_secrets_disabled() {
     );
 }
 
+#[test]
+fn a_server_without_a_secrets_key_says_so_at_start_up() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .env("CORRAL_DATA_DIR", dir.path())
+        .env_remove("CORRAL_SECRETS_KEY")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap().contains("corral listening on") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("WARN") && log.contains("secrets are disabled"),
+        "{log}"
+    );
+    assert!(
+        log.contains("CORRAL_SECRETS_KEY") && log.contains("secrets_key"),
+        "{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mal_07_stored_pipelines_are_checked_like_runs_and_errors_name_the_field() {
     let server = Server::start(&[]);
