@@ -36,7 +36,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
 }
 
 /// Raw body bytes within the route's cap, as our error on overflow.
-async fn bytes(req: Request) -> Result<Bytes, ApiError> {
+pub(super) async fn bytes(req: Request) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, &())
         .await
         .map_err(|e| from_rejection(e.status(), e.body_text()))
