@@ -442,3 +442,21 @@ pub(super) async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitC
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_takes_the_connection_bounds() {
+        let file: FileConfig = toml::from_str(
+            "header_read_timeout_secs = 5\nbody_read_timeout_secs = 20\n\
+             idle_timeout_secs = 90\nmax_connections_per_address = 16\n",
+        )
+        .unwrap();
+        assert_eq!(file.header_read_timeout_secs, Some(5));
+        assert_eq!(file.body_read_timeout_secs, Some(20));
+        assert_eq!(file.idle_timeout_secs, Some(90));
+        assert_eq!(file.max_connections_per_address, Some(16));
+    }
+}
