@@ -524,7 +524,7 @@ async fn raw_request(url: &str, head: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_10_the_auth_scheme_is_case_insensitive_and_other_schemes_are_refused() {
+async fn auth_scheme_is_case_insensitive_and_other_schemes_are_refused() {
     let server = Server::start(&[]);
     let api = Api::new(&server);
     let viewer = server.token("default", "viewer");
@@ -555,6 +555,36 @@ async fn api_10_the_auth_scheme_is_case_insensitive_and_other_schemes_are_refuse
                 "401 without a Bearer challenge: {challenge:?}"
             );
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_09_bad_tokens_from_an_address_never_lock_out_a_valid_token_from_it() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    // Far past the throttle (20 a minute), from the same loopback address.
+    let mut last = StatusCode::OK;
+    for _ in 0..25 {
+        last = api.json(Method::GET, "/v1/runs", "crl_wrong", None).await.0;
+    }
+    assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+    // Bad tokens (and none at all) from the throttled address: 429 with Retry-After.
+    for token in ["crl_wrong", ""] {
+        let resp = api
+            .req(Method::GET, "/v1/runs", token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(resp.headers().contains_key("retry-after"));
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "TOO_MANY_AUTH_FAILURES");
+    }
+    // The valid token from the same address is accepted, on every try.
+    for _ in 0..3 {
+        let (status, body) = api.json(Method::GET, "/v1/runs", &admin, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
 
@@ -905,7 +935,7 @@ async fn openapi_lists_every_route_and_health_and_metrics_need_no_token() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    // API-09: the unauthenticated endpoint names no tenant.
+    // API-10: endpoints that need no token name no tenant.
     assert!(
         !metrics.contains("tenant="),
         "/metrics leaks tenant labels:\n{metrics}"
@@ -1624,4 +1654,522 @@ async fn res_19_an_upload_importing_what_the_host_lacks_is_refused_naming_it() {
     assert_eq!(body["error"]["code"], "INVALID_COMPONENT", "{body}");
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("evil:escape/door@1.0.0"), "{body}");
+}
+
+/// Server settings for `db`: SQLite in the data dir, or a fresh Postgres schema (`None`
+/// when Postgres is not configured: the variant is skipped).
+async fn database_envs(postgres: bool) -> Option<Vec<(&'static str, String)>> {
+    if !postgres {
+        return Some(vec![]);
+    }
+    match std::env::var("CORRAL_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(vec![(
+            "CORRAL_DATABASE_URL",
+            crate::runs::postgres_schema(&url).await,
+        )]),
+        _ => {
+            eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run");
+            None
+        }
+    }
+}
+
+/// An error answer in the documented shape: JSON `{"error": {"code", "message"}}`.
+async fn assert_json_error(resp: reqwest::Response, want: StatusCode, what: &str) -> Value {
+    let status = resp.status();
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, want, "{what}: {text}");
+    assert_eq!(
+        content_type.as_deref(),
+        Some("application/json"),
+        "{what}: {text}"
+    );
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert!(body["error"]["code"].is_string(), "{what}: {body}");
+    assert!(body["error"]["message"].is_string(), "{what}: {body}");
+    body
+}
+
+async fn mal_09_nul_and_control_characters(postgres: bool) {
+    let Some(envs) = database_envs(postgres).await else {
+        return;
+    };
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = Server::start(&envs);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "echo").await;
+    for (method, path) in [
+        (Method::GET, "/v1/runs/%00"),
+        (Method::GET, "/v1/runs/run_%00x/artifacts"),
+        (Method::POST, "/v1/runs/%01/cancel"),
+        (Method::GET, "/v1/plugins/%00"),
+        (Method::DELETE, "/v1/plugins/%7F"),
+        (Method::GET, "/v1/pipelines/%00"),
+        (Method::GET, "/v1/artifacts/%1b"),
+        (Method::GET, "/v1/runs/%00/events"),
+        (Method::DELETE, "/v1/tokens/%00"),
+        (Method::DELETE, "/v1/secrets/%00"),
+        (Method::DELETE, "/v1/webhooks/%00"),
+        (Method::GET, "/v1/runs?status=%00"),
+        (Method::GET, "/v1/runs?cursor=1.%00"),
+        (Method::GET, "/v1/runs/%FF"),
+    ] {
+        let resp = api.req(method.clone(), path, &admin).send().await.unwrap();
+        let status = resp.status();
+        assert!(
+            status == StatusCode::BAD_REQUEST || status == StatusCode::NOT_FOUND,
+            "{method} {path}: {status}"
+        );
+        assert_json_error(resp, status, &format!("{method} {path}")).await;
+    }
+    // An upload named with a NUL is refused before anything is stored.
+    let resp = api
+        .req(Method::POST, "/v1/plugins?name=%00&version=1.0.0", &admin)
+        .header("content-type", "application/wasm")
+        // Refused before the body is read: the server then closes the connection.
+        .header("connection", "close")
+        .body(std::fs::read(plugin_path("echo")).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(resp, StatusCode::BAD_REQUEST, "upload named NUL").await;
+    // Text in JSON bodies that a database cannot store is never a 500 (Postgres refuses
+    // NUL in text; SQLite stores it).
+    let pipeline = json!({"name": "nul\u{0}name", "steps": [agent("a", "echo@0.1.0", json!({}))]});
+    for (path, body) in [
+        ("/v1/pipelines", pipeline.clone()),
+        (
+            "/v1/runs",
+            json!({"pipeline": pipeline, "input": {"text": "a\u{0}b"}}),
+        ),
+    ] {
+        let resp = api
+            .req(Method::POST, path, &admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        if status.is_success() {
+            continue;
+        }
+        assert_json_error(resp, StatusCode::BAD_REQUEST, path).await;
+    }
+    let (status, _) = api.json(Method::GET, "/v1/runs", &admin, None).await;
+    assert_eq!(status, StatusCode::OK, "the server is intact");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mal_09_nul_and_control_characters_in_ids_and_queries_answer_json_4xx_on_sqlite() {
+    mal_09_nul_and_control_characters(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mal_09_nul_and_control_characters_in_ids_and_queries_answer_json_4xx_on_postgres() {
+    mal_09_nul_and_control_characters(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extractor_rejections_answer_in_the_json_error_shape() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    // Query strings: a bad value, an unknown key. The message names the parameter.
+    for (path, names) in [
+        ("/v1/runs?limit=abc", "limit"),
+        ("/v1/runs?bogus=1", "bogus"),
+        ("/v1/runs?limit=", "limit"),
+    ] {
+        let resp = api.req(Method::GET, path, &admin).send().await.unwrap();
+        let body = assert_json_error(resp, StatusCode::BAD_REQUEST, path).await;
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{path}: {message}");
+    }
+    // JSON bodies: not JSON, the wrong content type, a missing body.
+    let resp = api
+        .req(Method::POST, "/v1/runs", &admin)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(resp, StatusCode::BAD_REQUEST, "bad JSON").await;
+    let resp = api
+        .req(Method::POST, "/v1/runs", &admin)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain body").await;
+    // A body over the cap that did not declare its length (chunked), on the route that
+    // reads raw bytes: 413 in our shape too.
+    let chunks =
+        futures::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 128 << 10])));
+    let resp = api
+        .req(Method::POST, "/v1/webhooks/whk_nope", "")
+        .header("content-type", "application/json")
+        // Refused before the body is all read: the server then closes the connection.
+        .header("connection", "close")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "chunked webhook body").await;
+    // A method the route does not take.
+    let resp = api
+        .req(Method::PUT, "/v1/runs", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_json_error(resp, StatusCode::METHOD_NOT_ALLOWED, "PUT /v1/runs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_put_without_a_secrets_key_answers_503_secrets_disabled() {
+    // A database by URL and no key: secrets are disabled (the data-dir default makes a key).
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let server = Server::start(&[("CORRAL_DATABASE_URL", url.as_str())]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let resp = api
+        .req(Method::PUT, "/v1/secrets/API_TOKEN", &admin)
+        .json(&json!({"value": "s3cr3t"}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(resp, StatusCode::SERVICE_UNAVAILABLE, "PUT secret").await;
+    assert_eq!(body["error"]["code"], "SECRETS_DISABLED");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("CORRAL_SECRETS_KEY") && message.contains("secrets_key"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_server_without_a_secrets_key_says_so_at_start_up() {
+    use std::io::{BufRead, Read};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("db.sqlite").display());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .env("CORRAL_DATA_DIR", dir.path())
+        .env_remove("CORRAL_SECRETS_KEY")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap().contains("corral listening on") {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        log.contains("WARN") && log.contains("secrets are disabled"),
+        "{log}"
+    );
+    assert!(
+        log.contains("CORRAL_SECRETS_KEY") && log.contains("secrets_key"),
+        "{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mal_07_stored_pipelines_are_checked_like_runs_and_errors_name_the_field() {
+    let server = Server::start(&[]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    api.upload(&admin, "echo").await;
+    // A [tools] entry naming a plugin the tenant does not have: refused by both routes.
+    let pipeline = json!({
+        "name": "t",
+        "tools": {"text": "missing-tools@9.9.9"},
+        "steps": [agent("a", "echo@0.1.0", json!({}))],
+    });
+    for (path, body) in [
+        ("/v1/pipelines", pipeline.clone()),
+        ("/v1/runs", json!({"pipeline": pipeline, "input": {}})),
+    ] {
+        let resp = api
+            .req(Method::POST, path, &admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let body = assert_json_error(resp, StatusCode::BAD_REQUEST, path).await;
+        assert_eq!(body["error"]["code"], "INVALID_PIPELINE", "{path}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("missing-tools"), "{path}: {message}");
+    }
+    let (status, body) = api.json(Method::GET, "/v1/pipelines", &admin, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["pipelines"], json!([]), "nothing was stored");
+    // A huge number where a small one belongs: the message names the field.
+    let huge = json!({"name": "t", "defaults": {"max_attempts": 1e30},
+                      "steps": [agent("a", "echo@0.1.0", json!({}))]});
+    let resp = api
+        .req(Method::POST, "/v1/pipelines", &admin)
+        .json(&huge)
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(resp, StatusCode::BAD_REQUEST, "huge").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("max_attempts"), "{message}");
+    // And in a manifest set over the API.
+    let plugins = api.json(Method::GET, "/v1/plugins", &admin, None).await.1;
+    let id = plugins["plugins"][0]["id"].as_str().unwrap().to_string();
+    let resp = api
+        .req(Method::PUT, &format!("/v1/plugins/{id}/manifest"), &admin)
+        .json(&json!({"limits": {"http_requests": 1e30}}))
+        .send()
+        .await
+        .unwrap();
+    let body = assert_json_error(resp, StatusCode::BAD_REQUEST, "manifest").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("limits.http_requests"), "{message}");
+}
+
+/// A raw TCP connection to the server from loopback address `from` (127.0.0.0/8 is all
+/// loopback), so that tests can act as several client addresses.
+async fn connect_from(url: &str, from: [u8; 4]) -> tokio::net::TcpStream {
+    let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// Reads until the server closes the connection (EOF or reset), up to `limit`: what it
+/// sent, or `None` when it was still open.
+async fn read_until_closed(
+    read: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let result = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match read.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    result
+        .ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Writes `bytes` one at a time, `every` apart, until done or the server closes.
+fn trickle(
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    bytes: Vec<u8>,
+    every: Duration,
+) -> tokio::task::JoinHandle<()> {
+    use tokio::io::AsyncWriteExt;
+    tokio::spawn(async move {
+        for b in bytes {
+            if write.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+        // Then hold the connection open without sending more.
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        drop(write);
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_18_slow_headers_slow_bodies_and_idle_connections_are_closed_and_the_server_stays_responsive()
+ {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[
+        ("CORRAL_HEADER_READ_TIMEOUT_SECS", "2"),
+        ("CORRAL_BODY_READ_TIMEOUT_SECS", "3"),
+        ("CORRAL_IDLE_TIMEOUT_SECS", "4"),
+        ("CORRAL_HEARTBEAT_SECS", "1"),
+    ]);
+    let api = Api::new(&server);
+    let admin = server.admin_token.clone();
+    let limit = Duration::from_secs(60);
+    // Many connections trickling their headers a byte every 300 ms, from two addresses.
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".repeat(4);
+    let mut slow = Vec::new();
+    for i in 0..100u8 {
+        let sock = connect_from(&server.url, [127, 0, 0, 2 + i % 2]).await;
+        let (read, write) = sock.into_split();
+        slow.push((
+            read,
+            trickle(write, head.clone(), Duration::from_millis(300)),
+        ));
+    }
+    // Connections that never send a byte.
+    let mut silent = Vec::new();
+    for _ in 0..20 {
+        silent.push(connect_from(&server.url, [127, 0, 0, 4]).await);
+    }
+    // A body trickled a byte every 300 ms, after complete headers.
+    let sock = connect_from(&server.url, [127, 0, 0, 5]).await;
+    let (mut body_read, body_write) = sock.into_split();
+    let mut request = format!(
+        "POST /v1/runs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .into_bytes();
+    let head_len = request.len();
+    request.extend(std::iter::repeat_n(b' ', 1000));
+    let body_writer = {
+        let mut write = body_write;
+        write.write_all(&request[..head_len]).await.unwrap();
+        trickle(
+            write,
+            request[head_len..].to_vec(),
+            Duration::from_millis(300),
+        )
+    };
+    // A kept-alive connection that made one request and then waits.
+    let mut idle = connect_from(&server.url, [127, 0, 0, 6]).await;
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let idle_since = std::time::Instant::now();
+    // A healthy SSE stream, open longer than the idle timeout.
+    let stream = api
+        .req(Method::GET, "/v1/events", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let stream_opened = std::time::Instant::now();
+    let mut events = stream.bytes_stream().eventsource();
+
+    // With all of that open, normal requests are answered.
+    for _ in 0..3 {
+        let (status, _) = api.json(Method::GET, "/healthz", "", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = api.json(Method::GET, "/v1/runs", &admin, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Slow headers and silent connections are closed without an answer worth having.
+    for (mut read, writer) in slow {
+        assert!(
+            read_until_closed(&mut read, limit).await.is_some(),
+            "a connection trickling its headers was not closed"
+        );
+        writer.abort();
+    }
+    for mut sock in silent {
+        assert!(
+            read_until_closed(&mut sock, limit).await.is_some(),
+            "a silent connection was not closed"
+        );
+    }
+    // The trickled body: refused in the JSON shape, and the connection closed.
+    let answer = read_until_closed(&mut body_read, limit)
+        .await
+        .expect("a connection trickling its body was not closed");
+    body_writer.abort();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+    // The idle keep-alive connection: answered, then closed after the idle timeout (not
+    // after the shorter header timeout).
+    let answer = read_until_closed(&mut idle, limit)
+        .await
+        .expect("an idle kept-alive connection was not closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(3500),
+        "closed after {:?}, before the idle timeout",
+        idle_since.elapsed()
+    );
+    // The SSE stream outlived them all: heartbeats still arrive at twice the idle timeout.
+    loop {
+        let event = tokio::time::timeout(limit, events.next())
+            .await
+            .expect("the stream went silent")
+            .expect("the stream was closed")
+            .unwrap();
+        if event.data.contains("heartbeat") && stream_opened.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    let (status, _) = api.json(Method::GET, "/healthz", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_18_one_address_gets_a_capped_number_of_connections() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::start(&[
+        ("CORRAL_MAX_CONNECTIONS_PER_ADDRESS", "4"),
+        ("CORRAL_HEADER_READ_TIMEOUT_SECS", "300"),
+        ("CORRAL_IDLE_TIMEOUT_SECS", "300"),
+    ]);
+    let api = Api::new(&server);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(&server.url, [127, 0, 0, 7]).await);
+    }
+    // The fifth from that address is closed at once, long before any timeout.
+    let mut extra = connect_from(&server.url, [127, 0, 0, 7]).await;
+    let _ = extra
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let answer = read_until_closed(&mut extra, Duration::from_secs(60))
+        .await
+        .expect("the connection over the cap was left open");
+    assert!(answer.is_empty(), "it was served: {answer}");
+    // The four held ones are still served, and other addresses are unaffected.
+    let mut first = held.remove(0);
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut first, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (status, _) = api.json(Method::GET, "/healthz", "", None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Closed connections give their places back.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut sock = connect_from(&server.url, [127, 0, 0, 7]).await;
+        let _ = sock
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let answer = read_until_closed(&mut sock, Duration::from_secs(60))
+            .await
+            .unwrap();
+        if answer.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the places never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

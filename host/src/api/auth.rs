@@ -149,13 +149,6 @@ impl FromRequestParts<AppState> for Caller {
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0.ip())
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        if state.auth_failures.blocked(ip) {
-            return Err(ApiError::too_many(
-                "TOO_MANY_AUTH_FAILURES",
-                "too many requests with bad tokens from this address; wait and retry",
-                60,
-            ));
-        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -165,22 +158,43 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty() && t.len() <= 256);
-        let unauthorized = |msg: &str| ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", msg);
-        let Some(token) = token else {
-            state.auth_failures.record(ip);
-            return Err(unauthorized("send `Authorization: Bearer <token>`"));
+        // A valid token is always accepted, whatever else came from its address (API-09):
+        // the throttle only answers for failed attempts, so another client on the same
+        // address (a NAT, a proxy) cannot lock a user out by sending bad tokens.
+        let found = match token {
+            Some(token) => {
+                let hash = crate::store::token_hash(token);
+                state.runner.store().token_by_hash(&hash).await?
+            }
+            None => None,
         };
-        let hash = crate::store::token_hash(token);
-        match state.runner.store().token_by_hash(&hash).await? {
-            Some(t) => Ok(Caller {
+        if let Some(t) = found {
+            return Ok(Caller {
                 role: Role::parse(&t.role).unwrap_or(Role::Viewer),
                 tenant_id: t.tenant_id,
                 token_id: t.id,
-            }),
-            None => {
-                state.auth_failures.record(ip);
-                Err(unauthorized("the token is not valid (unknown or revoked)"))
-            }
+            });
         }
+        if state.auth_failures.blocked(ip) {
+            // The token is never logged, only the address.
+            tracing::warn!(%ip, "authentication failure from a throttled address: 429");
+            return Err(ApiError::too_many(
+                "TOO_MANY_AUTH_FAILURES",
+                "too many requests with bad tokens from this address; wait and retry",
+                60,
+            ));
+        }
+        state.auth_failures.record(ip);
+        tracing::warn!(%ip, "authentication failure: 401");
+        let message = if token.is_none() {
+            "send `Authorization: Bearer <token>`"
+        } else {
+            "the token is not valid (unknown or revoked)"
+        };
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            message,
+        ))
     }
 }

@@ -75,7 +75,27 @@ impl ApiError {
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
-        ApiError::internal(e)
+        use crate::store::StoreError as E;
+        match e {
+            E::SecretsDisabled => {
+                tracing::warn!("a secret was used on a server without a secrets key");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "SECRETS_DISABLED",
+                    e.to_string(),
+                )
+            }
+            // Ids and names are checked at the boundary; this is the backstop for text in
+            // bodies, so that no database's encoding rules turn into a 500 (MAL-09).
+            e if e.is_unstorable_text() => {
+                tracing::warn!("the database refused a request's text: {e}");
+                ApiError::bad_request(
+                    "the request has text the database cannot store (a NUL character or \
+                     bytes that are not UTF-8)",
+                )
+            }
+            e => ApiError::internal(e),
+        }
     }
 }
 
@@ -101,7 +121,7 @@ impl From<crate::runs::RunError> for ApiError {
             }
             E::InvalidInput(_) => ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", message),
             E::TooManyQueued(_) => ApiError::too_many("TOO_MANY_QUEUED_RUNS", message, 5),
-            E::Store(e) => ApiError::internal(e),
+            E::Store(e) => ApiError::from(e),
         }
     }
 }

@@ -4,11 +4,12 @@
 use super::AppState;
 use super::auth::{Admin, Caller, Operator, Role};
 use super::error::{ApiError, from_rejection};
+use super::extract::{Path, Query};
 use crate::engine::{Output, World};
 use crate::runs::pipeline;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -35,7 +36,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> 
 }
 
 /// Raw body bytes within the route's cap, as our error on overflow.
-async fn bytes(req: Request) -> Result<Bytes, ApiError> {
+pub(super) async fn bytes(req: Request) -> Result<Bytes, ApiError> {
     Bytes::from_request(req, &())
         .await
         .map_err(|e| from_rejection(e.status(), e.body_text()))
@@ -43,6 +44,14 @@ async fn bytes(req: Request) -> Result<Bytes, ApiError> {
 
 pub(super) async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such route")
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this route does not take that method (see /openapi.json)",
+    )
 }
 
 pub(super) async fn healthz() -> Json<Value> {
@@ -297,14 +306,20 @@ async fn check_pipeline(
     tenant_id: &str,
     doc: &Value,
 ) -> Result<pipeline::Pipeline, ApiError> {
-    let text = doc.to_string();
-    let p = pipeline::parse_json(&text, None)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PIPELINE", e.to_string()))?;
-    let registry = crate::runs::StoreRegistry::new(state.runner.store().clone(), tenant_id);
-    p.load_plugins(state.runner.engine(), Some(&registry))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PIPELINE", e.to_string()))?;
+    let p = parse_pipeline(doc)?;
+    state.runner.check_pipeline(tenant_id, &p).await?;
     Ok(p)
+}
+
+/// A pipeline document (a request's JSON) as a pipeline, or 400 `INVALID_PIPELINE`.
+fn parse_pipeline(doc: &Value) -> Result<pipeline::Pipeline, ApiError> {
+    pipeline::parse_json(&doc.to_string(), None).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "INVALID_PIPELINE",
+            format!("pipeline: {e}"),
+        )
+    })
 }
 
 pub(super) async fn create_pipeline(
@@ -404,13 +419,8 @@ pub(super) async fn create_run(
             ));
         }
     };
-    let p = pipeline::parse_json(&doc.to_string(), None).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "INVALID_PIPELINE",
-            format!("pipeline: {e}"),
-        )
-    })?;
+    // Checked by `submit` with the same `Runner::check_pipeline` as `POST /v1/pipelines`.
+    let p = parse_pipeline(&doc)?;
     let run = state
         .runner
         .submit_capped(

@@ -6,8 +6,10 @@
 
 mod auth;
 pub mod error;
+mod extract;
 mod handlers;
 pub mod metrics;
+pub mod server;
 mod sse;
 mod webhooks;
 
@@ -471,6 +473,7 @@ pub fn router(state: AppState) -> Router {
     }
     router
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track))
         .with_state(state)
 }

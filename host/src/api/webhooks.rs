@@ -3,14 +3,14 @@
 use super::AppState;
 use super::auth::Admin;
 use super::error::ApiError;
+use super::extract::Path;
 use super::handlers::Body;
 use crate::engine::World;
 use crate::runs::pipeline;
 use crate::runs::webhooks::WebhookError;
 use crate::store::NewWebhook;
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -154,8 +154,10 @@ pub(super) async fn deliver(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    // Read through our helper, so a body too large or too slow answers in our shape.
+    let body = super::handlers::bytes(req).await?;
     let pairs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| {

@@ -6,7 +6,6 @@ use crate::runs::{Runner, RunnerConfig};
 use crate::store::Store;
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,6 +49,20 @@ pub(super) struct ServeArgs {
     /// Queued runs per tenant before new submissions get 429. Default: 1000.
     #[arg(long, env = "CORRAL_MAX_QUEUED_PER_TENANT")]
     max_queued_per_tenant: Option<i64>,
+    /// Seconds a client has to send a request's headers (also the next request's, once its
+    /// first byte arrived on a kept-alive connection). Default: 10.
+    #[arg(long, env = "CORRAL_HEADER_READ_TIMEOUT_SECS")]
+    header_read_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's body, from its headers. Default: 30.
+    #[arg(long, env = "CORRAL_BODY_READ_TIMEOUT_SECS")]
+    body_read_timeout_secs: Option<u64>,
+    /// Seconds a kept-alive connection may wait between requests (SSE streams are not
+    /// idle). Default: 60.
+    #[arg(long, env = "CORRAL_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: Option<u64>,
+    /// Open connections per client address; more are closed at once. Default: 64.
+    #[arg(long, env = "CORRAL_MAX_CONNECTIONS_PER_ADDRESS")]
+    max_connections_per_address: Option<usize>,
     /// Seconds of silence before a stream heartbeat. Default: 15.
     #[arg(long, env = "CORRAL_HEARTBEAT_SECS", hide = true)]
     heartbeat_secs: Option<u64>,
@@ -68,6 +81,10 @@ struct FileConfig {
     max_queued_per_tenant: Option<i64>,
     shutdown_grace_secs: Option<u64>,
     heartbeat_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
+    body_read_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections_per_address: Option<usize>,
     /// Base64 of the 32-byte key that seals tenant secrets (else CORRAL_SECRETS_KEY, else
     /// a key file in the data directory for the embedded database).
     secrets_key: Option<String>,
@@ -131,6 +148,15 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
         store = store.with_sealer(sealer);
     }
 
+    if !store.secrets_enabled() {
+        tracing::warn!(
+            "secrets are disabled: no secrets key is configured; set {} (base64 of 32 random \
+             bytes) or `secrets_key` in the config file to enable them (until then the \
+             /v1/secrets routes answer 503 SECRETS_DISABLED)",
+            crate::secrets::KEY_ENV
+        );
+    }
+
     // First start on an empty database: a tenant and an admin token, shown once.
     if store.tenants().await?.is_empty() {
         let tenant = store.ensure_tenant("default").await?;
@@ -182,6 +208,34 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
             .or(file.shutdown_grace_secs)
             .unwrap_or(10),
     );
+    let conn_defaults = crate::api::server::ConnectionLimits::default();
+    let secs = |flag: Option<u64>, file: Option<u64>, default: Duration| {
+        flag.or(file)
+            .map(|s| Duration::from_secs(s.max(1)))
+            .unwrap_or(default)
+    };
+    let conn_limits = crate::api::server::ConnectionLimits {
+        header_read: secs(
+            args.header_read_timeout_secs,
+            file.header_read_timeout_secs,
+            conn_defaults.header_read,
+        ),
+        body_read: secs(
+            args.body_read_timeout_secs,
+            file.body_read_timeout_secs,
+            conn_defaults.body_read,
+        ),
+        idle: secs(
+            args.idle_timeout_secs,
+            file.idle_timeout_secs,
+            conn_defaults.idle,
+        ),
+        max_per_address: args
+            .max_connections_per_address
+            .or(file.max_connections_per_address)
+            .unwrap_or(conn_defaults.max_per_address)
+            .max(1),
+    };
     let state = AppState::new(runner.clone(), api_config);
     let app = crate::api::router(state.clone());
 
@@ -229,16 +283,12 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
     };
 
     let shutdown = state.shutdown.clone();
-    let serving = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    crate::api::server::serve(listener, app, conn_limits, async move {
         shutdown_signal().await;
         tracing::info!("shutting down: no new requests; running steps get the grace period");
         shutdown.cancel();
-    });
-    serving.await?;
+    })
+    .await;
     stop.cancel();
     recovery.abort();
     // Let running steps finish, up to the grace period; whatever is still running then is
@@ -392,4 +442,22 @@ pub(super) async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_takes_the_connection_bounds() {
+        let file: FileConfig = toml::from_str(
+            "header_read_timeout_secs = 5\nbody_read_timeout_secs = 20\n\
+             idle_timeout_secs = 90\nmax_connections_per_address = 16\n",
+        )
+        .unwrap();
+        assert_eq!(file.header_read_timeout_secs, Some(5));
+        assert_eq!(file.body_read_timeout_secs, Some(20));
+        assert_eq!(file.idle_timeout_secs, Some(90));
+        assert_eq!(file.max_connections_per_address, Some(16));
+    }
 }

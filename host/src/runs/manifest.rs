@@ -253,6 +253,16 @@ impl Manifest {
     }
 }
 
+/// A deserialization error that starts with the field it is about (`limits.http_requests: ...`).
+fn field_error<E: std::fmt::Display>(e: &serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    if path.is_empty() || path == "." {
+        e.inner().to_string()
+    } else {
+        format!("{path}: {}", e.inner())
+    }
+}
+
 /// Where the manifest of a plugin lives, if it can have one.
 pub fn path_for(plugin: &PluginRef) -> Option<PathBuf> {
     match plugin {
@@ -265,8 +275,9 @@ impl Manifest {
     /// A manifest from JSON (the API form; same structure as the TOML file), checked.
     /// File grants are refused: a tenant must not grant itself the host's files.
     pub fn from_json(value: &serde_json::Value) -> Result<Manifest, String> {
-        let manifest: Manifest =
-            serde_json::from_value(value.clone()).map_err(|e| format!("manifest: {e}"))?;
+        // The error names the field (`limits.http_requests: invalid type ...`), not only the problem.
+        let manifest: Manifest = serde_path_to_error::deserialize(value.clone())
+            .map_err(|e| format!("manifest: {}", field_error(&e)))?;
         if !manifest.grants.files.is_empty() {
             return Err(
                 "grants.files: file grants are only for plugins on the host's own disk \
@@ -325,8 +336,10 @@ pub fn for_plugin(plugin: &PluginRef) -> Result<Manifest, String> {
             if text.len() > 64 << 10 {
                 return Err(format!("{} is larger than 64 KiB", path.display()));
             }
-            let mut manifest: Manifest =
-                toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+            let mut manifest: Manifest = toml::Deserializer::parse(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|d| serde_path_to_error::deserialize(d).map_err(|e| field_error(&e)))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             manifest
                 .validate()
                 .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -344,6 +357,25 @@ pub fn for_plugin(plugin: &PluginRef) -> Result<Manifest, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mal_07_manifest_type_errors_name_the_field_in_json_and_toml() {
+        let e = Manifest::from_json(&serde_json::json!({"limits": {"http_requests": 1e30}}))
+            .unwrap_err();
+        assert!(e.contains("limits.http_requests"), "{e}");
+        let e =
+            Manifest::from_json(&serde_json::json!({"grants": {"tools": ["a", 7]}})).unwrap_err();
+        assert!(e.contains("grants.tools[1]"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let component = dir.path().join("p.wasm");
+        std::fs::write(
+            dir.path().join("p.corral.toml"),
+            "[limits]\nhttp_requests = 1e30\n",
+        )
+        .unwrap();
+        let e = for_plugin(&PluginRef::Path(component)).unwrap_err();
+        assert!(e.contains("limits.http_requests"), "{e}");
+    }
 
     #[test]
     fn a_missing_manifest_grants_nothing_and_unknown_grants_are_refused() {

@@ -225,20 +225,8 @@ impl Runner {
     ) -> Result<RunRecord, RunError> {
         json::check("input", input, self.inner.config.max_input_bytes)
             .map_err(RunError::InvalidInput)?;
-        let registry = StoreRegistry::new(self.inner.store.clone(), tenant_id);
         // Load every plugin now, so a bad pipeline fails before anything is queued.
-        pipeline
-            .load_plugins(&self.inner.engine, Some(&registry))
-            .await
-            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
-        let manifests = pipeline
-            .manifests(Some(&registry))
-            .await
-            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
-        pipeline
-            .load_tools(&self.inner.engine, Some(&registry), &manifests)
-            .await
-            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        let registry = self.check_pipeline(tenant_id, pipeline).await?;
         let spec = serde_json::to_string(pipeline)
             .map_err(|e| RunError::InvalidPipeline(format!("cannot store pipeline: {e}")))?;
         let steps = pipeline
@@ -264,6 +252,30 @@ impl Runner {
         self.inner.bus.publish(event);
         self.inner.wake.notify_one();
         Ok(run)
+    }
+
+    /// Checks `pipeline` for `tenant_id` exactly as a submission is checked: every plugin,
+    /// manifest and tool loads. `POST /v1/pipelines` and `POST /v1/runs` share it, so a
+    /// stored pipeline is one that could run. Returns the registry it resolved against.
+    pub async fn check_pipeline(
+        &self,
+        tenant_id: &str,
+        pipeline: &Pipeline,
+    ) -> Result<StoreRegistry, RunError> {
+        let registry = StoreRegistry::new(self.inner.store.clone(), tenant_id);
+        pipeline
+            .load_plugins(&self.inner.engine, Some(&registry))
+            .await
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        let manifests = pipeline
+            .manifests(Some(&registry))
+            .await
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        pipeline
+            .load_tools(&self.inner.engine, Some(&registry), &manifests)
+            .await
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        Ok(registry)
     }
 
     /// Follows a run's events after `after` (0 = all), ending after its final event.

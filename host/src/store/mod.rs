@@ -33,9 +33,37 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// Secrets cannot be set or read: the server has no key to seal them with.
+    #[error(
+        "secrets are disabled: this server has no secrets key; set {} (base64 of 32 random \
+         bytes) or `secrets_key` in the config file",
+        crate::secrets::KEY_ENV
+    )]
+    SecretsDisabled,
     /// The URL names no supported database.
     #[error("unsupported database URL `{0}` (use sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),
+}
+
+impl StoreError {
+    /// Whether the database refused text it cannot store: a NUL character, or bytes that
+    /// are not UTF-8 (Postgres SQLSTATE 22021 and 22P05). That is the client's input, never
+    /// a server fault.
+    pub fn is_unstorable_text(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        if let Some(db) = e.as_database_error()
+            && db
+                .code()
+                .is_some_and(|c| matches!(c.as_ref(), "22021" | "22P05"))
+        {
+            return true;
+        }
+        let text = e.to_string();
+        text.contains("invalid byte sequence for encoding")
+            || text.contains("unsupported Unicode escape sequence")
+    }
 }
 
 /// A result with a [`StoreError`].

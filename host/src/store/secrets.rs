@@ -25,13 +25,12 @@ impl Store {
     }
 
     fn sealer(&self) -> Result<&Sealer> {
-        self.sealer.as_deref().ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "secrets need a key: set {} (base64 of 32 random bytes) or secrets_key in the \
-                 config file",
-                crate::secrets::KEY_ENV
-            ))
-        })
+        self.sealer.as_deref().ok_or(StoreError::SecretsDisabled)
+    }
+
+    /// Whether secrets can be set and read (the store has a key to seal them with).
+    pub fn secrets_enabled(&self) -> bool {
+        self.sealer.is_some()
     }
 
     /// Creates or replaces `tenant_id`'s secret `name`; returns whether it was new.
