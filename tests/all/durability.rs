@@ -399,13 +399,7 @@ impl Host {
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let resp = r.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        status_and_body(r.send().await.unwrap()).await
     }
 
     /// Uploads `flaky` and returns its plugin id.

@@ -121,6 +121,17 @@ fn sqlite() -> Db {
     Db::Sqlite(tempfile::tempdir().unwrap())
 }
 
+/// A one-step pipeline in `dir` running fixture `fixture` under the manifest `manifest`.
+fn one_step_with_manifest(dir: &std::path::Path, fixture: &str, manifest: &str) -> Pipeline {
+    std::fs::copy(plugin_path(fixture), dir.join("step.wasm")).unwrap();
+    std::fs::write(dir.join("step.corral.toml"), manifest).unwrap();
+    pipeline::parse_toml(
+        "name = \"one\"\n[[steps]]\nname = \"only\"\nplugin = \"step.wasm\"\n",
+        dir,
+    )
+    .unwrap()
+}
+
 fn pipeline(toml: &str) -> Pipeline {
     pipeline::parse_toml(toml, &root().join("target/plugins")).unwrap()
 }
@@ -914,17 +925,11 @@ async fn file_grants_are_read_only_under_work_in_and_nothing_else_is_visible() {
     std::fs::write(dir.path().join("data/a.txt"), "alpha").unwrap();
     std::fs::write(dir.path().join("ref.csv"), "x,y\n1,2\n").unwrap();
     std::fs::write(dir.path().join("private.txt"), "not granted").unwrap();
-    std::fs::copy(plugin_path("file_reader"), dir.path().join("reader.wasm")).unwrap();
-    std::fs::write(
-        dir.path().join("reader.corral.toml"),
-        "[grants]\nfiles = [\"data\", \"ref.csv\"]\n",
-    )
-    .unwrap();
-    let p = pipeline::parse_toml(
-        "name = \"files\"\n[[steps]]\nname = \"read\"\nplugin = \"reader.wasm\"\n",
+    let p = one_step_with_manifest(
         dir.path(),
-    )
-    .unwrap();
+        "file_reader",
+        "[grants]\nfiles = [\"data\", \"ref.csv\"]\n",
+    );
     let input = json!({"paths": ["/work/in", "/work/in/data/a.txt", "/work/in/ref.csv",
         "/work/in/data", "/work/in/private.txt", "/work/in/../private.txt"]});
     let (id, events) = env.run(&p, &input.to_string()).await;
@@ -1137,17 +1142,11 @@ async fn res_17_what_a_guest_hands_the_host_to_store_is_capped(db: Db) {
 async fn res_16_a_manifest_sets_its_steps_scratch_quota() {
     let env = env(sqlite()).await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(plugin_path("disk_filler"), dir.path().join("filler.wasm")).unwrap();
-    std::fs::write(
-        dir.path().join("filler.corral.toml"),
-        "[limits]\nscratch_bytes = \"2MiB\"\nscratch_entries = 7\n",
-    )
-    .unwrap();
-    let p = pipeline::parse_toml(
-        "name = \"quota\"\n[[steps]]\nname = \"fill\"\nplugin = \"filler.wasm\"\n",
+    let p = one_step_with_manifest(
         dir.path(),
-    )
-    .unwrap();
+        "disk_filler",
+        "[limits]\nscratch_bytes = \"2MiB\"\nscratch_entries = 7\n",
+    );
     for (input, done) in [
         (json!({"mode": "files", "count": 100}), 7),
         (json!({"mode": "write", "bytes": 16 << 20}), 2 << 20),

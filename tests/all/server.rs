@@ -43,13 +43,7 @@ impl Api {
         if let Some(b) = body {
             r = r.json(&b);
         }
-        let resp = r.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        status_and_body(r.send().await.unwrap()).await
     }
 
     async fn upload(&self, token: &str, plugin: &str) -> Value {

@@ -212,3 +212,13 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// A response's status and body: its JSON, or the text as a JSON string if it is not JSON.
+pub async fn status_and_body(resp: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
