@@ -39,8 +39,21 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-/// The wasmtime the workspace pins (Cargo.toml `[workspace.dependencies]`).
-const WASMTIME_VERSION: &str = "50.0.1";
+/// The wasmtime this binary was built with, from the workspace's Cargo.lock (compiled
+/// in, so a results file can never name another version than the one measured).
+fn wasmtime_version() -> Option<String> {
+    let lock = include_str!("../../Cargo.lock");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line == "name = \"wasmtime\"" {
+            return lines
+                .next()
+                .and_then(|v| v.strip_prefix("version = \""))
+                .map(|v| v.trim_end_matches('"').to_string());
+        }
+    }
+    None
+}
 
 /// What every metric gets.
 pub struct Ctx {
@@ -389,7 +402,7 @@ fn environment(scratch_root: &Path) -> Value {
         "memory_gib": mem_kib.map(|k| ((k as f64 / (1u64 << 20) as f64) * 10.0).round() / 10.0),
         "os": std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|s| format!("{} {}", std::env::consts::OS, s.trim())),
         "arch": std::env::consts::ARCH,
-        "wasmtime": WASMTIME_VERSION,
+        "wasmtime": wasmtime_version(),
         "corral": env!("CARGO_PKG_VERSION"),
         "rustc": command_output("rustc", &["--version"]),
         "git": command_output("git", &["describe", "--always", "--dirty"]),
