@@ -138,10 +138,7 @@ enum Source {
     /// One run: its log replayed, then live; ends after the final event.
     Run(mpsc::Receiver<crate::store::Event>),
     /// Every run of a tenant, live.
-    Tenant(
-        tokio::sync::broadcast::Receiver<std::sync::Arc<crate::store::Event>>,
-        String,
-    ),
+    Tenant(crate::events::Subscription, String),
 }
 
 /// What a source yields next.
@@ -245,7 +242,7 @@ pub(super) async fn tenant_events(
         ));
     }
     let slot = StreamSlot::take(&state, &caller.tenant_id)?;
-    let live = state.runner.bus().receiver();
+    let live = state.runner.bus().tenant_receiver(&caller.tenant_id);
     let tenant_id = caller.tenant_id.clone();
     Ok(pump(state, caller, slot, Source::Tenant(live, tenant_id)))
 }

@@ -2,42 +2,134 @@
 //! replay a run's log from the store and then follow live, with no gap and no duplicate.
 //!
 //! The bus never blocks a publisher: a subscriber that falls behind loses its place in
-//! the broadcast channel and catches up from the store, which holds every event.
+//! its run's channel and catches up from the store, which holds every event.
 
 use crate::store::{Event, Store};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
-/// Delivers committed events to any number of subscribers.
-#[derive(Debug, Clone)]
+/// Delivers committed events to their subscribers: a run's subscribers get that run's
+/// events and a tenant stream its tenant's, nothing else, so a quiet subscriber is never
+/// woken by the rest of the process's traffic.
+#[derive(Debug, Clone, Default)]
 pub struct Bus {
-    tx: broadcast::Sender<Arc<Event>>,
+    topics: Arc<Mutex<Topics>>,
 }
 
-impl Default for Bus {
-    fn default() -> Self {
-        Bus::new(4096)
+#[derive(Debug, Default)]
+struct Topics {
+    runs: HashMap<String, broadcast::Sender<Arc<Event>>>,
+    tenants: HashMap<String, broadcast::Sender<Arc<Event>>>,
+}
+
+/// Events a run's subscribers may fall behind by before they catch up from the store
+/// (a channel per run with subscribers: kept small, since a lagging reader loses nothing).
+const RUN_BUFFER: usize = 64;
+/// The same for a tenant stream, which sees every run of its tenant and cannot catch up.
+const TENANT_BUFFER: usize = 4096;
+
+/// Which topic a [`Subscription`] listens to.
+#[derive(Debug, Clone)]
+enum Topic {
+    Run(String),
+    Tenant(String),
+}
+
+/// A receiver of one topic's events; the topic is dropped with its last subscription.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<Event>>,
+    topic: Topic,
+    topics: Arc<Mutex<Topics>>,
+}
+
+impl Subscription {
+    /// The next event, or why there is none (lagged: catch up from the store).
+    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+        self.rx.recv().await
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = match &self.topic {
+            Topic::Run(_) => &mut topics.runs,
+            Topic::Tenant(_) => &mut topics.tenants,
+        };
+        let key = match &self.topic {
+            Topic::Run(k) | Topic::Tenant(k) => k,
+        };
+        // This receiver still counts: it is the last one when the count is 1.
+        if map.get(key).is_some_and(|tx| tx.receiver_count() <= 1) {
+            map.remove(key);
+        }
     }
 }
 
 impl Bus {
-    /// A bus that buffers `capacity` events for slow subscribers before they must catch
-    /// up from the store.
-    pub fn new(capacity: usize) -> Self {
-        let (tx, _) = broadcast::channel(capacity.max(16));
-        Bus { tx }
+    /// An empty bus.
+    pub fn new() -> Self {
+        Bus::default()
     }
 
-    /// Publishes a committed event. Call only after the transaction that wrote it committed.
+    /// Publishes a committed event to its run's and its tenant's subscribers. Call only
+    /// after the transaction that wrote it committed. Never blocks.
     pub fn publish(&self, event: Event) {
+        let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let run = topics.runs.get(&event.run_id);
+        let tenant = topics.tenants.get(&event.tenant_id);
+        if run.is_none() && tenant.is_none() {
+            return;
+        }
+        let event = Arc::new(event);
         // No receivers is fine: the event is in the store.
-        let _ = self.tx.send(Arc::new(event));
+        if let Some(tx) = run {
+            let _ = tx.send(event.clone());
+        }
+        if let Some(tx) = tenant {
+            let _ = tx.send(event);
+        }
     }
 
-    /// A raw receiver of everything published from now on.
-    pub fn receiver(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.tx.subscribe()
+    /// Everything published for run `run_id` from now on.
+    pub fn run_receiver(&self, run_id: &str) -> Subscription {
+        self.subscribe(Topic::Run(run_id.to_string()), RUN_BUFFER)
+    }
+
+    /// Everything published for tenant `tenant_id`'s runs from now on.
+    pub fn tenant_receiver(&self, tenant_id: &str) -> Subscription {
+        self.subscribe(Topic::Tenant(tenant_id.to_string()), TENANT_BUFFER)
+    }
+
+    fn subscribe(&self, topic: Topic, capacity: usize) -> Subscription {
+        let mut topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, key) = match &topic {
+            Topic::Run(k) => (&mut topics.runs, k),
+            Topic::Tenant(k) => (&mut topics.tenants, k),
+        };
+        let rx = match map.get(key) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = broadcast::channel(capacity);
+                map.insert(key.clone(), tx);
+                rx
+            }
+        };
+        drop(topics);
+        Subscription {
+            rx,
+            topic,
+            topics: self.topics.clone(),
+        }
+    }
+
+    /// How many runs and tenants have subscribers (for tests and metrics).
+    pub fn topic_counts(&self) -> (usize, usize) {
+        let topics = self.topics.lock().unwrap_or_else(PoisonError::into_inner);
+        (topics.runs.len(), topics.tenants.len())
     }
 }
 
@@ -52,7 +144,7 @@ const PAGE: i64 = 500;
 pub fn subscribe(store: Store, bus: &Bus, run_id: String, after: i64) -> mpsc::Receiver<Event> {
     let (tx, rx) = mpsc::channel(256);
     // Subscribe to the bus before reading the log, so nothing committed in between is missed.
-    let mut live = bus.receiver();
+    let mut live = bus.run_receiver(&run_id);
     tokio::spawn(async move {
         let mut last = after;
         loop {
@@ -90,7 +182,7 @@ pub fn subscribe(store: Store, bus: &Bus, run_id: String, after: i64) -> mpsc::R
             // Follow live until a gap, a lag or a quiet spell sends us back to the log.
             loop {
                 match tokio::time::timeout(POLL, live.recv()).await {
-                    Ok(Ok(event)) if event.run_id == run_id => {
+                    Ok(Ok(event)) => {
                         if event.seq <= last {
                             continue;
                         }
@@ -103,7 +195,6 @@ pub fn subscribe(store: Store, bus: &Bus, run_id: String, after: i64) -> mpsc::R
                             return;
                         }
                     }
-                    Ok(Ok(_)) => {}
                     Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
                     Ok(Err(broadcast::error::RecvError::Closed)) => return,
                     Err(_quiet) => break,
@@ -112,4 +203,63 @@ pub fn subscribe(store: Store, bus: &Bus, run_id: String, after: i64) -> mpsc::R
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(run: &str, tenant: &str, seq: i64) -> Event {
+        Event {
+            kind: "log".into(),
+            run_id: run.into(),
+            seq,
+            ts: String::new(),
+            payload: serde_json::Value::Null,
+            tenant_id: tenant.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_is_woken_only_by_its_own_run_or_tenant() {
+        let bus = Bus::new();
+        let mut run_a = bus.run_receiver("a");
+        let mut tenant_t = bus.tenant_receiver("t");
+        bus.publish(event("b", "u", 1));
+        bus.publish(event("a", "t", 1));
+        bus.publish(event("c", "t", 1));
+        let got = run_a.recv().await.unwrap();
+        assert_eq!(got.run_id, "a");
+        assert!(
+            run_a.rx.is_empty(),
+            "run b's and c's events never reach run a"
+        );
+        assert_eq!(tenant_t.recv().await.unwrap().run_id, "a");
+        assert_eq!(tenant_t.recv().await.unwrap().run_id, "c");
+        assert!(
+            tenant_t.rx.is_empty(),
+            "tenant u's event never reaches tenant t"
+        );
+    }
+
+    #[test]
+    fn a_topic_goes_with_its_last_subscriber() {
+        let bus = Bus::new();
+        let first = bus.run_receiver("a");
+        let second = bus.run_receiver("a");
+        let tenant = bus.tenant_receiver("t");
+        assert_eq!(bus.topic_counts(), (1, 1));
+        drop(first);
+        assert_eq!(
+            bus.topic_counts(),
+            (1, 1),
+            "one subscriber of run a is left"
+        );
+        drop(second);
+        drop(tenant);
+        assert_eq!(bus.topic_counts(), (0, 0));
+        // Publishing with no subscriber costs a lookup and allocates nothing.
+        bus.publish(event("a", "t", 1));
+        assert_eq!(bus.topic_counts(), (0, 0));
+    }
 }
