@@ -944,8 +944,7 @@ async fn append_event_unless_ended(
     };
     let seq: i64 = row.try_get("seq")?;
     let ts = rfc3339_now();
-    let payload = bounded_payload(payload);
-    let payload_text = payload.to_string();
+    let (payload, payload_text) = bounded_payload(payload);
     sqlx::query(
         "INSERT INTO events (run_id, seq, tenant_id, type, ts, payload) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -993,11 +992,13 @@ pub const MAX_EVENT_BYTES: usize = 64 << 10;
 /// Strings in an over-size payload are cut to this many bytes.
 const CUT_STRING: usize = 1 << 10;
 
-/// `payload`, or when its JSON is over [`MAX_EVENT_BYTES`] a copy with every long string
-/// cut and `"truncated": true`; if even that is too big, only its short fields.
-fn bounded_payload(payload: &Value) -> std::borrow::Cow<'_, Value> {
-    if payload.to_string().len() <= MAX_EVENT_BYTES {
-        return std::borrow::Cow::Borrowed(payload);
+/// `payload` and its JSON text, or when that is over [`MAX_EVENT_BYTES`] a copy with every
+/// long string cut and `"truncated": true`; if even that is too big, only its short fields.
+/// The text is what gets stored: each payload is serialized once.
+fn bounded_payload(payload: &Value) -> (std::borrow::Cow<'_, Value>, String) {
+    let text = payload.to_string();
+    if text.len() <= MAX_EVENT_BYTES {
+        return (std::borrow::Cow::Borrowed(payload), text);
     }
     fn cut(value: &mut Value) {
         match value {
@@ -1017,12 +1018,13 @@ fn bounded_payload(payload: &Value) -> std::borrow::Cow<'_, Value> {
     let mut smaller = payload.clone();
     cut(&mut smaller);
     if smaller.to_string().len() > MAX_EVENT_BYTES {
-        // Many fields or a long array: keep the scalars and short strings at the top.
+        // Many fields or a long array: keep the scalars and short strings at the top
+        // (32 of at most ~1 KiB each stay well under the cap).
         smaller = match smaller {
             Value::Object(map) => Value::Object(
                 map.into_iter()
                     .filter(|(_, v)| !v.is_array() && !v.is_object())
-                    .take(64)
+                    .take(32)
                     .collect(),
             ),
             _ => Value::Object(serde_json::Map::new()),
@@ -1033,7 +1035,8 @@ fn bounded_payload(payload: &Value) -> std::borrow::Cow<'_, Value> {
     } else {
         smaller = serde_json::json!({"value": smaller, "truncated": true});
     }
-    std::borrow::Cow::Owned(smaller)
+    let text = smaller.to_string();
+    (std::borrow::Cow::Owned(smaller), text)
 }
 
 /// Hides a password in a database URL before it reaches a message.
@@ -1062,15 +1065,15 @@ mod tests {
     #[test]
     fn res_17_an_event_payload_is_bounded_before_it_is_stored() {
         let small = serde_json::json!({"step_id": "a", "message": "hello"});
-        assert_eq!(*bounded_payload(&small), small);
+        assert_eq!(*bounded_payload(&small).0, small);
         let big = serde_json::json!({"step_id": "a", "message": "é".repeat(100_000)});
-        let cut = bounded_payload(&big);
+        let (cut, _) = bounded_payload(&big);
         assert!(cut.to_string().len() <= MAX_EVENT_BYTES);
         assert_eq!(cut["step_id"], "a");
         assert_eq!(cut["truncated"], true);
         assert!(cut["message"].as_str().unwrap().starts_with("éé"));
         let wide = serde_json::json!({"step_id": "a", "items": vec!["x".repeat(900); 1000]});
-        let cut = bounded_payload(&wide);
+        let (cut, _) = bounded_payload(&wide);
         assert!(cut.to_string().len() <= MAX_EVENT_BYTES);
         assert_eq!(cut["step_id"], "a");
         assert_eq!(cut["truncated"], true);
