@@ -212,7 +212,9 @@ async fn serve_connection(
             async move {
                 use tower_service::Service;
                 let response = app.call(req).await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| BusyBody { body, busy }))
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| BusyBody { body, _busy: busy }),
+                )
             }
         })
     };
@@ -336,10 +338,10 @@ impl Drop for Busy {
     }
 }
 
-/// A response body that keeps its request in flight.
+/// A response body that keeps its request in flight (until it is dropped).
 struct BusyBody {
     body: axum::body::Body,
-    busy: Busy,
+    _busy: Busy,
 }
 
 impl Body for BusyBody {
@@ -350,7 +352,6 @@ impl Body for BusyBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let _ = &self.busy;
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

@@ -157,6 +157,19 @@ fn refused(e: QuotaExceeded) -> FsError {
     e.code().into()
 }
 
+impl ScratchQuota {
+    /// Runs `create` (which makes one entry) under the entry cap: charged first, given
+    /// back if the create fails.
+    async fn creating<T>(&self, create: impl Future<Output = FsResult<T>>) -> FsResult<T> {
+        self.charge_entry().map_err(refused)?;
+        let result = create.await;
+        if result.is_err() {
+            self.credit_entry();
+        }
+        result
+    }
+}
+
 /// A second handle to the same descriptor, for a look (`stat`) before the real call.
 fn again(fd: &Resource<Descriptor>) -> Resource<Descriptor> {
     Resource::new_borrow(fd.rep())
@@ -344,12 +357,8 @@ impl HostDescriptor for ScratchFs<'_> {
         fd: Resource<types::Descriptor>,
         path: String,
     ) -> FsResult<()> {
-        self.quota.charge_entry().map_err(refused)?;
-        let result = self.fs.create_directory_at(fd, path).await;
-        if result.is_err() {
-            self.quota.credit_entry();
-        }
-        result
+        let quota = self.quota;
+        quota.creating(self.fs.create_directory_at(fd, path)).await
     }
 
     async fn stat(&mut self, fd: Resource<types::Descriptor>) -> FsResult<types::DescriptorStat> {
@@ -384,15 +393,11 @@ impl HostDescriptor for ScratchFs<'_> {
         new_descriptor: Resource<types::Descriptor>,
         new_path: String,
     ) -> FsResult<()> {
-        self.quota.charge_entry().map_err(refused)?;
-        let result = self
+        let quota = self.quota;
+        let link = self
             .fs
-            .link_at(fd, old_path_flags, old_path, new_descriptor, new_path)
-            .await;
-        if result.is_err() {
-            self.quota.credit_entry();
-        }
-        result
+            .link_at(fd, old_path_flags, old_path, new_descriptor, new_path);
+        quota.creating(link).await
     }
 
     async fn open_at(
@@ -474,12 +479,10 @@ impl HostDescriptor for ScratchFs<'_> {
         src_path: String,
         dest_path: String,
     ) -> FsResult<()> {
-        self.quota.charge_entry().map_err(refused)?;
-        let result = self.fs.symlink_at(fd, src_path, dest_path).await;
-        if result.is_err() {
-            self.quota.credit_entry();
-        }
-        result
+        let quota = self.quota;
+        quota
+            .creating(self.fs.symlink_at(fd, src_path, dest_path))
+            .await
     }
 
     async fn unlink_file_at(

@@ -778,8 +778,8 @@ impl Walk<'_> {
                 }
             },
         };
-        // The invocations (and with them the observer's senders) are gone: drain the
-        // events so they are committed before this attempt's outcome.
+        // The invocations are over: end the queue and wait until every event the guest
+        // reported is committed, so they come before this attempt's outcome.
         events.close();
         if let Err(e) = committer.await {
             tracing::warn!("guest event committer failed: {e}");
