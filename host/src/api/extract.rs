@@ -13,19 +13,27 @@ pub(super) fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
 }
 
-/// Whether a raw (still percent-encoded) query string encodes a control character.
+/// Whether a raw (still percent-encoded) query string has or encodes a control
+/// character: the same test as [`has_control`], on the decoded text (C1 characters arrive
+/// as two encoded bytes).
 fn query_has_control(raw: &str) -> bool {
     let bytes = raw.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        if b.is_ascii_control() {
-            return true;
+    let hex = |j: usize| bytes.get(j).and_then(|c| char::from(*c).to_digit(16));
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                decoded.push(u8::try_from(hi * 16 + lo).unwrap_or(b'%'));
+                i += 3;
+            }
+            _ => {
+                decoded.push(b);
+                i += 1;
+            }
         }
-        if b != b'%' {
-            return false;
-        }
-        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
-        matches!((hex(i + 1), hex(i + 2)), (Some(hi), Some(lo)) if { let v = hi * 16 + lo; v < 0x20 || v == 0x7f })
-    })
+    }
+    has_control(&String::from_utf8_lossy(&decoded))
 }
 
 /// `axum::extract::Path`, with control characters refused and rejections in our shape.
@@ -92,7 +100,14 @@ mod tests {
 
     #[test]
     fn control_characters_are_found_raw_or_percent_encoded() {
-        for bad in ["name=%00", "name=a%1fb", "a=%7F", "x=%0a", "x=%0D%0A"] {
+        for bad in [
+            "name=%00",
+            "name=a%1fb",
+            "a=%7F",
+            "x=%0a",
+            "x=%0D%0A",
+            "x=%C2%85",
+        ] {
             assert!(query_has_control(bad), "{bad}");
         }
         for ok in [
