@@ -589,11 +589,19 @@ fn responses(r: &Route) -> Value {
     if r.path.contains('{') {
         codes.push("404");
     }
+    // A path parameter with a control character, or a bad body, is a 400.
+    if r.path.contains('{') || r.body != BodyKind::None {
+        codes.push("400");
+    }
     if r.body != BodyKind::None {
-        codes.extend(["400", "413"]);
+        codes.push("413");
     }
     if r.body == BodyKind::Wasm {
-        codes.push("422");
+        // 503 COMPILE_TIMEOUT.
+        codes.extend(["422", "503"]);
+    } else if r.path.starts_with("/v1/secrets") {
+        // 503 SECRETS_DISABLED.
+        codes.push("503");
     }
     for code in codes {
         responses.insert(code.to_string(), error.clone());
