@@ -18,9 +18,18 @@
 //! `insufficient-space` (ENOSPC); an entry past the cap fails with `quota` (EDQUOT). The
 //! guest sees an ordinary filesystem error; if it traps because of it, the invocation
 //! fails with `RESOURCE_LIMIT`.
+//!
+//! The directories themselves come from a [`ScratchPool`]: creating and removing a
+//! directory costs tens of microseconds on a quiet ext4 and milliseconds when the disk
+//! is busy (a synchronous TRIM with `discard`), more than the rest of an invocation. Most
+//! plugins never open `/work`, so a directory the guest did not touch at all (no call of
+//! `wasi:filesystem/types`, see [`ScratchQuota::touched`]) is still exactly what the host
+//! created, empty, and serves the next invocation; one it touched is removed, off the call
+//! path, and never handed out again.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemCtxView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
@@ -68,6 +77,7 @@ pub struct ScratchQuota {
     bytes: AtomicU64,
     entries: AtomicU64,
     refused: AtomicU8,
+    touched: AtomicBool,
 }
 
 impl ScratchQuota {
@@ -79,7 +89,16 @@ impl ScratchQuota {
             bytes: AtomicU64::new(0),
             entries: AtomicU64::new(0),
             refused: AtomicU8::new(REFUSED_NONE),
+            touched: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the guest made any `wasi:filesystem/types` call (a look counts: even
+    /// reading a directory can change its access time, which a later guest could see).
+    /// Every descriptor the guest can reach is under its preopens, so a scratch
+    /// directory of an untouched invocation is exactly as the host made it.
+    pub fn touched(&self) -> bool {
+        self.touched.load(Ordering::Relaxed)
     }
 
     /// Bytes charged so far.
@@ -188,6 +207,9 @@ pub struct ScratchFs<'a> {
 impl<'a> ScratchFs<'a> {
     /// The view over a Store's filesystem context, resource table and quota.
     pub fn new(fs: WasiFilesystemCtxView<'a>, quota: &'a Arc<ScratchQuota>) -> Self {
+        // The linker builds this view for every call of the interface (see
+        // `add_to_linker`): the one place that sees them all.
+        quota.touched.store(true, Ordering::Relaxed);
         ScratchFs { fs, quota }
     }
 
@@ -555,6 +577,59 @@ impl HostDirectoryEntryStream for ScratchFs<'_> {
 
     fn drop(&mut self, stream: Resource<types::DirectoryEntryStream>) -> wasmtime::Result<()> {
         HostDirectoryEntryStream::drop(&mut self.fs, stream)
+    }
+}
+
+/// Scratch directories for invocations: empty ones no guest has touched, kept for the
+/// next invocation, and new ones made when none is left. Dropping the pool removes the
+/// directories it keeps.
+#[derive(Debug)]
+pub struct ScratchPool {
+    root: PathBuf,
+    ready: Mutex<Vec<tempfile::TempDir>>,
+    keep: usize,
+}
+
+impl ScratchPool {
+    /// A pool creating its directories under `root`, keeping at most `keep` of them
+    /// (one per invocation that can be live at once is enough).
+    pub fn new(root: &Path, keep: usize) -> Arc<Self> {
+        Arc::new(ScratchPool {
+            root: root.to_path_buf(),
+            ready: Mutex::new(Vec::new()),
+            keep,
+        })
+    }
+
+    /// An empty, private directory for one invocation: one from the pool if there is
+    /// one, else a new one.
+    pub fn take(&self) -> std::io::Result<tempfile::TempDir> {
+        let kept = self
+            .ready
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        match kept {
+            Some(dir) => Ok(dir),
+            None => tempfile::Builder::new()
+                .prefix("work-")
+                .tempdir_in(&self.root),
+        }
+    }
+
+    /// Takes back an invocation's directory once its guest is gone. An untouched one
+    /// goes back to the pool; a touched one is handed back for removal (`None`), which
+    /// can wait on the disk, so the caller does it off the call path.
+    pub fn give_back(&self, dir: tempfile::TempDir, touched: bool) -> Option<tempfile::TempDir> {
+        if touched {
+            return Some(dir);
+        }
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        if ready.len() >= self.keep {
+            return Some(dir);
+        }
+        ready.push(dir);
+        None
     }
 }
 

@@ -269,11 +269,8 @@ impl Engine {
             return finish(Err(f), 0);
         }
 
-        // A fresh, private scratch directory, removed when `scratch` drops.
-        let scratch = match tempfile::Builder::new()
-            .prefix("work-")
-            .tempdir_in(&self.config().scratch_root)
-        {
+        // A private, empty scratch directory no other guest has touched.
+        let scratch = match self.inner.scratch.take() {
             Ok(dir) => dir,
             Err(e) => {
                 tracing::error!("cannot create scratch dir: {e}");
@@ -349,12 +346,16 @@ impl Engine {
             Err(Stopped::Guest(e)) => Err(e),
             Err(Stopped::Wasm(e)) => Err(classify(&e, store.data(), limits)),
         };
+        let touched = store.data().scratch.touched();
         drop(store);
         // Removing a directory can wait on the disk (a synchronous TRIM on filesystems
         // mounted with `discard`: milliseconds, measured by the benchmarks), so it happens
         // off the call path. The directory is private and the guest is gone: nothing can
         // use it in between.
-        tokio::task::spawn_blocking(move || drop((scratch, inputs)));
+        let scratch = self.inner.scratch.give_back(scratch, touched);
+        if scratch.is_some() || inputs.is_some() {
+            tokio::task::spawn_blocking(move || drop((scratch, inputs)));
+        }
         finish(result, fuel_used)
     }
 

@@ -96,6 +96,8 @@ struct Inner {
     linker: Linker<HostState>,
     config: EngineConfig,
     cache: Option<cache::DiskCache>,
+    /// Invocations' scratch directories (`/work`).
+    scratch: Arc<crate::capabilities::scratch::ScratchPool>,
     loaded: Mutex<LoadedPlugins>,
     ticker_stop: Arc<AtomicBool>,
     compile_slots: Arc<compile::CompileSlots>,
@@ -140,6 +142,10 @@ impl Engine {
                 wasmtime,
                 linker,
                 cache,
+                scratch: crate::capabilities::scratch::ScratchPool::new(
+                    &config.scratch_root,
+                    usize::try_from(config.max_concurrent).unwrap_or(usize::MAX),
+                ),
                 loaded: Mutex::new(LoadedPlugins::default()),
                 ticker_stop,
                 compile_slots: compile::CompileSlots::new(config.compile_slots),
