@@ -3,8 +3,9 @@
 //! - `cold_compile`: a fresh engine loads `echo` from its bytes with no compiled cache
 //!   (Corral: digest, compile, import and export checks, pre-instantiation) against
 //!   bare wasmtime compiling and pre-instantiating the same bytes.
-//! - `cold_cached`: a fresh engine loads `echo` from Corral's compiled cache (digest,
-//!   read, HMAC check, deserialise, checks, pre-instantiation) against bare wasmtime
+//! - `cold_cached`: a fresh engine loads `echo`'s file from Corral's compiled cache (the
+//!   file's digest record, the entry's identity tag, a lazy map of the compiled code,
+//!   checks, pre-instantiation) against bare wasmtime
 //!   deserialising its own precompiled file (`Component::deserialize_file`) and
 //!   pre-instantiating it.
 //! - `cold_startup`: a process's start-up with N plugins: a new engine, then every
@@ -107,9 +108,8 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let s = side_by_side(2, plan, async |i| {
         Ok(if i == 0 {
             let engine = ctx.corral(Some(corral_cache.clone()))?;
-            let b = bytes.clone();
             let t = Instant::now();
-            engine.load(b).await?;
+            engine.load_file(&echo).await?;
             t.elapsed()
         } else {
             let bare = Bare::new(&ctx.config, Interruption::CORRAL)?;
@@ -132,7 +132,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
                 "compiled_bytes": std::fs::metadata(&echo_file).map(|m| m.len()).ok(),
                 "rounds": plan.rounds,
                 "warmup": plan.warmup,
-                "corral": "fresh Engine (warm cache_dir), Engine::load(bytes already in memory)",
+                "corral": "fresh Engine (warm cache_dir), Engine::load_file of a plugin file loaded before (by an earlier engine)",
                 "baseline": "fresh bare engine, Component::deserialize_file + instantiate_pre + AgentPluginPre::new",
             }),
         ));

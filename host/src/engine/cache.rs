@@ -1,23 +1,102 @@
-//! Compiled components on disk, keyed by component digest and engine settings.
+//! Compiled components on disk, keyed by component digest and engine settings, and the
+//! digests of plugin files the host has read, keyed by the file's identity.
 //!
 //! Deserializing compiled code runs it as native code, so the host must never
-//! deserialize bytes it did not produce. Every entry carries an HMAC-SHA256 tag made
-//! with a random key that only this data directory holds; an entry whose tag does not
-//! verify (tampered, truncated, or written by someone else) is ignored and recompiled.
+//! deserialize bytes it did not produce. The threat is someone who can write the cache
+//! directory (replace, add or edit entries) but cannot read the random key only this
+//! directory's owner holds (`cache.key`, mode 0600).
+//!
+//! Each entry is two files: `<digest>-<engine>.cwasm`, the artifact exactly as
+//! `Component::serialize` made it (so it can be mapped lazily, as wasmtime maps its own),
+//! and `<digest>-<engine>.tag`, two HMAC-SHA256 tags under the key:
+//!
+//! - the **code tag**, over every byte of the artifact, computed once when it is written;
+//! - the **identity tag**, over the artifact file's identity: device, inode, size,
+//!   modification and status-change times (nanoseconds). Any write to the file, a
+//!   `touch`, or a replacement changes its status-change time (`ctime`), which no
+//!   unprivileged process can set back, and a replacement also changes the inode.
+//!
+//! A load opens the artifact, takes its identity from the open descriptor (`fstat`),
+//! and checks the identity tag: 64 bytes of HMAC instead of the whole artifact. It also
+//! requires the file to be owned by the key's owner and writable by no one else, so no
+//! one else can change the bytes between the check and their use; it then maps that
+//! same open file (`/proc/self/fd/N`, so a rename in between cannot swap it). When the
+//! identity tag does not verify (the file was copied, restored from a backup, or
+//! tampered with), the slow path reads the artifact into memory, checks the code tag
+//! over what it read, deserializes that copy and writes a fresh identity tag; an entry
+//! whose code tag does not verify is ignored and recompiled.
+//!
+//! Plugin files get the same treatment: `file-<hash of the path>.rec` holds the digest
+//! of the file's bytes and an HMAC over the path, the file's identity and the digest, so a
+//! new process loads an unchanged plugin file from the cache without reading or hashing it.
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use wasmtime::component::Component;
 
 type HmacSha256 = Hmac<Sha256>;
 const TAG_LEN: usize = 32;
+const DIGEST_HEX_LEN: usize = 64;
+
+/// Domain separators, so one kind of tag can never stand for another.
+const CODE: &[u8] = b"corral-cache-code\0";
+const IDENT: &[u8] = b"corral-cache-ident\0";
+const FILE: &[u8] = b"corral-plugin-file\0";
+
+/// What identifies one version of a file: any change to its bytes changes `ctime`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FileIdent {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    uid: u32,
+    mode: u32,
+}
+
+impl FileIdent {
+    /// The identity of an open (or stat'ed) file; `None` off Unix.
+    pub(super) fn of(meta: &std::fs::Metadata) -> Option<FileIdent> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Some(FileIdent {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                size: meta.size(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+                uid: meta.uid(),
+                mode: meta.mode(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            None
+        }
+    }
+
+    fn feed(&self, mac: &mut HmacSha256) {
+        for n in [self.dev, self.ino, self.size] {
+            mac.update(&n.to_le_bytes());
+        }
+        for (s, ns) in [self.mtime, self.ctime] {
+            mac.update(&s.to_le_bytes());
+            mac.update(&ns.to_le_bytes());
+        }
+    }
+}
 
 pub(super) struct DiskCache {
     dir: PathBuf,
     key: [u8; 32],
+    /// The key file's owner: only files of this user are mapped on the fast path.
+    owner: Option<u32>,
     engine_hash: String,
 }
 
@@ -25,38 +104,101 @@ impl DiskCache {
     pub(super) fn open(dir: &Path, engine: &wasmtime::Engine) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating cache dir {}: {e}", dir.display()))?;
-        let key = load_or_create_key(&dir.join("cache.key"))?;
+        let key_path = dir.join("cache.key");
+        let key = load_or_create_key(&key_path)?;
+        let owner = std::fs::metadata(&key_path)
+            .ok()
+            .and_then(|m| FileIdent::of(&m))
+            .map(|i| i.uid);
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             key,
+            owner,
             engine_hash: format!("{:016x}", hasher.finish()),
         })
     }
 
-    fn path(&self, digest_hex: &str) -> PathBuf {
+    fn path(&self, digest_hex: &str, ext: &str) -> PathBuf {
         self.dir
-            .join(format!("{digest_hex}-{}.cwasm", self.engine_hash))
+            .join(format!("{digest_hex}-{}.{ext}", self.engine_hash))
     }
 
-    fn mac(&self, digest_hex: &str) -> Option<HmacSha256> {
+    fn mac(&self, domain: &[u8], digest_hex: &str) -> Option<HmacSha256> {
         let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
+        mac.update(domain);
         mac.update(digest_hex.as_bytes());
         mac.update(self.engine_hash.as_bytes());
         Some(mac)
     }
 
-    /// The cached component, if there is a valid entry.
+    fn ident_tag(&self, digest_hex: &str, ident: &FileIdent) -> Option<HmacSha256> {
+        let mut mac = self.mac(IDENT, digest_hex)?;
+        ident.feed(&mut mac);
+        Some(mac)
+    }
+
+    /// Whether only the key's owner can change the file: the condition for using it
+    /// after the check rather than a private copy.
+    fn owned(&self, ident: &FileIdent) -> bool {
+        self.owner == Some(ident.uid) && ident.mode & 0o022 == 0
+    }
+
+    /// The cached component if its entry is unchanged since this host wrote it: the
+    /// fast path alone (a small read, an `fstat` and a lazy map), cheap enough for an
+    /// async task.
+    pub(super) fn get_mapped(
+        &self,
+        engine: &wasmtime::Engine,
+        digest_hex: &str,
+    ) -> Option<Component> {
+        let file = std::fs::File::open(self.path(digest_hex, "cwasm")).ok()?;
+        let tags = std::fs::read(self.path(digest_hex, "tag")).ok()?;
+        self.mapped(engine, digest_hex, &file, &tags)
+    }
+
+    fn mapped(
+        &self,
+        engine: &wasmtime::Engine,
+        digest_hex: &str,
+        file: &std::fs::File,
+        tags: &[u8],
+    ) -> Option<Component> {
+        let ident_tag = tags.get(TAG_LEN..)?;
+        let ident = FileIdent::of(&file.metadata().ok()?).filter(|i| self.owned(i))?;
+        self.ident_tag(digest_hex, &ident)?
+            .verify_slice(ident_tag)
+            .ok()?;
+        map_open_file(engine, file)
+    }
+
+    /// The cached component, if there is a valid entry: the fast path, else a private
+    /// copy checked in full (which can take a while for a big artifact: call it off the
+    /// async workers).
     pub(super) fn get(&self, engine: &wasmtime::Engine, digest_hex: &str) -> Option<Component> {
-        let bytes = std::fs::read(self.path(digest_hex)).ok()?;
-        let (tag, code) = bytes.split_at_checked(TAG_LEN)?;
-        let mut mac = self.mac(digest_hex)?;
-        mac.update(code);
+        let mut file = std::fs::File::open(self.path(digest_hex, "cwasm")).ok()?;
+        let tags = std::fs::read(self.path(digest_hex, "tag")).ok()?;
+        if let Some(component) = self.mapped(engine, digest_hex, &file, &tags) {
+            return Some(component);
+        }
+        let code_tag = tags.get(..TAG_LEN)?;
+        let before = file.metadata().ok().and_then(|m| FileIdent::of(&m));
+        let mut code = Vec::new();
+        file.read_to_end(&mut code).ok()?;
+        let mut mac = self.mac(CODE, digest_hex)?;
+        mac.update(&code);
         // Constant-time comparison.
-        mac.verify_slice(tag).ok()?;
-        deserialize(engine, code)
+        mac.verify_slice(code_tag).ok()?;
+        let component = deserialize(engine, &code)?;
+        // The bytes are good: tag the file as it is now, if it did not change while
+        // being read, so the next load takes the fast path.
+        let after = file.metadata().ok().and_then(|m| FileIdent::of(&m));
+        if let Some(ident) = before.filter(|i| self.owned(i) && after == before) {
+            self.write_tags(digest_hex, code_tag, &ident);
+        }
+        Some(component)
     }
 
     /// Stores a compiled component. Failures only cost a recompile later, so they are
@@ -67,27 +209,109 @@ impl DiskCache {
                 .serialize()
                 .map_err(|e| anyhow::anyhow!("serializing: {e}"))?;
             let mut mac = self
-                .mac(digest_hex)
+                .mac(CODE, digest_hex)
                 .ok_or_else(|| anyhow::anyhow!("bad cache key"))?;
             mac.update(&code);
-            let tag = mac.finalize().into_bytes();
+            let code_tag = mac.finalize().into_bytes();
             let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-            tmp.write_all(&tag)?;
             tmp.write_all(&code)?;
-            tmp.persist(self.path(digest_hex))?;
+            let file = tmp.persist(self.path(digest_hex, "cwasm"))?;
+            // The identity after the rename (a rename changes `ctime`), from the file
+            // this process wrote: nobody else could write it (mode 0600).
+            if let Some(ident) = FileIdent::of(&file.metadata()?) {
+                self.write_tags(digest_hex, &code_tag, &ident);
+            }
             Ok(())
         })();
         if let Err(e) = result {
             tracing::warn!("could not cache compiled component {digest_hex}: {e}");
         }
     }
+
+    fn write_tags(&self, digest_hex: &str, code_tag: &[u8], ident: &FileIdent) {
+        let Some(ident_tag) = self.ident_tag(digest_hex, ident) else {
+            return;
+        };
+        let mut tags = code_tag.to_vec();
+        tags.extend_from_slice(&ident_tag.finalize().into_bytes());
+        if let Err(e) = write_atomically(&self.dir, &self.path(digest_hex, "tag"), &tags) {
+            tracing::warn!("could not tag compiled component {digest_hex}: {e}");
+        }
+    }
+
+    fn file_record(&self, path: &Path) -> PathBuf {
+        let name = hex::encode(Sha256::digest(path.as_os_str().as_encoded_bytes()));
+        self.dir
+            .join(format!("file-{}.rec", name.get(..32).unwrap_or(&name)))
+    }
+
+    fn file_tag(&self, path: &Path, ident: &FileIdent, digest_hex: &str) -> Option<HmacSha256> {
+        let mut mac = self.mac(FILE, digest_hex)?;
+        let path = path.as_os_str().as_encoded_bytes();
+        mac.update(&u64::try_from(path.len()).unwrap_or(u64::MAX).to_le_bytes());
+        mac.update(path);
+        ident.feed(&mut mac);
+        Some(mac)
+    }
+
+    /// The digest recorded for the plugin file at `path`, if the file is unchanged
+    /// since it was recorded.
+    pub(super) fn file_digest(&self, path: &Path, ident: &FileIdent) -> Option<String> {
+        let record = std::fs::read(self.file_record(path)).ok()?;
+        let (digest_hex, tag) = record.split_at_checked(DIGEST_HEX_LEN)?;
+        let digest_hex = std::str::from_utf8(digest_hex).ok()?;
+        self.file_tag(path, ident, digest_hex)?
+            .verify_slice(tag)
+            .ok()?;
+        Some(digest_hex.to_string())
+    }
+
+    /// Records the digest of the plugin file at `path` as it is now (`ident`).
+    pub(super) fn record_file(&self, path: &Path, ident: &FileIdent, digest_hex: &str) {
+        let Some(tag) = self.file_tag(path, ident, digest_hex) else {
+            return;
+        };
+        let mut record = digest_hex.as_bytes().to_vec();
+        record.extend_from_slice(&tag.finalize().into_bytes());
+        if let Err(e) = write_atomically(&self.dir, &self.file_record(path), &record) {
+            tracing::warn!("could not record the digest of {}: {e}", path.display());
+        }
+    }
+}
+
+fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path)?;
+    Ok(())
+}
+
+/// Maps the artifact this process opened and checked, not whatever the path names now.
+#[allow(unsafe_code)]
+fn map_open_file(engine: &wasmtime::Engine, file: &std::fs::File) -> Option<Component> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+        // SAFETY: `path` names the open file whose identity tag, made with a key only
+        // this directory holds, the caller verified: bytes this host wrote with
+        // `Component::serialize` and that no one else can write (see `DiskCache::owned`).
+        // wasmtime additionally checks the engine settings embedded in the artifact.
+        unsafe { Component::deserialize_file(engine, path) }.ok()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (engine, file);
+        None
+    }
 }
 
 #[allow(unsafe_code)]
 fn deserialize(engine: &wasmtime::Engine, code: &[u8]) -> Option<Component> {
     // SAFETY: `code` was produced by `Component::serialize` in this data directory: its
-    // HMAC tag, made with a key only this directory holds, was verified by the caller.
-    // wasmtime additionally checks the engine settings embedded in the artifact.
+    // HMAC tag, made with a key only this directory holds, was verified by the caller
+    // over this very copy. wasmtime additionally checks the engine settings embedded in
+    // the artifact.
     unsafe { Component::deserialize(engine, code) }.ok()
 }
 

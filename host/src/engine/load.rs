@@ -5,6 +5,7 @@
 //! the host does not provide.
 
 use super::bindings::{agent, connector, tool};
+use super::cache::FileIdent;
 use super::{Engine, ErrorCode, Failure};
 use crate::capabilities::HostState;
 use serde::Serialize;
@@ -106,6 +107,11 @@ pub(super) fn describe_error(e: &wasmtime::Error) -> String {
     parts.join(": ")
 }
 
+/// `sha256:<hex>`.
+fn digest(digest_hex: &str) -> String {
+    format!("sha256:{digest_hex}")
+}
+
 /// The queue of the host's own loads (pipeline files, `corral call`).
 const HOST_QUEUE: &str = "";
 
@@ -205,12 +211,17 @@ fn check_header(bytes: &[u8]) -> Result<(), Failure> {
 }
 
 impl Engine {
-    /// Loads a plugin from a file.
+    /// Loads a plugin from a file. The digest of a file's bytes is computed once: an
+    /// unchanged file (same inode, size and times, see `cache::FileIdent`) is known by
+    /// its digest without being read again, in this process and, with a compiled-code
+    /// cache, in later ones.
     pub async fn load_file(&self, path: &std::path::Path) -> Result<Arc<Plugin>, Failure> {
         let max = self.config().max_component_bytes;
-        let meta = tokio::fs::metadata(path).await.map_err(|e| {
+        let unreadable = |e: std::io::Error| {
             Failure::invalid_component(format!("cannot read {}: {e}", path.display()))
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(unreadable)?;
+        let meta = file.metadata().map_err(unreadable)?;
         if !meta.is_file() {
             return Err(Failure::invalid_component(format!(
                 "{} is not a file",
@@ -224,10 +235,39 @@ impl Engine {
                 meta.len()
             )));
         }
-        let bytes = tokio::fs::read(path).await.map_err(|e| {
-            Failure::invalid_component(format!("cannot read {}: {e}", path.display()))
-        })?;
-        self.load(bytes).await
+        let size = usize::try_from(meta.len()).unwrap_or(usize::MAX);
+        let key = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let ident = FileIdent::of(&meta);
+        if let Some(ident) = &ident
+            && let Some(digest_hex) = self.known_digest(&key, ident)
+        {
+            let known = match self.cached(&digest(&digest_hex)) {
+                Some(plugin) => Some(Ok(plugin)),
+                None => self.from_cache(&digest_hex, size),
+            };
+            if let Some(result) = known {
+                return result;
+            }
+        }
+        let mut bytes = Vec::with_capacity(size);
+        let mut file = tokio::fs::File::from_std(file);
+        tokio::io::AsyncReadExt::read_to_end(&mut file, &mut bytes)
+            .await
+            .map_err(unreadable)?;
+        if bytes.len() > max {
+            return Err(Failure::invalid_component(format!(
+                "{} is more than the {max}-byte limit for components",
+                path.display()
+            )));
+        }
+        check_header(&bytes)?;
+        let digest_hex = hex::encode(Sha256::digest(&bytes));
+        // Remembered only if the file did not change while it was read.
+        let after = file.metadata().await.ok().and_then(|m| FileIdent::of(&m));
+        if let Some(ident) = ident.filter(|i| after.as_ref() == Some(i)) {
+            self.remember_digest(key, ident, &digest_hex);
+        }
+        self.load_digested(bytes, digest_hex, HOST_QUEUE).await
     }
 
     /// Loads a plugin from component bytes: checks, compiles (or reuses the compiled
@@ -253,14 +293,64 @@ impl Engine {
         }
         check_header(&bytes)?;
         let digest_hex = hex::encode(Sha256::digest(&bytes));
-        let digest = format!("sha256:{digest_hex}");
-        if let Some(plugin) = self.cached(&digest) {
+        self.load_digested(bytes, digest_hex, tenant).await
+    }
+
+    /// A loaded plugin by digest (`sha256:<hex>`), if this engine has it in memory:
+    /// callers that know a plugin's digest (a registry records it at registration) can
+    /// skip fetching and hashing its bytes.
+    pub fn loaded(&self, digest: &str) -> Option<Arc<Plugin>> {
+        self.cached(digest)
+    }
+
+    /// The digest recorded for an unchanged file, in memory or in the cache directory.
+    fn known_digest(&self, path: &std::path::Path, ident: &FileIdent) -> Option<String> {
+        if let Some(digest_hex) = self.file_digest(path, ident) {
+            return Some(digest_hex);
+        }
+        let digest_hex = self.inner.cache.as_ref()?.file_digest(path, ident)?;
+        self.remember_file(path.to_path_buf(), *ident, &digest_hex);
+        Some(digest_hex)
+    }
+
+    fn remember_digest(&self, path: std::path::PathBuf, ident: FileIdent, digest_hex: &str) {
+        if let Some(cache) = &self.inner.cache {
+            cache.record_file(&path, &ident, digest_hex);
+        }
+        self.remember_file(path, ident, digest_hex);
+    }
+
+    /// A plugin from the compiled-code cache's fast path, checked and pre-instantiated,
+    /// without a compile slot: `None` when the cache cannot answer at once.
+    fn from_cache(&self, digest_hex: &str, size: usize) -> Option<Result<Arc<Plugin>, Failure>> {
+        let component = self
+            .inner
+            .cache
+            .as_ref()?
+            .get_mapped(self.wasmtime(), digest_hex)?;
+        Some(self.prepare(&component, digest_hex, size).map(|plugin| {
+            let plugin = Arc::new(plugin);
+            self.remember(plugin.clone());
+            plugin
+        }))
+    }
+
+    async fn load_digested(
+        &self,
+        bytes: Vec<u8>,
+        digest_hex: String,
+        tenant: &str,
+    ) -> Result<Arc<Plugin>, Failure> {
+        if let Some(plugin) = self.cached(&digest(&digest_hex)) {
             return Ok(plugin);
+        }
+        if let Some(result) = self.from_cache(&digest_hex, bytes.len()) {
+            return result;
         }
         // What the binary says it imports and exports, before a slot or a compile.
         precheck(&bytes)?;
         let slot = self.inner.compile_slots.acquire(tenant).await;
-        if let Some(plugin) = self.cached(&digest) {
+        if let Some(plugin) = self.cached(&digest(&digest_hex)) {
             // Compiled by someone else while this one waited.
             return Ok(plugin);
         }
@@ -306,6 +396,17 @@ impl Engine {
                 component
             }
         };
+        self.prepare(&component, &digest_hex, bytes.len())
+    }
+
+    /// Checks a compiled component's imports and world and pre-instantiates it.
+    fn prepare(
+        &self,
+        component: &Component,
+        digest_hex: &str,
+        size: usize,
+    ) -> Result<Plugin, Failure> {
+        let wasmtime = self.wasmtime();
         let ty = component.component_type();
 
         let imports: Vec<String> = ty.imports(wasmtime).map(|(n, _)| n.to_string()).collect();
@@ -324,7 +425,7 @@ impl Engine {
         let pre: InstancePre<HostState> = self
             .inner
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(|e| Failure::invalid_component(describe_error(&e)))?;
         let missing = |e: wasmtime::Error| {
             Failure::invalid_component(format!(
@@ -341,9 +442,9 @@ impl Engine {
             }
         };
         Ok(Plugin {
-            digest: format!("sha256:{digest_hex}"),
+            digest: digest(digest_hex),
             world,
-            size: bytes.len(),
+            size,
             imports,
             exports,
             pre,

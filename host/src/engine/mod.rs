@@ -99,6 +99,9 @@ struct Inner {
     /// Invocations' scratch directories (`/work`).
     scratch: Arc<crate::capabilities::scratch::ScratchPool>,
     loaded: Mutex<LoadedPlugins>,
+    /// Digests of plugin files read so far, by absolute path, with the identity of the
+    /// file they were computed from.
+    file_digests: Mutex<HashMap<PathBuf, (cache::FileIdent, String)>>,
     ticker_stop: Arc<AtomicBool>,
     compile_slots: Arc<compile::CompileSlots>,
     /// Components compiled (not loaded from a cache) so far.
@@ -147,6 +150,7 @@ impl Engine {
                     usize::try_from(config.max_concurrent).unwrap_or(usize::MAX),
                 ),
                 loaded: Mutex::new(LoadedPlugins::default()),
+                file_digests: Mutex::new(HashMap::new()),
                 ticker_stop,
                 compile_slots: compile::CompileSlots::new(config.compile_slots),
                 compiles: AtomicU64::new(0),
@@ -181,6 +185,33 @@ impl Engine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         loaded.by_digest.get(digest).cloned()
+    }
+
+    fn file_digest(&self, path: &std::path::Path, ident: &cache::FileIdent) -> Option<String> {
+        let files = self
+            .inner
+            .file_digests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        files
+            .get(path)
+            .filter(|(known, _)| known == ident)
+            .map(|(_, digest_hex)| digest_hex.clone())
+    }
+
+    fn remember_file(&self, path: PathBuf, ident: cache::FileIdent, digest_hex: &str) {
+        let mut files = self
+            .inner
+            .file_digests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Bounded like the loaded plugins; forgetting only costs one more read and hash.
+        if files.len() >= self.inner.config.plugin_cache_entries.max(1)
+            && !files.contains_key(&path)
+        {
+            files.clear();
+        }
+        files.insert(path, (ident, digest_hex.to_string()));
     }
 
     fn remember(&self, plugin: Arc<Plugin>) {
