@@ -108,6 +108,93 @@ async fn compiled_code_cache_survives_a_new_engine_and_ignores_tampered_entries(
 }
 
 #[tokio::test]
+async fn a_new_engine_loads_an_unchanged_plugin_file_from_the_cache_without_reading_it_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || corral::engine::EngineConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        scratch_root: dir.path().join("scratch"),
+        max_concurrent: 4,
+        ..Default::default()
+    };
+    let file = dir.path().join("echo.wasm");
+    std::fs::copy(plugin_path("echo"), &file).unwrap();
+    let first = corral::engine::Engine::new(config()).unwrap();
+    let digest = first.load_file(&file).await.unwrap().digest.clone();
+    assert_eq!(first.compile_count(), 1);
+
+    let second = corral::engine::Engine::new(config()).unwrap();
+    let plugin = second.load_file(&file).await.unwrap();
+    assert_eq!(second.compile_count(), 0, "served by the compiled cache");
+    assert_eq!(plugin.digest, digest);
+    let out = second
+        .invoke(&plugin, run_call("[2]"), Invocation::default())
+        .await;
+    assert_eq!(json_output(&out), serde_json::json!([2]));
+
+    // The file changes under the same name, its modification time set back: its
+    // status-change time still moves, so the new bytes are read and hashed.
+    let other = std::fs::read(plugin_path("panicker")).unwrap();
+    let before = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, &other).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(before)
+        .unwrap();
+    let third = corral::engine::Engine::new(config()).unwrap();
+    let changed = third.load_file(&file).await.unwrap();
+    assert_ne!(changed.digest, digest);
+}
+
+#[tokio::test]
+async fn cached_code_edited_in_place_with_its_times_set_back_is_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let config = || corral::engine::EngineConfig {
+        cache_dir: Some(cache.clone()),
+        scratch_root: dir.path().join("scratch"),
+        max_concurrent: 4,
+        ..Default::default()
+    };
+    let bytes = std::fs::read(plugin_path("echo")).unwrap();
+    corral::engine::Engine::new(config())
+        .unwrap()
+        .load(bytes.clone())
+        .await
+        .unwrap();
+    let entry = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .unwrap();
+    // Same size, one byte flipped, modification time restored: only the status-change
+    // time (which no unprivileged process can set) tells, and the full check catches it.
+    let mut code = std::fs::read(&entry).unwrap();
+    let last = code.len() - 1;
+    code[last] ^= 0xff;
+    let modified = std::fs::metadata(&entry).unwrap().modified().unwrap();
+    std::fs::write(&entry, &code).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&entry)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    let second = corral::engine::Engine::new(config()).unwrap();
+    let plugin = second.load(bytes).await.unwrap();
+    assert_eq!(
+        second.compile_count(),
+        1,
+        "compiled again, not deserialized"
+    );
+    let out = second
+        .invoke(&plugin, run_call("[1]"), Invocation::default())
+        .await;
+    assert_eq!(json_output(&out), serde_json::json!([1]));
+}
+
+#[tokio::test]
 async fn res_12_json_nested_deeper_than_128_is_invalid_input() {
     let engine = engine();
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));

@@ -702,6 +702,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_untouched_scratch_dirs_are_handed_out_again() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = ScratchPool::new(root.path(), 1);
+        let first = pool.take().unwrap();
+        let path = first.path().to_path_buf();
+        assert!(
+            pool.give_back(first, false).is_none(),
+            "kept for the next call"
+        );
+        let again = pool.take().unwrap();
+        assert_eq!(again.path(), path);
+        let other = pool.take().unwrap();
+        assert_ne!(
+            other.path(),
+            path,
+            "a kept dir serves one invocation at a time"
+        );
+        // A touched dir is handed back for removal and never served again.
+        let removed = pool.give_back(again, true).unwrap();
+        assert_eq!(removed.path(), path);
+        drop(removed);
+        assert!(!path.exists());
+        assert!(pool.give_back(other, false).is_none());
+        let third = pool.take().unwrap();
+        assert_ne!(third.path(), path);
+        // Past `keep`, untouched dirs are removed too.
+        assert!(pool.give_back(pool.take().unwrap(), false).is_none());
+        assert!(pool.give_back(third, false).is_some());
+    }
+
+    #[test]
     fn charges_stop_at_the_quota_and_credits_never_go_below_zero() {
         let q = ScratchQuota::new(10, 2);
         assert!(q.charge_bytes(6).is_ok());
