@@ -47,7 +47,7 @@
 //! progress always work; [`call_tool`], [`put_artifact`], [`ask`] and [`state`] work when
 //! the host grants them and otherwise fail with [`Error::Permanent`] naming the missing
 //! grant. Plugins have no network, no environment variables and no files outside the
-//! scratch directory `/work`, which is empty at the start of each call and removed after.
+//! scratch directory `/work`, which is empty at the start of each call and private to it.
 #![deny(missing_docs)]
 
 // The generated bindings name this crate by its absolute path, from inside and outside.

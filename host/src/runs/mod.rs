@@ -554,6 +554,30 @@ pub struct StoreRegistry {
 }
 
 impl StoreRegistry {
+    /// Counts a registered plugin as used by the run.
+    fn note_used(&self, id: String) {
+        self.used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+    }
+
+    /// A registered plugin's component bytes, counted as used by the run.
+    async fn fetch_record(
+        &self,
+        plugin: &pipeline::PluginRef,
+        record: crate::store::PluginRecord,
+    ) -> Result<Vec<u8>, String> {
+        let bytes = self
+            .store
+            .plugin_bytes(&self.tenant_id, &record.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the component of plugin `{plugin}` is missing"))?;
+        self.note_used(record.id);
+        Ok(bytes)
+    }
+
     /// The registry of `tenant_id`.
     pub fn new(store: Store, tenant_id: &str) -> Self {
         StoreRegistry {
@@ -611,19 +635,24 @@ impl pipeline::Registry for StoreRegistry {
         }
     }
 
+    async fn load(
+        &self,
+        plugin: &pipeline::PluginRef,
+        engine: &crate::engine::Engine,
+    ) -> Result<Result<Arc<crate::engine::Plugin>, crate::engine::Failure>, String> {
+        let record = self.record(plugin).await?;
+        // The digest was taken from these bytes at registration (blobs are keyed by it).
+        if let Some(loaded) = engine.loaded(&record.digest) {
+            self.note_used(record.id);
+            return Ok(Ok(loaded));
+        }
+        let bytes = self.fetch_record(plugin, record).await?;
+        Ok(engine.load(bytes).await)
+    }
+
     async fn fetch(&self, plugin: &pipeline::PluginRef) -> Result<Vec<u8>, String> {
         let record = self.record(plugin).await?;
-        let bytes = self
-            .store
-            .plugin_bytes(&self.tenant_id, &record.id)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("the component of plugin `{plugin}` is missing"))?;
-        self.used
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(record.id);
-        Ok(bytes)
+        self.fetch_record(plugin, record).await
     }
 }
 

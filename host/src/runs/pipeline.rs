@@ -423,6 +423,17 @@ pub struct LoadedTool {
 pub trait Registry: Send + Sync {
     /// The component bytes of a registered plugin, or why there are none.
     async fn fetch(&self, plugin: &PluginRef) -> Result<Vec<u8>, String>;
+    /// Loads a registered plugin with `engine` (the outer error: why the registry has
+    /// none). A registry that records digests skips fetching and hashing the bytes of
+    /// a plugin the engine already holds.
+    async fn load(
+        &self,
+        plugin: &PluginRef,
+        engine: &Engine,
+    ) -> Result<Result<Arc<Plugin>, crate::engine::Failure>, String> {
+        let bytes = self.fetch(plugin).await?;
+        Ok(engine.load(bytes).await)
+    }
     /// A registered plugin's permission manifest (none: it is granted nothing).
     async fn manifest(&self, plugin: &PluginRef) -> Result<super::manifest::Manifest, String> {
         let _ = plugin;
@@ -510,8 +521,8 @@ impl Pipeline {
             let field = format!("tools.{name}");
             let loaded = match (plugin_ref, registry) {
                 (PluginRef::Path(path), _) => engine.load_file(path).await,
-                (registered, Some(registry)) => match registry.fetch(registered).await {
-                    Ok(bytes) => engine.load(bytes).await,
+                (registered, Some(registry)) => match registry.load(registered, engine).await {
+                    Ok(loaded) => loaded,
                     Err(why) => return Err(PipelineError::field(field, why)),
                 },
                 (_, None) => {
@@ -566,8 +577,8 @@ impl Pipeline {
             let field = format!("steps[{i}].plugin");
             let loaded = match (&step.plugin, registry) {
                 (PluginRef::Path(path), _) => engine.load_file(path).await,
-                (registered, Some(registry)) => match registry.fetch(registered).await {
-                    Ok(bytes) => engine.load(bytes).await,
+                (registered, Some(registry)) => match registry.load(registered, engine).await {
+                    Ok(loaded) => loaded,
                     Err(why) => {
                         return Err(PipelineError::field(
                             field,
