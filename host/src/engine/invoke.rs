@@ -269,8 +269,14 @@ impl Engine {
             return finish(Err(f), 0);
         }
 
-        // A private, empty scratch directory no other guest has touched.
-        let scratch = match self.inner.scratch.take() {
+        // A private, empty scratch directory no other guest has touched, for a plugin
+        // that can open it: without `wasi:filesystem/preopens` a guest has no way to any
+        // directory, so it gets none (and no granted files, which it could not read).
+        let scratch = match plugin
+            .filesystem
+            .then(|| self.inner.scratch.take())
+            .transpose()
+        {
             Ok(dir) => dir,
             Err(e) => {
                 tracing::error!("cannot create scratch dir: {e}");
@@ -288,7 +294,12 @@ impl Engine {
             .unwrap_or_else(|| super::Deadline::after(limits.timeout));
         // Granted files are linked (or copied) into a private directory the guest sees,
         // read-only, as /work/in; granted directories are mapped beside them.
-        let inputs = match stage_inputs(&how.files, &self.config().scratch_root) {
+        let files = if plugin.filesystem {
+            &how.files[..]
+        } else {
+            &[]
+        };
+        let inputs = match stage_inputs(files, &self.config().scratch_root) {
             Ok(dir) => dir,
             Err(e) => {
                 tracing::error!("cannot stage granted files: {e}");
@@ -302,7 +313,7 @@ impl Engine {
         let mut store = match self.new_store(
             &how,
             &log,
-            scratch.path(),
+            scratch.as_ref().map(|d| d.path()),
             inputs.as_ref().map(|d| d.path()),
             deadline.clone(),
         ) {
@@ -352,7 +363,7 @@ impl Engine {
         // mounted with `discard`: milliseconds, measured by the benchmarks), so it happens
         // off the call path. The directory is private and the guest is gone: nothing can
         // use it in between.
-        let scratch = self.inner.scratch.give_back(scratch, touched);
+        let scratch = scratch.and_then(|dir| self.inner.scratch.give_back(dir, touched));
         if scratch.is_some() || inputs.is_some() {
             tokio::task::spawn_blocking(move || drop((scratch, inputs)));
         }
@@ -363,7 +374,7 @@ impl Engine {
         &self,
         how: &Invocation,
         log: &Arc<Mutex<LogBuffer>>,
-        scratch: &std::path::Path,
+        scratch: Option<&std::path::Path>,
         inputs: Option<&std::path::Path>,
         deadline: super::Deadline,
     ) -> anyhow::Result<Store<HostState>> {
@@ -382,14 +393,16 @@ impl Engine {
         .allow_udp(false)
         .allow_ip_name_lookup(false)
         .socket_addr_check(|_, _| Box::pin(async { false }))
-        .max_random_size(1 << 20)
-        .preopened_dir(scratch, "/work", FsPerms::ReadWrite)
-        .map_err(|e| anyhow::anyhow!("preopening scratch dir: {e}"))?;
+        .max_random_size(1 << 20);
+        if let Some(scratch) = scratch {
+            wasi.preopened_dir(scratch, "/work", FsPerms::ReadWrite)
+                .map_err(|e| anyhow::anyhow!("preopening scratch dir: {e}"))?;
+        }
         if let Some(inputs) = inputs {
             wasi.preopened_dir(inputs, "/work/in", FsPerms::ReadOnly)
                 .map_err(|e| anyhow::anyhow!("preopening granted files: {e}"))?;
         }
-        for grant in how.files.iter().filter(|g| g.dir) {
+        for grant in how.files.iter().filter(|g| g.dir && scratch.is_some()) {
             wasi.preopened_dir(
                 &grant.host,
                 format!("/work/in/{}", grant.name),

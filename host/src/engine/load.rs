@@ -88,6 +88,9 @@ pub struct Plugin {
     pub imports: Vec<String>,
     /// Interfaces it exports.
     pub exports: Vec<String>,
+    /// Whether it imports `wasi:filesystem/preopens`, its only way to any directory:
+    /// a plugin that does not gets no scratch directory.
+    pub(super) filesystem: bool,
     pub(super) pre: WorldPre,
 }
 
@@ -445,6 +448,9 @@ impl Engine {
             digest: digest(digest_hex),
             world,
             size,
+            filesystem: imports
+                .iter()
+                .any(|name| name.starts_with("wasi:filesystem/preopens@")),
             imports,
             exports,
             pre,
