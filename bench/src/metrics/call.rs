@@ -16,7 +16,7 @@ use std::time::Instant;
 /// The metric.
 pub const METRIC: Metric = Metric {
     name: "call",
-    rows: &["call", "call_1KiB", "call_64KiB", "call_1MiB"],
+    rows: &["call", "call_p99", "call_1KiB", "call_64KiB", "call_1MiB"],
     more_rows: super::no_more_rows,
     run: run_boxed,
 };
@@ -103,21 +103,31 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         let [corral, baseline] = samples.as_slice() else {
             anyhow::bail!("expected two contenders");
         };
+        let params = json!({
+            "plugin": PLUGIN,
+            "input_bytes": input.len(),
+            "rounds": plan.rounds,
+            "iterations": plan.iters,
+            "warmup": plan.warmup,
+            "corral": "Engine::invoke(Call::Run) with default Limits, end to end (no database)",
+            "baseline": "bare wasmtime, same config and linker: Store + instantiate_async + call_run, drop",
+        });
         rows.push(Row::cost(
             name,
             unit,
             corral.median(),
             baseline.median(),
-            json!({
-                "plugin": PLUGIN,
-                "input_bytes": input.len(),
-                "rounds": plan.rounds,
-                "iterations": plan.iters,
-                "warmup": plan.warmup,
-                "corral": "Engine::invoke(Call::Run) with default Limits, end to end (no database)",
-                "baseline": "bare wasmtime, same config and linker: Store + instantiate_async + call_run, drop",
-            }),
+            params.clone(),
         ));
+        if name == "call" {
+            rows.push(Row::cost(
+                "call_p99",
+                unit,
+                corral.p99(),
+                baseline.p99(),
+                params,
+            ));
+        }
     }
     Ok(rows)
 }

@@ -105,7 +105,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         "rounds": plan.rounds,
         "iterations": plan.iters,
         "warmup": plan.warmup,
-        "corral": "Engine::invoke(Call::Describe) with default Limits: scratch dir, WASI context, limiter, fuel, deadline, instantiate, describe, drop",
+        "corral": "Engine::invoke(Call::Describe) with default Limits: WASI context with captured stdio (echo imports no wasi:filesystem, so no scratch dir), limiter, fuel, deadline, instantiate, describe, drop",
         "baseline": "bare wasmtime, same config and linker: Store (no limits) + InstancePre::instantiate_async + describe, drop",
         "bare_instantiate_only_us": us(bare_only.median()),
         "bare_instantiate_only_p99_us": us(bare_only.p99()),
