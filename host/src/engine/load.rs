@@ -246,7 +246,7 @@ impl Engine {
         {
             let known = match self.cached(&digest(&digest_hex)) {
                 Some(plugin) => Some(Ok(plugin)),
-                None => self.from_cache(&digest_hex, size),
+                None => self.load_cached(&digest_hex, size),
             };
             if let Some(result) = known {
                 return result;
@@ -325,7 +325,7 @@ impl Engine {
 
     /// A plugin from the compiled-code cache's fast path, checked and pre-instantiated,
     /// without a compile slot: `None` when the cache cannot answer at once.
-    fn from_cache(&self, digest_hex: &str, size: usize) -> Option<Result<Arc<Plugin>, Failure>> {
+    fn load_cached(&self, digest_hex: &str, size: usize) -> Option<Result<Arc<Plugin>, Failure>> {
         let component = self
             .inner
             .cache
@@ -347,7 +347,7 @@ impl Engine {
         if let Some(plugin) = self.cached(&digest(&digest_hex)) {
             return Ok(plugin);
         }
-        if let Some(result) = self.from_cache(&digest_hex, bytes.len()) {
+        if let Some(result) = self.load_cached(&digest_hex, bytes.len()) {
             return result;
         }
         // What the binary says it imports and exports, before a slot or a compile.
