@@ -117,6 +117,9 @@ pub(crate) struct Inner {
 pub(crate) struct Live {
     pub(crate) cancel: CancellationToken,
     pub(crate) answered: Arc<Notify>,
+    /// The run's fuel total as committed (from its claim, plus every charge since), so
+    /// budgets and the final event need no read of the run.
+    pub(crate) fuel: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Runner {

@@ -1258,8 +1258,13 @@ mod tests {
             .map(|r| r.try_get::<String, _>("detail").unwrap())
             .collect();
         let text = steps.join("\n");
+        // Scans of the query's own subqueries go over the queued runs the index found;
+        // a scan of a table would read history.
+        let table_scan = |s: &&String| {
+            s.starts_with("SCAN") && !s.starts_with("SCAN (subquery") && s.as_str() != "SCAN c"
+        };
         assert!(
-            !steps.iter().any(|s| s.starts_with("SCAN")),
+            !steps.iter().any(|s| table_scan(&s)),
             "a full scan in the claim query's plan:\n{text}"
         );
         assert!(text.contains("runs_by_tenant_status"), "{text}");

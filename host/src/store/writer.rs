@@ -446,6 +446,7 @@ fn renumber(sql: &str, offset: usize, out: &mut String) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{NewRun, Store};
     use super::*;
 
     #[test]
@@ -453,5 +454,168 @@ mod tests {
         let mut out = String::new();
         renumber("UPDATE t SET a = $1, b = $12 WHERE id = $2", 3, &mut out);
         assert_eq!(out, "UPDATE t SET a = $4, b = $15 WHERE id = $5");
+    }
+
+    /// A store on SQLite, or on Postgres in a schema of its own when
+    /// CORRAL_TEST_POSTGRES_URL is set (`postgres`).
+    async fn store(postgres: bool) -> Option<(Store, Option<tempfile::TempDir>)> {
+        if !postgres {
+            let dir = tempfile::tempdir().unwrap();
+            return Some((Store::open_in_dir(dir.path()).await.unwrap(), Some(dir)));
+        }
+        let base = std::env::var("CORRAL_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let schema = format!("corral_test_{}_w{:x}", std::process::id(), rand::random::<u32>());
+        sqlx::any::install_default_drivers();
+        let admin = AnyPool::connect(&base).await.unwrap();
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .await
+            .unwrap();
+        admin.close().await;
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+        Some((Store::open(&url).await.unwrap(), None))
+    }
+
+    async fn queued_run(store: &Store) -> String {
+        let tenant = store.ensure_tenant("t").await.unwrap();
+        let (run, _) = store
+            .create_run(&NewRun {
+                tenant_id: tenant,
+                pipeline_id: None,
+                pipeline_name: "p".into(),
+                spec: "{}".into(),
+                input: "{}".into(),
+                steps: vec![("s".into(), "echo".into())],
+            })
+            .await
+            .unwrap();
+        run.id
+    }
+
+    fn set_state(run: &str, key: &str) -> Stmt {
+        Stmt::new(
+            "INSERT INTO run_state (run_id, key, value) VALUES ($1, $2, $3)",
+            vec![
+                Arg::Text(run.into()),
+                Arg::Text(key.into()),
+                Arg::Bytes(b"v".to_vec()),
+            ],
+        )
+    }
+
+    fn status(run: &str, from: &str, to: &str) -> Stmt {
+        Stmt::new(
+            "UPDATE runs SET status = $3 WHERE id = $1 AND status = $2",
+            vec![
+                Arg::Text(run.into()),
+                Arg::Text(from.into()),
+                Arg::Text(to.into()),
+            ],
+        )
+        .guarded()
+    }
+
+    async fn keys(store: &Store, run: &str) -> Vec<String> {
+        let rows = sqlx::query("SELECT key FROM run_state WHERE run_id = $1 ORDER BY key")
+            .bind(run)
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        rows.iter()
+            .map(|r| sqlx::Row::try_get(r, "key").unwrap())
+            .collect()
+    }
+
+    /// Commits `members` as one group, as the writer task would, and returns the replies.
+    async fn group(store: &Store, members: Vec<Vec<Stmt>>) -> Vec<Result<Outcome>> {
+        let (pending, answers): (Vec<_>, Vec<_>) = members
+            .into_iter()
+            .map(|stmts| {
+                let (reply, answer) = oneshot::channel();
+                (Pending { stmts, reply }, answer)
+            })
+            .unzip();
+        commit_group(&store.writer, pending).await;
+        let mut out = Vec::new();
+        for answer in answers {
+            out.push(answer.await.unwrap());
+        }
+        out
+    }
+
+    async fn a_refused_member_leaves_the_rest_of_its_group_committed(postgres: bool) {
+        let Some((store, _dir)) = store(postgres).await else {
+            return;
+        };
+        let (a, b, c) = (
+            queued_run(&store).await,
+            queued_run(&store).await,
+            queued_run(&store).await,
+        );
+        let replies = group(
+            &store,
+            vec![
+                vec![status(&a, "queued", "running"), set_state(&a, "x")],
+                // Writes first, then its guard refuses: what it wrote must go too.
+                vec![set_state(&b, "x"), status(&b, "running", "waiting")],
+                vec![set_state(&c, "x"), status(&c, "queued", "running")],
+            ],
+        )
+        .await;
+        assert!(matches!(replies.first(), Some(Ok(Some(_)))));
+        assert!(matches!(replies.get(1), Some(Ok(None))), "b was refused");
+        assert!(matches!(replies.get(2), Some(Ok(Some(_)))));
+        assert_eq!(keys(&store, &a).await, ["x"]);
+        assert!(keys(&store, &b).await.is_empty(), "nothing of b is written");
+        assert_eq!(keys(&store, &c).await, ["x"]);
+        let status_of = async |id: &str| store.run(id).await.unwrap().unwrap().status;
+        assert_eq!(status_of(&a).await, "running");
+        assert_eq!(status_of(&b).await, "queued");
+        assert_eq!(status_of(&c).await, "running");
+    }
+
+    async fn a_failing_member_fails_alone(postgres: bool) {
+        let Some((store, _dir)) = store(postgres).await else {
+            return;
+        };
+        let (a, b) = (queued_run(&store).await, queued_run(&store).await);
+        let replies = group(
+            &store,
+            vec![
+                vec![set_state(&a, "x")],
+                // The same key twice: the second insert fails on the primary key.
+                vec![set_state(&b, "x"), set_state(&b, "x")],
+                vec![set_state(&a, "y")],
+            ],
+        )
+        .await;
+        assert!(matches!(replies.first(), Some(Ok(Some(_)))));
+        assert!(matches!(replies.get(1), Some(Err(_))), "b failed");
+        assert!(matches!(replies.get(2), Some(Ok(Some(_)))));
+        assert_eq!(keys(&store, &a).await, ["x", "y"]);
+        assert!(keys(&store, &b).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refused_guard_in_a_group_rolls_back_only_its_own_run_sqlite() {
+        a_refused_member_leaves_the_rest_of_its_group_committed(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_guard_in_a_group_rolls_back_only_its_own_run_postgres() {
+        a_refused_member_leaves_the_rest_of_its_group_committed(true).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_statement_in_a_group_fails_only_its_own_run_sqlite() {
+        a_failing_member_fails_alone(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_statement_in_a_group_fails_only_its_own_run_postgres() {
+        a_failing_member_fails_alone(true).await;
     }
 }
