@@ -676,8 +676,35 @@ impl Store {
             .iter()
             .any(|c| matches!(c, Change::RunFinish { .. }));
         let append = Append::new(run, events, ending);
-        let at = stmts.len();
-        stmts.extend(append.stmts());
+        // The run's status change and the events' numbering touch the same row: when the
+        // transition has one run guard, they are one statement, put first (the other
+        // changes neither read nor write what it does), so a refusal has written nothing.
+        let mut guards = changes.iter().enumerate().filter(|(_, c)| c.guards_run());
+        let merged = match (guards.next(), guards.next()) {
+            (Some((i, guard)), None) => guard.with_bump(run, now, &append).map(|m| (i, m)),
+            _ => None,
+        };
+        let at = match merged {
+            Some((i, merged)) => {
+                stmts = std::iter::once(merged)
+                    .chain(
+                        changes
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .flat_map(|(_, c)| c.stmts(run, now)),
+                    )
+                    .collect();
+                stmts.extend(append.insert());
+                0
+            }
+            _ => {
+                let at = stmts.len();
+                stmts.extend(append.bump());
+                stmts.extend(append.insert());
+                at
+            }
+        };
         match self.writer.write(stmts).await? {
             None => Ok(None),
             Some(done) => append.events(done.get(at)).map(Some),
@@ -936,7 +963,8 @@ impl Store {
         let events = [("artifact", payload)];
         let append = Append::new(run, &events, false);
         let at = stmts.len();
-        stmts.extend(append.stmts());
+        stmts.extend(append.bump());
+        stmts.extend(append.insert());
         let done = self.writer.write(stmts).await?.ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "run {} has already ended: nothing more is recorded for it",
@@ -1014,18 +1042,32 @@ impl Append {
         }
     }
 
-    fn stmts(&self) -> Vec<writer::Stmt> {
+    /// How many events, as a bound value.
+    fn count(&self) -> i64 {
+        i64::try_from(self.events.len()).unwrap_or(i64::MAX)
+    }
+
+    /// The guarded move of the run's `next_seq` past the events (returns the new value).
+    fn bump(&self) -> Option<writer::Stmt> {
         use writer::Arg::{Int, Text};
         if self.events.is_empty() {
-            return Vec::new();
+            return None;
         }
-        let k = i64::try_from(self.events.len()).unwrap_or(i64::MAX);
-        let bump = if self.ending {
+        let sql = if self.ending {
             "UPDATE runs SET next_seq = next_seq + $2 WHERE id = $1 RETURNING next_seq"
         } else {
             "UPDATE runs SET next_seq = next_seq + $2 WHERE id = $1 \
              AND status NOT IN ('succeeded', 'failed', 'cancelled') RETURNING next_seq"
         };
+        Some(writer::Stmt::new(sql, vec![Text(self.run.id.clone()), Int(self.count())]).guarded())
+    }
+
+    /// The insert of the events, numbered from the run's (already moved) `next_seq`.
+    fn insert(&self) -> Option<writer::Stmt> {
+        use writer::Arg::{Int, Text};
+        if self.events.is_empty() {
+            return None;
+        }
         let mut sql = String::from(
             "INSERT INTO events (run_id, seq, tenant_id, type, ts, payload) \
              SELECT $1, r.next_seq - $3 + v.column1, $2, v.column2, v.column3, v.column4 \
@@ -1034,7 +1076,7 @@ impl Append {
         let mut args = vec![
             Text(self.run.id.clone()),
             Text(self.run.tenant_id.clone()),
-            Int(k),
+            Int(self.count()),
         ];
         for (i, (kind, ts, _, text)) in self.events.iter().enumerate() {
             let n = args.len();
@@ -1048,10 +1090,7 @@ impl Append {
             args.push(Text(text.clone()));
         }
         sql.push_str(") AS v WHERE r.id = $1");
-        vec![
-            writer::Stmt::new(bump, vec![Text(self.run.id.clone()), Int(k)]).guarded(),
-            writer::Stmt::new(sql, args),
-        ]
+        Some(writer::Stmt::new(sql, args))
     }
 
     /// The events written, numbered from what the bump returned (`done`).

@@ -470,6 +470,72 @@ impl Change {
         )
     }
 
+    /// Whether this change is guarded on the run's row.
+    pub(super) fn guards_run(&self) -> bool {
+        matches!(
+            self,
+            Change::RunStatus { .. }
+                | Change::RunFinish { .. }
+                | Change::RunRequeue
+                | Change::RunOrphaned { .. }
+        )
+    }
+
+    /// This run status change and the numbering of `events` as one guarded statement
+    /// returning the run's new `next_seq`, when that is the same as the two in a row:
+    /// a status change to a live status (after which the events' own guard, "the run has
+    /// not ended", holds), or the run's end (whose events are let through).
+    pub(super) fn with_bump(
+        &self,
+        run: &RunRef,
+        now: i64,
+        events: &super::Append,
+    ) -> Option<Stmt> {
+        let k = events.count();
+        if k == 0 {
+            return None;
+        }
+        let id = Text(run.id.clone());
+        match self {
+            Change::RunStatus { from, to } if !TERMINAL.contains(to) => Some(
+                Stmt::new(
+                    format!(
+                        "UPDATE runs SET status = $2, updated_at = $3, next_seq = next_seq + $4 \
+                         WHERE id = $1 AND status IN ({}) RETURNING next_seq",
+                        in_list(from)
+                    ),
+                    vec![id, Text((*to).into()), Int(now), Int(k)],
+                )
+                .guarded(),
+            ),
+            Change::RunFinish {
+                status,
+                output,
+                error_code,
+                error_message,
+            } if events.ending => Some(
+                Stmt::new(
+                    "UPDATE runs SET status = $2, output = $3, error_code = $4, error_message = $5, \
+                     finished_at = $6, updated_at = $6, owner = NULL, lease_until = NULL, \
+                     next_seq = next_seq + $7 \
+                     WHERE id = $1 AND status IN ('queued', 'running', 'waiting') \
+                     RETURNING next_seq",
+                    vec![
+                        id,
+                        Text((*status).into()),
+                        OptText(output.clone()),
+                        OptText(error_code.clone()),
+                        OptText(error_message.clone()),
+                        Int(now),
+                        Int(k),
+                    ],
+                )
+                .guarded(),
+            ),
+            _ => None,
+        }
+    }
+
     /// The statements of this change for run `run` at `now` (unix ms); a guarded change is
     /// one guarded statement.
     pub(super) fn stmts(&self, run: &RunRef, now: i64) -> Vec<Stmt> {

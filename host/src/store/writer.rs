@@ -23,8 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 /// Most members in one transaction. Postgres keeps each member's savepoint open until the
 /// COMMIT, and more than 64 open subtransactions spill out of its fast path.
 const GROUP: usize = 48;
-/// Writer tasks (and so connections writing at once) on Postgres.
-const PG_WRITERS: usize = 3;
+/// Writer tasks (and so connections writing at once) on Postgres. A run waits for each of
+/// its commits, so with fewer writers than runs in flight a commit would queue behind
+/// another one's flush; Postgres combines concurrent flushes itself.
+const PG_WRITERS: usize = 8;
 
 /// One bound value.
 #[derive(Debug, Clone)]
@@ -264,13 +266,19 @@ async fn together(
 ) -> Result<Vec<Outcome>> {
     let mut outcomes = Vec::with_capacity(group.len());
     for (i, p) in group.iter().enumerate() {
-        let prefix = if i == 0 {
-            "BEGIN; SAVEPOINT m"
-        } else {
-            "SAVEPOINT m"
+        // Postgres stops at a refused guard: a member guarded by its first statement alone
+        // has then written nothing and needs no savepoint (a round trip). SQLite runs the
+        // member's whole query before its results are looked at.
+        let savepoint =
+            backend == Backend::Sqlite || p.stmts.iter().skip(1).any(|s| s.guarded);
+        let prefix = match (i == 0, savepoint) {
+            (true, true) => Some("BEGIN; SAVEPOINT m"),
+            (true, false) => Some("BEGIN"),
+            (false, true) => Some("SAVEPOINT m"),
+            (false, false) => None,
         };
-        let outcome = run_member(conn, backend, &p.stmts, Some(prefix)).await?;
-        if outcome.is_none() {
+        let outcome = run_member(conn, backend, &p.stmts, prefix).await?;
+        if outcome.is_none() && savepoint {
             conn.execute("ROLLBACK TO SAVEPOINT m").await?;
         }
         outcomes.push(outcome);
