@@ -1210,7 +1210,11 @@ async fn concurrent_runs_each_end_once_with_contiguous_events_under_group_commit
         let run = runner.store().run(id).await.unwrap().unwrap();
         assert!(run.is_terminal(), "{id} ended: {}", run.status);
         assert_eq!(last["status"], run.status.as_str(), "{id}: {stored:#?}");
-        assert_eq!(run.next_seq - 1, stored.len() as i64, "nothing after the end");
+        assert_eq!(
+            run.next_seq - 1,
+            stored.len() as i64,
+            "nothing after the end"
+        );
     }
 }
 

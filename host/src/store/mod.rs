@@ -364,14 +364,20 @@ impl Store {
             .guarded(),
         );
         if !new.steps.is_empty() {
-            let mut sql = String::from("INSERT INTO steps (run_id, idx, name, plugin, status) VALUES ");
+            let mut sql =
+                String::from("INSERT INTO steps (run_id, idx, name, plugin, status) VALUES ");
             let mut args = vec![Text(id.clone())];
             for (idx, (name, plugin)) in new.steps.iter().enumerate() {
                 let n = args.len();
                 if idx > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!("($1, ${}, ${}, ${}, 'queued')", n + 1, n + 2, n + 3));
+                sql.push_str(&format!(
+                    "($1, ${}, ${}, ${}, 'queued')",
+                    n + 1,
+                    n + 2,
+                    n + 3
+                ));
                 args.push(Int(i64::try_from(idx).unwrap_or(i64::MAX)));
                 args.push(Text(name.clone()));
                 args.push(Text(plugin.clone()));
@@ -531,7 +537,8 @@ impl Store {
     ) -> Result<Vec<RunRecord>> {
         let sql = claim_sql(&format!("SELECT id FROM ({CLAIM_CANDIDATES}) AS chosen"));
         let n = i64::try_from(n.clamp(1, 1000)).unwrap_or(1);
-        self.claim_with(sql, owner, lease, writer::Arg::Int(n)).await
+        self.claim_with(sql, owner, lease, writer::Arg::Int(n))
+            .await
     }
 
     /// Claims one specific queued run for `owner` (guarded on `queued`).
@@ -667,8 +674,7 @@ impl Store {
         events: &[(&str, Value)],
     ) -> Result<Option<Vec<Event>>> {
         let now = now_ms();
-        let mut stmts: Vec<writer::Stmt> =
-            changes.iter().flat_map(|c| c.stmts(run, now)).collect();
+        let mut stmts: Vec<writer::Stmt> = changes.iter().flat_map(|c| c.stmts(run, now)).collect();
         if stmts.is_empty() && events.is_empty() {
             return Ok(Some(Vec::new()));
         }

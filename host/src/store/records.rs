@@ -3,11 +3,11 @@
 use super::writer::Arg::{Int, OptText, Text};
 use super::writer::{Arg, Stmt};
 use super::{Result, StoreError};
-use std::borrow::Cow;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use std::borrow::Cow;
 
 /// The columns of a run row, for `concat!`-built static queries.
 macro_rules! run_columns {
@@ -460,14 +460,7 @@ pub enum Change {
 
 impl Change {
     pub(super) fn guarded(&self) -> bool {
-        matches!(
-            self,
-            Change::RunStatus { .. }
-                | Change::RunFinish { .. }
-                | Change::RunRequeue
-                | Change::RunOrphaned { .. }
-                | Change::StepStatus { from: Some(_), .. }
-        )
+        self.guards_run() || matches!(self, Change::StepStatus { from: Some(_), .. })
     }
 
     /// Whether this change is guarded on the run's row.
@@ -485,12 +478,7 @@ impl Change {
     /// returning the run's new `next_seq`, when that is the same as the two in a row:
     /// a status change to a live status (after which the events' own guard, "the run has
     /// not ended", holds), or the run's end (whose events are let through).
-    pub(super) fn with_bump(
-        &self,
-        run: &RunRef,
-        now: i64,
-        events: &super::Append,
-    ) -> Option<Stmt> {
+    pub(super) fn with_bump(&self, run: &RunRef, now: i64, events: &super::Append) -> Option<Stmt> {
         let k = events.count();
         if k == 0 {
             return None;

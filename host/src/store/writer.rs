@@ -12,9 +12,9 @@
 //! transaction, statements one by one.
 
 use super::{Backend, Result, StoreError};
-use sqlx::any::AnyRow;
 use futures::StreamExt;
 use futures::stream::BoxStream;
+use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AnyPool, Either, Executor};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -147,10 +147,7 @@ impl Writer {
 
 /// One writer task: takes what has queued up (at most [`GROUP`]) and commits it as one
 /// transaction, until the store is dropped.
-async fn run_writer(
-    writer: Writer,
-    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>>,
-) {
+async fn run_writer(writer: Writer, rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>>) {
     let mut group = Vec::with_capacity(GROUP);
     loop {
         {
@@ -269,8 +266,7 @@ async fn together(
         // Postgres stops at a refused guard: a member guarded by its first statement alone
         // has then written nothing and needs no savepoint (a round trip). SQLite runs the
         // member's whole query before its results are looked at.
-        let savepoint =
-            backend == Backend::Sqlite || p.stmts.iter().skip(1).any(|s| s.guarded);
+        let savepoint = backend == Backend::Sqlite || p.stmts.iter().skip(1).any(|s| s.guarded);
         let prefix = match (i == 0, savepoint) {
             (true, true) => Some("BEGIN; SAVEPOINT m"),
             (true, false) => Some("BEGIN"),
@@ -326,7 +322,10 @@ async fn run_member(
 
 /// One statement on its own.
 async fn run_stmt(conn: &mut AnyConnection, stmt: &Stmt) -> Result<Done> {
-    let q = bind(sqlx::query(sqlx::AssertSqlSafe(stmt.sql.to_string())), &stmt.args);
+    let q = bind(
+        sqlx::query(sqlx::AssertSqlSafe(stmt.sql.to_string())),
+        &stmt.args,
+    );
     match collect(conn.fetch_many(q), 0).await {
         (_, Some(e)) => Err(e.into()),
         (mut done, None) => Ok(done.pop().unwrap_or_default()),
@@ -474,7 +473,11 @@ mod tests {
         let base = std::env::var("CORRAL_TEST_POSTGRES_URL")
             .ok()
             .filter(|u| !u.is_empty())?;
-        let schema = format!("corral_test_{}_w{:x}", std::process::id(), rand::random::<u32>());
+        let schema = format!(
+            "corral_test_{}_w{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         sqlx::any::install_default_drivers();
         let admin = AnyPool::connect(&base).await.unwrap();
         admin
