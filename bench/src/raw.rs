@@ -188,7 +188,8 @@ pub struct RawDb {
 
 /// The PRAGMAs Corral's SQLite pool runs on every connection (host/src/store/mod.rs).
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
-                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                              PRAGMA temp_store = MEMORY;";
 
 impl RawDb {
     /// Opens `db`: Corral's migrations create the tables, then a native pool with the
