@@ -125,9 +125,10 @@ impl Template {
         4 + self.guest.len()
     }
 
-    /// Transactions one run commits (the claim is one autocommitted statement).
+    /// Transactions one run commits: create, claim (one autocommitted statement), the
+    /// step's start, the guest's events (in one), the step's and the run's end.
     pub fn transactions(&self) -> usize {
-        6 + self.guest.len()
+        4 + usize::from(!self.guest.is_empty())
     }
 
     /// The final event's payload for run `run_id`.
@@ -187,7 +188,8 @@ pub struct RawDb {
 
 /// The PRAGMAs Corral's SQLite pool runs on every connection (host/src/store/mod.rs).
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
-                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
+                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                              PRAGMA temp_store = MEMORY;";
 
 impl RawDb {
     /// Opens `db`: Corral's migrations create the tables, then a native pool with the
@@ -385,6 +387,35 @@ impl RawDb {
         Ok(())
     }
 
+    /// The guest's events (what its committer has queued up): one transaction.
+    pub async fn guest_events(&self, run: &mut RawRun, t: &Template) -> Result<()> {
+        if t.guest.is_empty() {
+            return Ok(());
+        }
+        let ts = rfc3339_now();
+        let payloads: Vec<String> = t.guest.iter().map(|(_, p)| p.to_string()).collect();
+        let mut at = run.clone();
+        let mut stmts = Vec::with_capacity(t.guest.len() + 1);
+        let last = RawRun {
+            id: run.id.clone(),
+            next_seq: run.next_seq + i64::try_from(t.guest.len()).unwrap_or(0) - 1,
+        };
+        stmts.push(self.bump(&last));
+        let runs: Vec<RawRun> = (0..t.guest.len())
+            .map(|_| {
+                let this = at.clone();
+                at.next_seq += 1;
+                this
+            })
+            .collect();
+        for ((r, (kind, _)), payload) in runs.iter().zip(&t.guest).zip(&payloads) {
+            stmts.push(self.insert_event(r, kind, &ts, payload));
+        }
+        self.transaction(&stmts).await?;
+        run.next_seq = at.next_seq;
+        Ok(())
+    }
+
     /// One event on its own (a guest's log or progress line).
     pub async fn append(&self, run: &mut RawRun, kind: &str, payload: &str) -> Result<i64> {
         let ts = rfc3339_now();
@@ -392,51 +423,6 @@ impl RawDb {
             .await?;
         run.next_seq += 1;
         Ok(run.next_seq - 1)
-    }
-
-    /// The guest's events, the attempt's end with its fuel, and the step's `complete`.
-    pub async fn step_end(&self, run: &mut RawRun, t: &Template) -> Result<()> {
-        for (kind, payload) in &t.guest {
-            self.append(run, kind, &payload.to_string()).await?;
-        }
-        let now = now_ms();
-        self.transaction(&[
-            stmt(
-                "UPDATE runs SET fuel_used = fuel_used + $2 WHERE id = $1",
-                vec![Text(&run.id), Int(t.fuel)],
-            ),
-            stmt(
-                "UPDATE steps SET fuel_used = fuel_used + $2 WHERE run_id = $1 AND idx = 0",
-                vec![Text(&run.id), Int(t.fuel)],
-            ),
-            stmt(
-                "UPDATE tenants SET fuel_used = fuel_used + $2 WHERE id = $1",
-                vec![Text(&self.tenant_id), Int(t.fuel)],
-            ),
-            stmt(
-                "UPDATE attempts SET status = 'succeeded', fuel_used = $2, finished_at = $3 \
-                 WHERE run_id = $1 AND step_idx = 0 AND generation = 0 AND attempt = 1",
-                vec![Text(&run.id), Int(t.fuel), Int(now)],
-            ),
-        ])
-        .await?;
-        let now = now_ms();
-        let ts = rfc3339_now();
-        let payload = t.step_done.to_string();
-        {
-            self.transaction(&[
-                stmt(
-                    "UPDATE steps SET status = 'succeeded', output = $2, finished_at = $3 \
-                     WHERE run_id = $1 AND idx = 0",
-                    vec![Text(&run.id), Text(&t.output), Int(now)],
-                ),
-                self.bump(run),
-                self.insert_event(run, "complete", &ts, &payload),
-            ])
-            .await?;
-        }
-        run.next_seq += 1;
-        Ok(())
     }
 
     /// The run ends with its output and its final `complete` event.
@@ -461,6 +447,53 @@ impl RawDb {
         Ok(run.next_seq - 1)
     }
 
+    /// The attempt's end with its fuel, the step's `complete`, the run's end with its
+    /// output and its final `complete`: one transaction, as the runner commits them.
+    pub async fn end_run(&self, run: &mut RawRun, t: &Template) -> Result<()> {
+        let now = now_ms();
+        let ts = rfc3339_now();
+        let step_done = t.step_done.to_string();
+        let finished = t.finished_for(&run.id).to_string();
+        let second = RawRun {
+            id: run.id.clone(),
+            next_seq: run.next_seq + 1,
+        };
+        self.transaction(&[
+            stmt(
+                "UPDATE steps SET fuel_used = fuel_used + $2, status = 'succeeded', \
+                 output = $3, finished_at = $4 WHERE run_id = $1 AND idx = 0",
+                vec![Text(&run.id), Int(t.fuel), Text(&t.output), Int(now)],
+            ),
+            stmt(
+                "UPDATE tenants SET fuel_used = fuel_used + $2 WHERE id = $1",
+                vec![Text(&self.tenant_id), Int(t.fuel)],
+            ),
+            stmt(
+                "UPDATE attempts SET status = 'succeeded', fuel_used = $2, finished_at = $3 \
+                 WHERE run_id = $1 AND step_idx = 0 AND generation = 0 AND attempt = 1",
+                vec![Text(&run.id), Int(t.fuel), Int(now)],
+            ),
+            // The end, the fuel and the seq bump touch the same row: one statement.
+            stmt(
+                "UPDATE runs SET status = 'succeeded', output = $2, finished_at = $3, \
+                 updated_at = $3, owner = NULL, lease_until = NULL, next_seq = $4, \
+                 fuel_used = fuel_used + $5 WHERE id = $1",
+                vec![
+                    Text(&run.id),
+                    Text(&t.output),
+                    Int(now),
+                    Int(run.next_seq + 2),
+                    Int(t.fuel),
+                ],
+            ),
+            self.insert_event(run, "complete", &ts, &step_done),
+            self.insert_event(&second, "complete", &ts, &finished),
+        ])
+        .await?;
+        run.next_seq += 2;
+        Ok(())
+    }
+
     /// Before the plugin runs: create, claim, start the step.
     pub async fn run_before(&self, t: &Template) -> Result<RawRun> {
         let mut run = self.create_run(t).await?;
@@ -469,12 +502,10 @@ impl RawDb {
         Ok(run)
     }
 
-    /// After the plugin ran: its events, the step's end, the run's end.
+    /// After the plugin ran: its events, then the step's and the run's end.
     pub async fn run_after(&self, run: &mut RawRun, t: &Template) -> Result<()> {
-        self.step_end(run, t).await?;
-        self.finish(run, &t.output, &t.finished_for(&run.id))
-            .await?;
-        Ok(())
+        self.guest_events(run, t).await?;
+        self.end_run(run, t).await
     }
 
     /// Every write of one run, in order.
@@ -493,15 +524,16 @@ impl RawDb {
     }
 }
 
-/// Statements per run: Corral's (counted from host/src/store for the bench pipeline,
-/// read-backs included) and the raw writer's, for `params`.
+/// Statements per run: Corral's (counted from host/src/store for the bench pipeline; a
+/// multi-row insert is one) and the raw writer's, for `params`.
 pub fn statements(t: &Template) -> (usize, usize) {
-    let guest = t.guest.len();
-    // create_run 4 + its read-back; claim_run 1 + read-back; step start 5; each guest
-    // event 2; attempt end 4 (AddFuel is 3); step succeeded 3; finish 4.
-    let corral = 5 + 2 + 5 + 2 * guest + 4 + 3 + 4;
-    // create 3; claim 1; step start 4; each guest event 2; attempt end 4; step 3; finish 2.
-    let raw = 3 + 1 + 4 + 2 * guest + 4 + 3 + 2;
+    let guest = usize::from(!t.guest.is_empty());
+    // create_run 3; claim 1 (RETURNING the run); step start: status guard, attempt insert,
+    // step update, seq bump, event insert (5); guest events: bump + one insert (2); the
+    // end: fuel 3, attempt 1, step 1, run end 1, skip 1, bump 1, events insert 1 (9).
+    let corral = 3 + 1 + 5 + 2 * guest + 9;
+    // create 3; claim 1; step start 4; guest events: bump + one insert each; the end 6.
+    let raw = 3 + 1 + 4 + guest * (1 + t.guest.len()) + 6;
     (corral, raw)
 }
 

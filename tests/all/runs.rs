@@ -1160,3 +1160,91 @@ async fn res_16_a_manifest_sets_its_steps_scratch_quota() {
         assert!(out["bytes_on_disk"].as_u64().unwrap() <= 2 << 20, "{out}");
     }
 }
+
+both!(concurrent_runs_each_end_once_with_contiguous_events_under_group_commit);
+/// Many runs at once share the store's group commits: whatever the mix (success, failure
+/// for good, retries, a cancel racing each run's end), each run's log is seq 1..n with
+/// one final event, its status is that event's, and nothing is written after it.
+async fn concurrent_runs_each_end_once_with_contiguous_events_under_group_commit(db: Db) {
+    let env = env(db).await;
+    let runner = Runner::new(
+        engine(),
+        env.runner.store().clone(),
+        RunnerConfig {
+            max_concurrent_runs: 8,
+            ..RunnerConfig::default()
+        },
+    );
+    let kinds = [
+        flaky("{}", ""),
+        flaky("{ fail_until_attempt = 2 }", ""),
+        flaky("{ permanent = true }", ""),
+        pipeline(
+            "name = \"echo2\"\n[[steps]]\nname = \"a\"\nplugin = \"echo.wasm\"\n\
+             [[steps]]\nname = \"b\"\nplugin = \"echo.wasm\"\n",
+        ),
+    ];
+    let mut ids = Vec::new();
+    for i in 0..32 {
+        let p = &kinds[i % kinds.len()];
+        ids.push(runner.submit(&env.tenant, p, None, "{}").await.unwrap().id);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let worker = {
+        let (runner, stop) = (runner.clone(), stop.clone());
+        tokio::spawn(async move { runner.work(false, stop).await })
+    };
+    // Every fifth run gets a cancel at some point of its life (queued, running, or ended).
+    for id in ids.iter().step_by(5) {
+        let _ = runner.cancel(&env.tenant, id).await;
+    }
+    for id in &ids {
+        let mut events = runner.subscribe(&env.tenant, id, 0).await.unwrap();
+        while events.recv().await.is_some() {}
+    }
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    for id in &ids {
+        let stored = env.events(id).await;
+        let last = assert_well_formed(&stored);
+        let run = runner.store().run(id).await.unwrap().unwrap();
+        assert!(run.is_terminal(), "{id} ended: {}", run.status);
+        assert_eq!(last["status"], run.status.as_str(), "{id}: {stored:#?}");
+        assert_eq!(
+            run.next_seq - 1,
+            stored.len() as i64,
+            "nothing after the end"
+        );
+    }
+}
+
+both!(claiming_several_runs_at_once_takes_tenants_in_turn);
+/// One claim for several free slots takes the runs a claim per slot would: round-robin
+/// across tenants, each tenant's oldest first.
+async fn claiming_several_runs_at_once_takes_tenants_in_turn(db: Db) {
+    let env = env(db).await;
+    let store = env.runner.store();
+    let b = store.ensure_tenant("b").await.unwrap();
+    let p = flaky("{}", "");
+    let mut a_runs = Vec::new();
+    for _ in 0..3 {
+        a_runs.push(env.submit(&p, "{}").await);
+    }
+    let b_run = env.runner.submit(&b, &p, None, "{}").await.unwrap().id;
+    let claimed = store
+        .claim_runs("host_test", Duration::from_secs(30), 3)
+        .await
+        .unwrap();
+    let mut got: Vec<&str> = claimed.iter().map(|r| r.id.as_str()).collect();
+    got.sort();
+    let mut want = vec![a_runs[0].as_str(), a_runs[1].as_str(), b_run.as_str()];
+    want.sort();
+    assert_eq!(got, want, "A's two oldest and B's one, not A's third");
+    assert!(claimed.iter().all(|r| r.status == "running"));
+    let rest = store
+        .claim_runs("host_test", Duration::from_secs(30), 3)
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].id, a_runs[2]);
+}

@@ -162,7 +162,7 @@ async fn measure_on(ctx: &Ctx, corral_db: &FreshDb, raw_db: &FreshDb) -> anyhow:
             "statements_per_run": {"corral": corral_stmts, "baseline": raw_stmts},
             "corral_p99_us": us(corral.p99()),
             "baseline_p99_us": us(baseline.p99()),
-            "corral": "corral::store::Store: create_run, link_run_plugins, claim_run, then commit() with the executor's Change lists and events (payloads from a real run of the echo pipeline), per run",
+            "corral": "corral::store::Store: create_run_linked, claim_run, then commit_many() with the executor's Change lists and events (payloads from a real run of the echo pipeline): step start, the guest's events in one, the step's and the run's end in one; each a member of the store's group commit",
             "baseline": "sqlx native driver, same tables and durability, same rows in the same transactions, fewest statements (no read-back, RETURNING, guards or sub-selects)",
             "not_included": "the runner's reads between writes (steps, run fuel total) and event publication",
         }),
@@ -177,26 +177,30 @@ pub async fn corral_run(
     owner: &str,
     t: &Template,
 ) -> anyhow::Result<String> {
-    // Runner::submit
+    // Runner::submit: the run, its steps, its `queued` event and its plugin links.
     let (run, _queued) = store
-        .create_run(&NewRun {
-            tenant_id: tenant.to_string(),
-            pipeline_id: None,
-            pipeline_name: t.pipeline_name.clone(),
-            spec: t.spec.clone(),
-            input: t.input.clone(),
-            steps: vec![(t.step.clone(), t.agent.clone())],
-        })
-        .await?;
-    store.link_run_plugins(&run.id, &[]).await?;
-    // Runner::execute
+        .create_run_linked(
+            &NewRun {
+                tenant_id: tenant.to_string(),
+                pipeline_id: None,
+                pipeline_name: t.pipeline_name.clone(),
+                spec: t.spec.clone(),
+                input: t.input.clone(),
+                steps: vec![(t.step.clone(), t.agent.clone())],
+            },
+            None,
+            &[],
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("an uncapped run was refused"))?;
+    // Runner::work claims it (one statement, the run as claimed comes back).
     let run = store
         .claim_run(&run.id, owner, LEASE)
         .await?
         .ok_or_else(|| anyhow::anyhow!("could not claim {}", run.id))?;
     let run_ref = run.as_ref();
-    let commit = async |changes: &[Change], event: Option<(&str, serde_json::Value)>| match store
-        .commit(&run_ref, changes, event)
+    let commit = async |changes: &[Change], events: &[(&str, serde_json::Value)]| match store
+        .commit_many(&run_ref, changes, events)
         .await?
     {
         Some(_) => Ok(()),
@@ -215,14 +219,17 @@ pub async fn corral_run(
                 attempt: 1,
             },
         ],
-        Some(("running", t.started.clone())),
+        &[("running", t.started.clone())],
     )
     .await?;
-    // commit_guest_events: each guest event on its own.
-    for (kind, payload) in &t.guest {
-        commit(&[], Some((kind.as_str(), payload.clone()))).await?;
-    }
-    // The attempt ends.
+    // The guest events' committer: what has queued up, in one transaction.
+    let guest: Vec<(&str, serde_json::Value)> = t
+        .guest
+        .iter()
+        .map(|(kind, payload)| (kind.as_str(), payload.clone()))
+        .collect();
+    commit(&[], &guest).await?;
+    // The last step's end and the run's end, one transition (executor::finish).
     commit(
         &[
             Change::AddFuel {
@@ -238,21 +245,10 @@ pub async fn corral_run(
                 error_code: None,
                 error_message: None,
             },
-        ],
-        None,
-    )
-    .await?;
-    commit(
-        &[Change::StepSucceeded {
-            idx: 0,
-            output: t.output.clone(),
-        }],
-        Some(("complete", t.step_done.clone())),
-    )
-    .await?;
-    // executor::finish
-    commit(
-        &[
+            Change::StepSucceeded {
+                idx: 0,
+                output: t.output.clone(),
+            },
             Change::RunFinish {
                 status: "succeeded",
                 output: Some(t.output.clone()),
@@ -261,7 +257,10 @@ pub async fn corral_run(
             },
             Change::SkipRemaining,
         ],
-        Some(("complete", t.finished_for(&run.id))),
+        &[
+            ("complete", t.step_done.clone()),
+            ("complete", t.finished_for(&run.id)),
+        ],
     )
     .await?;
     Ok(run.id)

@@ -11,6 +11,7 @@ use crate::engine::{
 };
 use crate::store::{Change, RunRecord, RunRef, StepRecord, StoreError};
 use serde_json::{Value, json};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
     let live = Live {
         cancel: cancel.clone(),
         answered: Arc::new(tokio::sync::Notify::new()),
+        fuel: Arc::new(AtomicI64::new(run.fuel_used)),
     };
     runner
         .inner
@@ -67,11 +69,10 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
     let watcher = spawn_cancel_watcher(runner.clone(), run.id.clone(), cancel.clone());
 
     let run_ref = run.as_ref();
-    let result = drive(&runner, &run, &live).await;
-    let fuel = match runner.store().run(&run.id).await {
-        Ok(Some(r)) => r.fuel_used,
-        _ => run.fuel_used,
-    };
+    // The last step's success, committed with the run's end (one transaction for both).
+    let mut last_step = Transition::default();
+    let result = drive(&runner, &run, &live, &mut last_step).await;
+    let fuel = live.fuel.load(Ordering::Relaxed);
     // The end is retried while the database is unreachable: giving up would leave the run
     // live under this host, whose lease keeps being renewed.
     let mut delay = Duration::from_millis(250);
@@ -81,6 +82,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
                 finish(
                     &runner,
                     &run_ref,
+                    &last_step,
                     "succeeded",
                     Some(output.clone()),
                     None,
@@ -93,6 +95,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
                 finish(
                     &runner,
                     &run_ref,
+                    &Transition::default(),
                     "failed",
                     None,
                     Some((code.clone(), message.clone())),
@@ -175,24 +178,30 @@ fn run_finish(
     ]
 }
 
+/// Changes and events not committed yet, to go with the next transition.
+#[derive(Default)]
+struct Transition {
+    changes: Vec<Change>,
+    events: Vec<(&'static str, Value)>,
+}
+
 /// The run's final `complete` event, with the terminal status change (guarded: a run
-/// that already ended is left alone, so there is exactly one final event).
+/// that already ended is left alone, so there is exactly one final event), after
+/// `before` in the same transaction.
 async fn finish(
     runner: &Runner,
     run: &RunRef,
+    before: &Transition,
     status: &'static str,
     output: Option<String>,
     error: Option<(String, String)>,
     fuel: i64,
 ) -> Result<bool, StoreError> {
-    let payload = final_payload(run, status, error.as_ref(), fuel);
-    runner
-        .commit(
-            run,
-            &run_finish(status, output, error.as_ref()),
-            Some(("complete", payload)),
-        )
-        .await
+    let mut changes = before.changes.clone();
+    changes.extend(run_finish(status, output, error.as_ref()));
+    let mut events = before.events.clone();
+    events.push(("complete", final_payload(run, status, error.as_ref(), fuel)));
+    runner.commit_many(run, &changes, &events).await
 }
 
 /// Ends a run as cancelled: the `cancelled` event and the final `complete`, with the
@@ -238,9 +247,16 @@ struct Walk<'a> {
     steps: Vec<StepRecord>,
     live: &'a Live,
     started: Instant,
+    /// Where the last step's success goes, uncommitted, for the run's end to commit.
+    last_step: &'a mut Transition,
 }
 
-async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, Stop> {
+async fn drive(
+    runner: &Runner,
+    run: &RunRecord,
+    live: &Live,
+    last_step: &mut Transition,
+) -> Result<String, Stop> {
     if live.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
     }
@@ -267,8 +283,15 @@ async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, 
         .load_tools(runner.engine(), Some(&registry), &manifests)
         .await
         .map_err(unloadable)?;
-    let steps = runner.store().steps(&run.id).await?;
+    // A run whose only event is `queued` has never started a step (each start writes its
+    // `running` event): its steps are as submitted, no need to read them.
+    let steps = if run.next_seq == 2 {
+        pristine_steps(&pipeline)
+    } else {
+        runner.store().steps(&run.id).await?
+    };
     let mut walk = Walk {
+        last_step,
         manifests,
         runner,
         run,
@@ -281,6 +304,29 @@ async fn drive(runner: &Runner, run: &RunRecord, live: &Live) -> Result<String, 
         started: Instant::now(),
     };
     walk.walk().await
+}
+
+/// The step rows `create_run` writes for `pipeline`.
+fn pristine_steps(pipeline: &Pipeline) -> Vec<StepRecord> {
+    pipeline
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(idx, step)| StepRecord {
+            idx: to_i64(idx),
+            name: step.name.clone(),
+            plugin: agent_type(step),
+            status: "queued".into(),
+            attempts: 0,
+            loops: 0,
+            output: None,
+            fuel_used: 0,
+            error_code: None,
+            error_message: None,
+            started_at: None,
+            finished_at: None,
+        })
+        .collect()
 }
 
 impl Walk<'_> {
@@ -460,54 +506,61 @@ impl Walk<'_> {
                     Some(f.message.clone()),
                 ),
             };
-            self.runner
-                .commit(
-                    &self.run_ref,
-                    &[
-                        Change::AddFuel {
-                            step_idx: to_i64(idx),
-                            fuel,
-                        },
-                        Change::AttemptEnd {
-                            idx: to_i64(idx),
-                            generation,
-                            attempt,
-                            status,
-                            fuel,
-                            error_code,
-                            error_message,
-                        },
-                    ],
-                    None,
-                )
-                .await?;
-
+            let attempt_end = [
+                Change::AddFuel {
+                    step_idx: to_i64(idx),
+                    fuel,
+                },
+                Change::AttemptEnd {
+                    idx: to_i64(idx),
+                    generation,
+                    attempt,
+                    status,
+                    fuel,
+                    error_code,
+                    error_message,
+                },
+            ];
             let failure = match result {
                 Ok(output) => {
-                    self.runner
-                        .commit(
-                            &self.run_ref,
-                            &[Change::StepSucceeded {
-                                idx: to_i64(idx),
-                                output: output.clone(),
-                            }],
-                            Some((
-                                "complete",
-                                json!({
-                                    "step_id": step.name,
-                                    "agent_type": agent,
-                                    "fuel_used": fuel,
-                                    "tokens_used": 0,
-                                    "artifact_id": artifact_id,
-                                    "output_preview": preview(&output),
-                                    "attempt": attempt,
-                                }),
-                            )),
-                        )
-                        .await?;
+                    // The attempt's end, the step's success and its event: one transition,
+                    // and for the last step it goes with the run's end.
+                    let mut done = Transition {
+                        changes: attempt_end.to_vec(),
+                        events: vec![(
+                            "complete",
+                            json!({
+                                "step_id": step.name,
+                                "agent_type": agent,
+                                "fuel_used": fuel,
+                                "tokens_used": 0,
+                                "artifact_id": artifact_id,
+                                "output_preview": preview(&output),
+                                "attempt": attempt,
+                            }),
+                        )],
+                    };
+                    done.changes.push(Change::StepSucceeded {
+                        idx: to_i64(idx),
+                        output: output.clone(),
+                    });
+                    if idx + 1 >= self.pipeline.steps.len() {
+                        *self.last_step = done;
+                    } else {
+                        self.runner
+                            .commit_many(&self.run_ref, &done.changes, &done.events)
+                            .await?;
+                    }
+                    self.live.fuel.fetch_add(fuel, Ordering::Relaxed);
                     return Ok(Ok(output));
                 }
-                Err(f) => f,
+                Err(f) => {
+                    self.runner
+                        .commit(&self.run_ref, &attempt_end, None)
+                        .await?;
+                    self.live.fuel.fetch_add(fuel, Ordering::Relaxed);
+                    f
+                }
             };
             if failure.code == ErrorCode::Cancelled || self.live.cancel.is_cancelled() {
                 self.commit_step_end(idx, "cancelled", &failure).await?;
@@ -626,13 +679,7 @@ impl Walk<'_> {
     /// Whether the run's fuel or time budget is spent; if so, the run stops here.
     async fn run_budget_spent(&self, failure: &Failure) -> Result<Option<Stop>, Stop> {
         if let Some(budget) = self.pipeline.budget.fuel {
-            let used = self
-                .runner
-                .store()
-                .run(&self.run.id)
-                .await?
-                .map(|r| r.fuel_used)
-                .unwrap_or(0);
+            let used = self.live.fuel.load(Ordering::Relaxed);
             if u64::try_from(used).unwrap_or(0) >= budget {
                 return Ok(Some(Stop::Failed {
                     code: code_str(ErrorCode::BudgetExhausted).into(),
@@ -670,13 +717,7 @@ impl Walk<'_> {
     ) -> Result<(u64, Result<String, Failure>, Option<String>), Stop> {
         // The run's fuel budget narrows the attempt's.
         if let Some(budget) = self.pipeline.budget.fuel {
-            let used = self
-                .runner
-                .store()
-                .run(&self.run.id)
-                .await?
-                .map(|r| u64::try_from(r.fuel_used).unwrap_or(0))
-                .unwrap_or(0);
+            let used = u64::try_from(self.live.fuel.load(Ordering::Relaxed)).unwrap_or(0);
             let left = budget.saturating_sub(used);
             if left == 0 {
                 return Err(Stop::Failed {

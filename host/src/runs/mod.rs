@@ -117,6 +117,9 @@ pub(crate) struct Inner {
 pub(crate) struct Live {
     pub(crate) cancel: CancellationToken,
     pub(crate) answered: Arc<Notify>,
+    /// The run's fuel total as committed (from its claim, plus every charge since), so
+    /// budgets and the final event need no read of the run.
+    pub(crate) fuel: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl Runner {
@@ -242,13 +245,14 @@ impl Runner {
             input: input.to_string(),
             steps,
         };
-        let Some((run, event)) = self.inner.store.create_run_capped(&new, max_queued).await? else {
+        let created = self
+            .inner
+            .store
+            .create_run_linked(&new, max_queued, &registry.used())
+            .await?;
+        let Some((run, event)) = created else {
             return Err(RunError::TooManyQueued(max_queued.unwrap_or(0)));
         };
-        self.inner
-            .store
-            .link_run_plugins(&run.id, &registry.used())
-            .await?;
         self.inner.bus.publish(event);
         self.inner.wake.notify_one();
         Ok(run)
@@ -476,21 +480,29 @@ impl Runner {
                 p = slots.clone().acquire_owned() => p.map_err(|_| RunError::InvalidInput("scheduler closed".into()))?,
                 _ = stop.cancelled() => return Ok(()),
             };
+            // Every free slot at once: one claim statement for all of them.
+            let mut permits = vec![permit];
+            while let Ok(p) = slots.clone().try_acquire_owned() {
+                permits.push(p);
+            }
             match self
                 .inner
                 .store
-                .claim_next_run(&self.inner.owner, self.inner.config.lease)
+                .claim_runs(&self.inner.owner, self.inner.config.lease, permits.len())
                 .await
             {
-                Ok(Some(run)) => {
-                    let runner = self.clone();
-                    tokio::spawn(async move {
-                        executor::execute(runner, run).await;
-                        drop(permit);
-                    });
+                Ok(runs) if !runs.is_empty() => {
+                    for run in runs {
+                        let Some(permit) = permits.pop() else { break };
+                        let runner = self.clone();
+                        tokio::spawn(async move {
+                            executor::execute(runner, run).await;
+                            drop(permit);
+                        });
+                    }
                 }
-                Ok(None) => {
-                    drop(permit);
+                Ok(_) => {
+                    drop(permits);
                     if until_idle && slots.available_permits() == max {
                         return Ok(());
                     }
@@ -501,7 +513,7 @@ impl Runner {
                     }
                 }
                 Err(e) => {
-                    drop(permit);
+                    drop(permits);
                     tracing::warn!("claiming a run failed (will retry): {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

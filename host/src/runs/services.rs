@@ -387,14 +387,7 @@ impl StepServices {
 
         let mut fuel = self.grant.fuel;
         if let Some(budget) = self.grant.run_budget {
-            let used = self
-                .runner
-                .store()
-                .run(&self.run.id)
-                .await
-                .map_err(Self::store_error)?
-                .map(|r| u64::try_from(r.fuel_used).unwrap_or(0))
-                .unwrap_or(0);
+            let used = u64::try_from(self.live.fuel.load(Ordering::Relaxed)).unwrap_or(0);
             fuel = fuel.min(budget.saturating_sub(used));
             if fuel == 0 {
                 return Err(PluginError::Permanent(
@@ -417,7 +410,7 @@ impl StepServices {
         };
         let outcome = self.runner.engine().invoke(&tool.plugin, call, how).await;
         let used = i64::try_from(outcome.fuel_used).unwrap_or(i64::MAX);
-        if let Err(e) = self
+        match self
             .runner
             .commit(
                 &self.run,
@@ -429,7 +422,10 @@ impl StepServices {
             )
             .await
         {
-            tracing::warn!("could not charge tool fuel: {e}");
+            Ok(_) => {
+                self.live.fuel.fetch_add(used, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("could not charge tool fuel: {e}"),
         }
         let (status, code) = match &outcome.result {
             Ok(_) => ("ok", None),

@@ -8,6 +8,7 @@ mod records;
 mod registry;
 mod secrets;
 mod webhooks;
+mod writer;
 pub use secrets::SecretInfo;
 pub use webhooks::{DueBatch, NewWebhook, WebhookRecord};
 
@@ -16,7 +17,7 @@ pub use registry::*;
 pub use records::*;
 
 use serde_json::Value;
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -85,21 +86,38 @@ pub struct Store {
     backend: Backend,
     /// SQLite has one writer: serializing writes in-process avoids busy retries.
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Group commit of the run lifecycle's writes (takes `write_lock` for each group).
+    writer: writer::Writer,
     /// Seals and opens tenant secrets; `None` when no key is configured.
     sealer: Option<std::sync::Arc<crate::secrets::Sealer>>,
 }
 
-/// The scheduler's candidates: queued runs of the tenant with the fewest runs executing,
-/// then of the one that least recently had a run claimed, each tenant's oldest first. Its
-/// per-tenant subqueries are index lookups (migration 0006), never a scan of history.
-const CLAIM_CANDIDATES: &str = "SELECT q.id AS id FROM runs q \
-     WHERE q.status = 'queued' AND q.cancel_requested = 0 \
-     ORDER BY (SELECT COUNT(*) FROM runs r WHERE r.tenant_id = q.tenant_id \
-               AND r.status IN ('running', 'waiting')), \
-              (SELECT COALESCE(MAX(r.claim_seq), 0) FROM runs r \
-               WHERE r.tenant_id = q.tenant_id), \
-              q.queue_seq, q.id \
-     LIMIT 8";
+/// The scheduler's candidates, best first: queued runs of the tenant with the fewest runs
+/// executing, then of the one that least recently had a run claimed, each tenant's oldest
+/// first. A tenant's k-th queued run counts as if k - 1 more of its runs were executing, so
+/// claiming several at once takes them round-robin across tenants, as claiming one at a
+/// time would. Its per-tenant subqueries are index lookups (migration 0006), never a scan
+/// of history. `$5`: how many.
+const CLAIM_CANDIDATES: &str = "SELECT c.id FROM (SELECT q.id AS id, q.queue_seq AS queue_seq, \
+     (SELECT COUNT(*) FROM runs r WHERE r.tenant_id = q.tenant_id \
+      AND r.status IN ('running', 'waiting')) \
+     + ROW_NUMBER() OVER (PARTITION BY q.tenant_id ORDER BY q.queue_seq, q.id) AS load, \
+     (SELECT COALESCE(MAX(r.claim_seq), 0) FROM runs r WHERE r.tenant_id = q.tenant_id) \
+     AS last_claim \
+     FROM runs q WHERE q.status = 'queued' AND q.cancel_requested = 0) c \
+     ORDER BY c.load, c.last_claim, c.queue_seq, c.id LIMIT $5";
+
+/// Claims the queued runs `which` selects (`$1` owner, `$2` lease end, `$3` now, `$4`
+/// claim stamp, `$5` for `which`), guarded on each still being queued with no cancel
+/// request, and returns them as claimed.
+fn claim_sql(which: &str) -> String {
+    format!(
+        "UPDATE runs SET status = 'running', owner = $1, lease_until = $2, \
+         started_at = COALESCE(started_at, $3), updated_at = $3, claim_seq = $4 \
+         WHERE id IN ({which}) AND status = 'queued' AND cancel_requested = 0 RETURNING {}",
+        run_columns!()
+    )
+}
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
@@ -186,6 +204,9 @@ impl Store {
         let options = if backend == Backend::Sqlite {
             // A local file has no connection to lose: skip the ping sqlx makes on every
             // acquire (a round trip to the connection's worker thread; see BENCHMARKS.md).
+            // `temp_store = MEMORY`: a group commit's per-run savepoints keep the pages they
+            // may roll back in memory instead of a temporary file (nothing durable is
+            // there; the WAL and `synchronous` are unchanged).
             options
                 .test_before_acquire(false)
                 .after_connect(|conn, _meta| {
@@ -193,7 +214,8 @@ impl Store {
                         use sqlx::Executor;
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
-                         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+                         PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                         PRAGMA temp_store = MEMORY;",
                         )
                         .await?;
                         Ok(())
@@ -211,10 +233,12 @@ impl Store {
         let sealer = crate::secrets::Sealer::from_env()
             .map_err(StoreError::Corrupt)?
             .map(std::sync::Arc::new);
+        let write_lock = std::sync::Arc::new(tokio::sync::Mutex::new(()));
         Ok(Store {
+            writer: writer::Writer::new(pool.clone(), backend, write_lock.clone()),
             pool,
             backend,
-            write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            write_lock,
             sealer,
         })
     }
@@ -294,53 +318,75 @@ impl Store {
         new: &NewRun,
         max_queued: Option<i64>,
     ) -> Result<Option<(RunRecord, Event)>> {
-        let _w = self.write_guard().await;
+        self.create_run_linked(new, max_queued, &[]).await
+    }
+
+    /// [`Store::create_run_capped`] that also records the registered plugins the run uses
+    /// (`plugin_ids`, see [`Store::link_run_plugins`]), in the same transaction. Returns once
+    /// the run is committed (it is then never lost); the record is built from what was
+    /// written, not read back.
+    pub async fn create_run_linked(
+        &self,
+        new: &NewRun,
+        max_queued: Option<i64>,
+        plugin_ids: &[String],
+    ) -> Result<Option<(RunRecord, Event)>> {
+        use writer::Arg::{Int, OptText, Text};
         let now = now_ms();
         let id = new_id("run");
-        let mut tx = self.pool.begin().await?;
+        let mut stmts = Vec::with_capacity(5);
         if max_queued.is_some() && self.backend == Backend::Postgres {
             // Serializes this tenant's capped submissions; each statement after it sees
-            // what the previous holder committed.
-            sqlx::query("SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE")
-                .bind(&new.tenant_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            // what the previous holder committed. (Under READ COMMITTED two transactions
+            // would otherwise both count `cap - 1` and both insert.) SQLite takes its write
+            // lock when the insert starts, so its count cannot go stale before the insert.
+            stmts.push(writer::Stmt::new(
+                "SELECT id FROM tenants WHERE id = $1 FOR NO KEY UPDATE",
+                vec![Text(new.tenant_id.clone())],
+            ));
         }
-        // SQLite takes its write lock when this statement starts, so its count cannot go
-        // stale before the insert either (and the in-process write guard is held anyway).
-        let inserted = sqlx::query(
-            "INSERT INTO runs (id, tenant_id, pipeline_id, pipeline_name, spec, input, status, \
-             queue_seq, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, 'queued', $7, $8, $8 \
-             WHERE $9 < 0 OR (SELECT COUNT(*) FROM runs \
-                              WHERE tenant_id = $2 AND status = 'queued') < $9",
-        )
-        .bind(&id)
-        .bind(&new.tenant_id)
-        .bind(new.pipeline_id.as_deref())
-        .bind(&new.pipeline_name)
-        .bind(&new.spec)
-        .bind(&new.input)
-        .bind(order_stamp())
-        .bind(now)
-        .bind(max_queued.map_or(-1, |n| n.max(0)))
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        for (idx, (name, plugin)) in new.steps.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO steps (run_id, idx, name, plugin, status) \
-                 VALUES ($1, $2, $3, $4, 'queued')",
+        // The count and the insert are one statement; the `queued` event is seq 1.
+        stmts.push(
+            writer::Stmt::new(
+                "INSERT INTO runs (id, tenant_id, pipeline_id, pipeline_name, spec, input, \
+                 status, next_seq, queue_seq, created_at, updated_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, 'queued', 2, $7, $8, $8 \
+                 WHERE $9 < 0 OR (SELECT COUNT(*) FROM runs \
+                                  WHERE tenant_id = $2 AND status = 'queued') < $9",
+                vec![
+                    Text(id.clone()),
+                    Text(new.tenant_id.clone()),
+                    OptText(new.pipeline_id.clone()),
+                    Text(new.pipeline_name.clone()),
+                    Text(new.spec.clone()),
+                    Text(new.input.clone()),
+                    Int(order_stamp()),
+                    Int(now),
+                    Int(max_queued.map_or(-1, |n| n.max(0))),
+                ],
             )
-            .bind(&id)
-            .bind(i64::try_from(idx).unwrap_or(i64::MAX))
-            .bind(name)
-            .bind(plugin)
-            .execute(&mut *tx)
-            .await?;
+            .guarded(),
+        );
+        if !new.steps.is_empty() {
+            let mut sql =
+                String::from("INSERT INTO steps (run_id, idx, name, plugin, status) VALUES ");
+            let mut args = vec![Text(id.clone())];
+            for (idx, (name, plugin)) in new.steps.iter().enumerate() {
+                let n = args.len();
+                if idx > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!(
+                    "($1, ${}, ${}, ${}, 'queued')",
+                    n + 1,
+                    n + 2,
+                    n + 3
+                ));
+                args.push(Int(i64::try_from(idx).unwrap_or(i64::MAX)));
+                args.push(Text(name.clone()));
+                args.push(Text(plugin.clone()));
+            }
+            stmts.push(writer::Stmt::new(sql, args));
         }
         let steps: Vec<Value> = new
             .steps
@@ -351,12 +397,54 @@ impl Store {
             "pipeline": new.pipeline_name,
             "steps": steps,
         });
-        let event = append_event(&mut tx, &id, &new.tenant_id, "queued", &payload).await?;
-        tx.commit().await?;
-        let run = self
-            .run(&id)
-            .await?
-            .ok_or_else(|| StoreError::Corrupt("run vanished after insert".into()))?;
+        let ts = rfc3339_now();
+        let (payload, payload_text) = bounded_payload(&payload);
+        stmts.push(writer::Stmt::new(
+            "INSERT INTO events (run_id, seq, tenant_id, type, ts, payload) \
+             VALUES ($1, 1, $2, 'queued', $3, $4)",
+            vec![
+                Text(id.clone()),
+                Text(new.tenant_id.clone()),
+                Text(ts.clone()),
+                Text(payload_text),
+            ],
+        ));
+        if let Some(link) = link_stmt(&id, plugin_ids) {
+            stmts.push(link);
+        }
+        if self.writer.write(stmts).await?.is_none() {
+            return Ok(None);
+        }
+        let run = RunRecord {
+            id: id.clone(),
+            tenant_id: new.tenant_id.clone(),
+            pipeline_id: new.pipeline_id.clone(),
+            pipeline_name: new.pipeline_name.clone(),
+            spec: new.spec.clone(),
+            input: new.input.clone(),
+            output: None,
+            status: "queued".into(),
+            error_code: None,
+            error_message: None,
+            fuel_used: 0,
+            next_seq: 2,
+            last_seq: 1,
+            cancel_requested: false,
+            owner: None,
+            lease_until: None,
+            claim_seq: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        };
+        let event = Event {
+            kind: "queued".into(),
+            run_id: id,
+            seq: 1,
+            ts,
+            payload: payload.into_owned(),
+            tenant_id: new.tenant_id.clone(),
+        };
         Ok(Some((run, event)))
     }
 
@@ -439,30 +527,22 @@ impl Store {
     /// then the one that least recently started a run (round-robin across tenants), its
     /// oldest queued run (FIFO within a tenant). `None` when nothing is queued.
     pub async fn claim_next_run(&self, owner: &str, lease: Duration) -> Result<Option<RunRecord>> {
-        let _w = self.write_guard().await;
-        let candidates = sqlx::query(CLAIM_CANDIDATES).fetch_all(&self.pool).await?;
-        let now = now_ms();
-        let lease_until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        for row in candidates {
-            let id: String = row.try_get("id")?;
-            // Guarded: if another claimer took it first, this affects no row.
-            let done = sqlx::query(
-                "UPDATE runs SET status = 'running', owner = $2, lease_until = $3, \
-                 started_at = COALESCE(started_at, $4), updated_at = $4, claim_seq = $5 \
-                 WHERE id = $1 AND status = 'queued' AND cancel_requested = 0",
-            )
-            .bind(&id)
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
-            .bind(order_stamp())
-            .execute(&self.pool)
-            .await?;
-            if done.rows_affected() == 1 {
-                return self.run(&id).await;
-            }
-        }
-        Ok(None)
+        Ok(self.claim_runs(owner, lease, 1).await?.pop())
+    }
+
+    /// Claims up to `n` queued runs for `owner` in one statement, in the order
+    /// [`Store::claim_next_run`] would claim them one by one. Guarded per run: a run another
+    /// claimer took first is left out.
+    pub async fn claim_runs(
+        &self,
+        owner: &str,
+        lease: Duration,
+        n: usize,
+    ) -> Result<Vec<RunRecord>> {
+        let sql = claim_sql(&format!("SELECT id FROM ({CLAIM_CANDIDATES}) AS chosen"));
+        let n = i64::try_from(n.clamp(1, 1000)).unwrap_or(1);
+        self.claim_with(sql, owner, lease, writer::Arg::Int(n))
+            .await
     }
 
     /// Claims one specific queued run for `owner` (guarded on `queued`).
@@ -472,26 +552,38 @@ impl Store {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<RunRecord>> {
-        let _w = self.write_guard().await;
+        let sql = claim_sql("$5");
+        Ok(self
+            .claim_with(sql, owner, lease, writer::Arg::Text(id.to_string()))
+            .await?
+            .pop())
+    }
+
+    async fn claim_with(
+        &self,
+        sql: String,
+        owner: &str,
+        lease: Duration,
+        which: writer::Arg,
+    ) -> Result<Vec<RunRecord>> {
+        use writer::Arg::{Int, Text};
         let now = now_ms();
         let until = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-        let done = sqlx::query(
-            "UPDATE runs SET status = 'running', owner = $2, lease_until = $3, \
-             started_at = COALESCE(started_at, $4), updated_at = $4, claim_seq = $5 \
-             WHERE id = $1 AND status = 'queued' AND cancel_requested = 0",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(until)
-        .bind(now)
-        .bind(order_stamp())
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 1 {
-            self.run(id).await
-        } else {
-            Ok(None)
-        }
+        let stmt = writer::Stmt::new(
+            sql,
+            vec![
+                Text(owner.to_string()),
+                Int(until),
+                Int(now),
+                Int(order_stamp()),
+                which,
+            ],
+        );
+        let done = self.writer.write(vec![stmt]).await?.unwrap_or_default();
+        done.iter()
+            .flat_map(|d| &d.rows)
+            .map(RunRecord::from_row)
+            .collect()
     }
 
     /// Extends the lease of the runs `owner` holds and is executing (`ids`). A run this
@@ -576,42 +668,57 @@ impl Store {
 
     /// Like [`Store::commit`] with any number of events, appended in order in the same
     /// transaction (a terminal transition and its `cancelled` + final `complete` events,
-    /// so no crash or racing writer can leave one without the other).
+    /// so no crash or racing writer can leave one without the other). The transaction is
+    /// shared with other runs' concurrent commits (group commit) but all-or-nothing for
+    /// this one: a refusal here writes nothing of it and leaves the others alone.
     pub async fn commit_many(
         &self,
         run: &RunRef,
         changes: &[Change],
         events: &[(&str, Value)],
     ) -> Result<Option<Vec<Event>>> {
-        let _w = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
         let now = now_ms();
-        for change in changes {
-            let affected = change.apply(&mut tx, &run.id, now).await?;
-            if change.guarded() && affected == 0 {
-                tx.rollback().await?;
-                return Ok(None);
-            }
+        let mut stmts: Vec<writer::Stmt> = changes.iter().flat_map(|c| c.stmts(run, now)).collect();
+        if stmts.is_empty() && events.is_empty() {
+            return Ok(Some(Vec::new()));
         }
         let ending = changes
             .iter()
             .any(|c| matches!(c, Change::RunFinish { .. }));
-        let mut written = Vec::with_capacity(events.len());
-        for (kind, payload) in events {
-            let appended =
-                append_event_unless_ended(&mut tx, &run.id, &run.tenant_id, kind, payload, ending)
-                    .await?;
-            match appended {
-                Some(event) => written.push(event),
-                // The run ended meanwhile: this late write is refused as a whole.
-                None => {
-                    tx.rollback().await?;
-                    return Ok(None);
-                }
+        let append = Append::new(run, events, ending);
+        // The run's status change and the events' numbering touch the same row: when the
+        // transition has one run guard, they are one statement, put first (the other
+        // changes neither read nor write what it does), so a refusal has written nothing.
+        let mut guards = changes.iter().enumerate().filter(|(_, c)| c.guards_run());
+        let merged = match (guards.next(), guards.next()) {
+            (Some((i, guard)), None) => guard.with_bump(run, now, &append).map(|m| (i, m)),
+            _ => None,
+        };
+        let at = match merged {
+            Some((i, merged)) => {
+                stmts = std::iter::once(merged)
+                    .chain(
+                        changes
+                            .iter()
+                            .enumerate()
+                            .filter(|(j, _)| *j != i)
+                            .flat_map(|(_, c)| c.stmts(run, now)),
+                    )
+                    .collect();
+                stmts.extend(append.insert());
+                0
             }
+            _ => {
+                let at = stmts.len();
+                stmts.extend(append.bump());
+                stmts.extend(append.insert());
+                at
+            }
+        };
+        match self.writer.write(stmts).await? {
+            None => Ok(None),
+            Some(done) => append.events(done.get(at)).map(Some),
         }
-        tx.commit().await?;
-        Ok(Some(written))
     }
 
     /// Events of a run with `seq > after`, in order, at most `limit`.
@@ -817,30 +924,34 @@ impl Store {
         let digest = format!("sha256:{}", hex::encode(Sha256::digest(new.content)));
         let id = new_id("art");
         let size = i64::try_from(new.content.len()).unwrap_or(i64::MAX);
-        let _w = self.write_guard().await;
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("INSERT INTO blobs (digest, size, content) VALUES ($1, $2, $3) ON CONFLICT (digest) DO NOTHING")
-            .bind(&digest)
-            .bind(size)
-            .bind(new.content)
-            .execute(&mut *tx)
-            .await?;
         let now = now_ms();
-        sqlx::query(
-            "INSERT INTO artifacts (id, run_id, tenant_id, step, name, media_type, size, digest, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(&id)
-        .bind(&run.id)
-        .bind(&run.tenant_id)
-        .bind(new.step)
-        .bind(new.name)
-        .bind(new.media_type)
-        .bind(size)
-        .bind(&digest)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        use writer::Arg::{Int, Text};
+        let mut stmts = vec![
+            writer::Stmt::new(
+                "INSERT INTO blobs (digest, size, content) VALUES ($1, $2, $3) \
+                 ON CONFLICT (digest) DO NOTHING",
+                vec![
+                    Text(digest.clone()),
+                    Int(size),
+                    writer::Arg::Bytes(new.content.to_vec()),
+                ],
+            ),
+            writer::Stmt::new(
+                "INSERT INTO artifacts (id, run_id, tenant_id, step, name, media_type, size, \
+                 digest, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                vec![
+                    Text(id.clone()),
+                    Text(run.id.clone()),
+                    Text(run.tenant_id.clone()),
+                    Text(new.step.into()),
+                    Text(new.name.into()),
+                    Text(new.media_type.into()),
+                    Int(size),
+                    Text(digest.clone()),
+                    Int(now),
+                ],
+            ),
+        ];
         let record = ArtifactRecord {
             id,
             run_id: run.id.clone(),
@@ -859,8 +970,21 @@ impl Store {
             "size": record.size,
             "digest": record.digest,
         });
-        let event = append_event(&mut tx, &run.id, &run.tenant_id, "artifact", &payload).await?;
-        tx.commit().await?;
+        let events = [("artifact", payload)];
+        let append = Append::new(run, &events, false);
+        let at = stmts.len();
+        stmts.extend(append.bump());
+        stmts.extend(append.insert());
+        let done = self.writer.write(stmts).await?.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "run {} has already ended: nothing more is recorded for it",
+                run.id
+            ))
+        })?;
+        let event = append
+            .events(done.get(at))?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("the artifact event was not written".into()))?;
         Ok((record, event))
     }
 
@@ -900,70 +1024,127 @@ impl Store {
     }
 }
 
-/// Appends an event with the run's next sequence number, inside `tx`.
-async fn append_event(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    run_id: &str,
-    tenant_id: &str,
-    kind: &str,
-    payload: &Value,
-) -> Result<Event> {
-    append_event_unless_ended(tx, run_id, tenant_id, kind, payload, false)
-        .await?
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "run {run_id} has already ended: nothing more is recorded for it"
-            ))
-        })
+/// The statements that append a member's events to its run's log, and the events they
+/// write: the run's `next_seq` moves past them in one update (guarded: unless this member
+/// ends the run, nothing is ever written after a run's final event, whoever writes late,
+/// e.g. a paused host whose lease was taken over, or a guest event racing the end), and
+/// one insert writes them all, numbered from the run's row.
+struct Append {
+    run: RunRef,
+    /// (type, ts, payload) of each event, payloads already bounded.
+    events: Vec<(String, String, Value, String)>,
+    ending: bool,
 }
 
-/// Appends an event inside `tx`, unless the run has already ended (`None`): nothing is
-/// ever written after a run's final event, whoever writes late (a paused host whose
-/// lease was taken over, a guest event racing the end). `ending`: this transaction is
-/// the one that ends the run, so its own final events are let through.
-async fn append_event_unless_ended(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    run_id: &str,
-    tenant_id: &str,
-    kind: &str,
-    payload: &Value,
-    ending: bool,
-) -> Result<Option<Event>> {
-    let sql = if ending {
-        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 RETURNING next_seq - 1 AS seq"
-    } else {
-        "UPDATE runs SET next_seq = next_seq + 1 WHERE id = $1 \
-         AND status NOT IN ('succeeded', 'failed', 'cancelled') RETURNING next_seq - 1 AS seq"
-    };
-    let Some(row): Option<AnyRow> = sqlx::query(sql)
-        .bind(run_id)
-        .fetch_optional(&mut **tx)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let seq: i64 = row.try_get("seq")?;
-    let ts = rfc3339_now();
-    let (payload, payload_text) = bounded_payload(payload);
-    sqlx::query(
-        "INSERT INTO events (run_id, seq, tenant_id, type, ts, payload) VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(run_id)
-    .bind(seq)
-    .bind(tenant_id)
-    .bind(kind)
-    .bind(&ts)
-    .bind(&payload_text)
-    .execute(&mut **tx)
-    .await?;
-    Ok(Some(Event {
-        kind: kind.to_string(),
-        run_id: run_id.to_string(),
-        seq,
-        ts,
-        payload: payload.into_owned(),
-        tenant_id: tenant_id.to_string(),
-    }))
+impl Append {
+    fn new(run: &RunRef, events: &[(&str, Value)], ending: bool) -> Append {
+        let ts = rfc3339_now();
+        Append {
+            run: run.clone(),
+            events: events
+                .iter()
+                .map(|(kind, payload)| {
+                    let (payload, text) = bounded_payload(payload);
+                    (kind.to_string(), ts.clone(), payload.into_owned(), text)
+                })
+                .collect(),
+            ending,
+        }
+    }
+
+    /// How many events, as a bound value.
+    fn count(&self) -> i64 {
+        i64::try_from(self.events.len()).unwrap_or(i64::MAX)
+    }
+
+    /// The guarded move of the run's `next_seq` past the events (returns the new value).
+    fn bump(&self) -> Option<writer::Stmt> {
+        use writer::Arg::{Int, Text};
+        if self.events.is_empty() {
+            return None;
+        }
+        let sql = if self.ending {
+            "UPDATE runs SET next_seq = next_seq + $2 WHERE id = $1 RETURNING next_seq"
+        } else {
+            "UPDATE runs SET next_seq = next_seq + $2 WHERE id = $1 \
+             AND status NOT IN ('succeeded', 'failed', 'cancelled') RETURNING next_seq"
+        };
+        Some(writer::Stmt::new(sql, vec![Text(self.run.id.clone()), Int(self.count())]).guarded())
+    }
+
+    /// The insert of the events, numbered from the run's (already moved) `next_seq`.
+    fn insert(&self) -> Option<writer::Stmt> {
+        use writer::Arg::{Int, Text};
+        if self.events.is_empty() {
+            return None;
+        }
+        let mut sql = String::from(
+            "INSERT INTO events (run_id, seq, tenant_id, type, ts, payload) \
+             SELECT $1, r.next_seq - $3 + v.column1, $2, v.column2, v.column3, v.column4 \
+             FROM runs r, (VALUES ",
+        );
+        let mut args = vec![
+            Text(self.run.id.clone()),
+            Text(self.run.tenant_id.clone()),
+            Int(self.count()),
+        ];
+        for (i, (kind, ts, _, text)) in self.events.iter().enumerate() {
+            let n = args.len();
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("(${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4));
+            args.push(Int(i64::try_from(i).unwrap_or(i64::MAX)));
+            args.push(Text(kind.clone()));
+            args.push(Text(ts.clone()));
+            args.push(Text(text.clone()));
+        }
+        sql.push_str(") AS v WHERE r.id = $1");
+        Some(writer::Stmt::new(sql, args))
+    }
+
+    /// The events written, numbered from what the bump returned (`done`).
+    fn events(self, done: Option<&writer::Done>) -> Result<Vec<Event>> {
+        if self.events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let after: i64 = done
+            .and_then(|d| d.rows.first())
+            .ok_or_else(|| StoreError::Corrupt("the event numbering returned nothing".into()))?
+            .try_get("next_seq")?;
+        let first = after - i64::try_from(self.events.len()).unwrap_or(i64::MAX);
+        Ok(self
+            .events
+            .into_iter()
+            .zip(first..)
+            .map(|((kind, ts, payload, _), seq)| Event {
+                kind,
+                run_id: self.run.id.clone(),
+                seq,
+                ts,
+                payload,
+                tenant_id: self.run.tenant_id.clone(),
+            })
+            .collect())
+    }
+}
+
+/// The insert linking a run to the registered plugins it uses, if any.
+fn link_stmt(run_id: &str, plugin_ids: &[String]) -> Option<writer::Stmt> {
+    if plugin_ids.is_empty() {
+        return None;
+    }
+    let mut sql = String::from("INSERT INTO run_plugins (run_id, plugin_id) VALUES ");
+    let mut args = vec![writer::Arg::Text(run_id.to_string())];
+    for (i, id) in plugin_ids.iter().enumerate() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("($1, ${})", i + 2));
+        args.push(writer::Arg::Text(id.clone()));
+    }
+    sql.push_str(" ON CONFLICT DO NOTHING");
+    Some(writer::Stmt::new(sql, args))
 }
 
 /// The caps on one run's state, checked when a value is written.
@@ -1126,8 +1307,13 @@ mod tests {
             .map(|r| r.try_get::<String, _>("detail").unwrap())
             .collect();
         let text = steps.join("\n");
+        // Scans of the query's own subqueries go over the queued runs the index found;
+        // a scan of a table would read history.
+        let table_scan = |s: &&String| {
+            s.starts_with("SCAN") && !s.starts_with("SCAN (subquery") && s.as_str() != "SCAN c"
+        };
         assert!(
-            !steps.iter().any(|s| s.starts_with("SCAN")),
+            !steps.iter().any(|s| table_scan(&s)),
             "a full scan in the claim query's plan:\n{text}"
         );
         assert!(text.contains("runs_by_tenant_status"), "{text}");

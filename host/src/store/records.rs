@@ -1,10 +1,13 @@
 //! Rows as Rust types, and the state changes the run lifecycle makes.
 
+use super::writer::Arg::{Int, OptText, Text};
+use super::writer::{Arg, Stmt};
 use super::{Result, StoreError};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use std::borrow::Cow;
 
 /// The columns of a run row, for `concat!`-built static queries.
 macro_rules! run_columns {
@@ -457,117 +460,165 @@ pub enum Change {
 
 impl Change {
     pub(super) fn guarded(&self) -> bool {
+        self.guards_run() || matches!(self, Change::StepStatus { from: Some(_), .. })
+    }
+
+    /// Whether this change is guarded on the run's row.
+    pub(super) fn guards_run(&self) -> bool {
         matches!(
             self,
             Change::RunStatus { .. }
                 | Change::RunFinish { .. }
                 | Change::RunRequeue
                 | Change::RunOrphaned { .. }
-                | Change::StepStatus { from: Some(_), .. }
         )
     }
 
-    pub(super) async fn apply(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        run_id: &str,
-        now: i64,
-    ) -> Result<u64> {
-        let q = match self {
-            Change::RunStatus { from, to } => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "UPDATE runs SET status = $2, updated_at = $3 WHERE id = $1 AND status IN ({})",
-                in_list(from)
-            )))
-            .bind(run_id)
-            .bind(*to)
-            .bind(now),
+    /// This run status change and the numbering of `events` as one guarded statement
+    /// returning the run's new `next_seq`, when that is the same as the two in a row:
+    /// a status change to a live status (after which the events' own guard, "the run has
+    /// not ended", holds), or the run's end (whose events are let through).
+    pub(super) fn with_bump(&self, run: &RunRef, now: i64, events: &super::Append) -> Option<Stmt> {
+        let k = events.count();
+        if k == 0 {
+            return None;
+        }
+        let id = Text(run.id.clone());
+        match self {
+            Change::RunStatus { from, to } if !TERMINAL.contains(to) => Some(
+                Stmt::new(
+                    format!(
+                        "UPDATE runs SET status = $2, updated_at = $3, next_seq = next_seq + $4 \
+                         WHERE id = $1 AND status IN ({}) RETURNING next_seq",
+                        in_list(from)
+                    ),
+                    vec![id, Text((*to).into()), Int(now), Int(k)],
+                )
+                .guarded(),
+            ),
             Change::RunFinish {
                 status,
                 output,
                 error_code,
                 error_message,
-            } => sqlx::query(
+            } if events.ending => Some(
+                Stmt::new(
+                    "UPDATE runs SET status = $2, output = $3, error_code = $4, error_message = $5, \
+                     finished_at = $6, updated_at = $6, owner = NULL, lease_until = NULL, \
+                     next_seq = next_seq + $7 \
+                     WHERE id = $1 AND status IN ('queued', 'running', 'waiting') \
+                     RETURNING next_seq",
+                    vec![
+                        id,
+                        Text((*status).into()),
+                        OptText(output.clone()),
+                        OptText(error_code.clone()),
+                        OptText(error_message.clone()),
+                        Int(now),
+                        Int(k),
+                    ],
+                )
+                .guarded(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// The statements of this change for run `run` at `now` (unix ms); a guarded change is
+    /// one guarded statement.
+    pub(super) fn stmts(&self, run: &RunRef, now: i64) -> Vec<Stmt> {
+        let id = || Text(run.id.clone());
+        let opt = |s: &Option<String>| OptText(s.clone());
+        let one = |sql: Cow<'static, str>, args: Vec<Arg>| {
+            let stmt = Stmt::new(sql, args);
+            vec![if self.guarded() { stmt.guarded() } else { stmt }]
+        };
+        match self {
+            Change::RunStatus { from, to } => one(
+                format!(
+                    "UPDATE runs SET status = $2, updated_at = $3 WHERE id = $1 AND status IN ({})",
+                    in_list(from)
+                )
+                .into(),
+                vec![id(), Text((*to).into()), Int(now)],
+            ),
+            Change::RunFinish {
+                status,
+                output,
+                error_code,
+                error_message,
+            } => one(
                 "UPDATE runs SET status = $2, output = $3, error_code = $4, error_message = $5, \
                  finished_at = $6, updated_at = $6, owner = NULL, lease_until = NULL \
-                 WHERE id = $1 AND status IN ('queued', 'running', 'waiting')",
-            )
-            .bind(run_id)
-            .bind(*status)
-            .bind(output.as_deref())
-            .bind(error_code.as_deref())
-            .bind(error_message.as_deref())
-            .bind(now),
-            Change::RunRequeue => sqlx::query(
+                 WHERE id = $1 AND status IN ('queued', 'running', 'waiting')"
+                    .into(),
+                vec![
+                    id(),
+                    Text((*status).into()),
+                    opt(output),
+                    opt(error_code),
+                    opt(error_message),
+                    Int(now),
+                ],
+            ),
+            Change::RunRequeue => one(
                 "UPDATE runs SET status = 'queued', owner = NULL, lease_until = NULL, updated_at = $2 \
-                 WHERE id = $1 AND status IN ('running', 'waiting') AND cancel_requested = 0",
-            )
-            .bind(run_id)
-            .bind(now),
-            Change::RunOrphaned { owner } => sqlx::query(
+                 WHERE id = $1 AND status IN ('running', 'waiting') AND cancel_requested = 0"
+                    .into(),
+                vec![id(), Int(now)],
+            ),
+            Change::RunOrphaned { owner } => one(
                 "UPDATE runs SET updated_at = $3 WHERE id = $1 \
                  AND status IN ('running', 'waiting') AND COALESCE(owner, '') = $2 \
-                 AND (lease_until IS NULL OR lease_until < $3)",
-            )
-            .bind(run_id)
-            .bind(owner.as_deref().unwrap_or(""))
-            .bind(now),
-            Change::AddFuel { step_idx, fuel } => {
-                sqlx::query("UPDATE runs SET fuel_used = fuel_used + $2 WHERE id = $1")
-                    .bind(run_id)
-                    .bind(*fuel)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query("UPDATE steps SET fuel_used = fuel_used + $3 WHERE run_id = $1 AND idx = $2")
-                    .bind(run_id)
-                    .bind(*step_idx)
-                    .bind(*fuel)
-                    .execute(&mut **tx)
-                    .await?;
-                sqlx::query(
-                    "UPDATE tenants SET fuel_used = fuel_used + $2 \
-                     WHERE id = (SELECT tenant_id FROM runs WHERE id = $1)",
-                )
-                .bind(run_id)
-                .bind(*fuel)
-            }
+                 AND (lease_until IS NULL OR lease_until < $3)"
+                    .into(),
+                vec![id(), Text(owner.clone().unwrap_or_default()), Int(now)],
+            ),
+            // The run, its step and its tenant (the run's, which the reference names).
+            Change::AddFuel { step_idx, fuel } => vec![
+                Stmt::new(
+                    "UPDATE runs SET fuel_used = fuel_used + $2 WHERE id = $1",
+                    vec![id(), Int(*fuel)],
+                ),
+                Stmt::new(
+                    "UPDATE steps SET fuel_used = fuel_used + $3 WHERE run_id = $1 AND idx = $2",
+                    vec![id(), Int(*step_idx), Int(*fuel)],
+                ),
+                Stmt::new(
+                    "UPDATE tenants SET fuel_used = fuel_used + $2 WHERE id = $1",
+                    vec![Text(run.tenant_id.clone()), Int(*fuel)],
+                ),
+            ],
             Change::StepStart {
                 idx,
                 generation,
                 attempt,
-            } => {
-                sqlx::query(
+            } => vec![
+                Stmt::new(
                     "INSERT INTO attempts (run_id, step_idx, generation, attempt, status, started_at) \
                      VALUES ($1, $2, $3, $4, 'running', $5)",
-                )
-                .bind(run_id)
-                .bind(*idx)
-                .bind(*generation)
-                .bind(*attempt)
-                .bind(now)
-                .execute(&mut **tx)
-                .await?;
-                sqlx::query(
+                    vec![id(), Int(*idx), Int(*generation), Int(*attempt), Int(now)],
+                ),
+                Stmt::new(
                     "UPDATE steps SET status = 'running', attempts = $3, \
                      started_at = COALESCE(started_at, $4), finished_at = NULL \
                      WHERE run_id = $1 AND idx = $2",
-                )
-                .bind(run_id)
-                .bind(*idx)
-                .bind(*attempt)
-                .bind(now)
-            }
+                    vec![id(), Int(*idx), Int(*attempt), Int(now)],
+                ),
+            ],
             Change::StepStatus { idx, from, to } => match from {
-                Some(from) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE steps SET status = $3 WHERE run_id = $1 AND idx = $2 AND status IN ({})",
-                    in_list(from)
-                )))
-                .bind(run_id)
-                .bind(*idx)
-                .bind(*to),
-                None => sqlx::query("UPDATE steps SET status = $3 WHERE run_id = $1 AND idx = $2")
-                    .bind(run_id)
-                    .bind(*idx)
-                    .bind(*to),
+                Some(from) => one(
+                    format!(
+                        "UPDATE steps SET status = $3 WHERE run_id = $1 AND idx = $2 AND status IN ({})",
+                        in_list(from)
+                    )
+                    .into(),
+                    vec![id(), Int(*idx), Text((*to).into())],
+                ),
+                None => one(
+                    "UPDATE steps SET status = $3 WHERE run_id = $1 AND idx = $2".into(),
+                    vec![id(), Int(*idx), Text((*to).into())],
+                ),
             },
             Change::AttemptEnd {
                 idx,
@@ -577,57 +628,61 @@ impl Change {
                 fuel,
                 error_code,
                 error_message,
-            } => sqlx::query(
+            } => one(
                 "UPDATE attempts SET status = $5, fuel_used = $6, error_code = $7, \
                  error_message = $8, finished_at = $9 \
-                 WHERE run_id = $1 AND step_idx = $2 AND generation = $3 AND attempt = $4",
-            )
-            .bind(run_id)
-            .bind(*idx)
-            .bind(*generation)
-            .bind(*attempt)
-            .bind(*status)
-            .bind(*fuel)
-            .bind(error_code.as_deref())
-            .bind(error_message.as_deref())
-            .bind(now),
-            Change::StepSucceeded { idx, output } => sqlx::query(
+                 WHERE run_id = $1 AND step_idx = $2 AND generation = $3 AND attempt = $4"
+                    .into(),
+                vec![
+                    id(),
+                    Int(*idx),
+                    Int(*generation),
+                    Int(*attempt),
+                    Text((*status).into()),
+                    Int(*fuel),
+                    opt(error_code),
+                    opt(error_message),
+                    Int(now),
+                ],
+            ),
+            Change::StepSucceeded { idx, output } => one(
                 "UPDATE steps SET status = 'succeeded', output = $3, error_code = NULL, \
-                 error_message = NULL, finished_at = $4 WHERE run_id = $1 AND idx = $2",
-            )
-            .bind(run_id)
-            .bind(*idx)
-            .bind(output.as_str())
-            .bind(now),
+                 error_message = NULL, finished_at = $4 WHERE run_id = $1 AND idx = $2"
+                    .into(),
+                vec![id(), Int(*idx), Text(output.clone()), Int(now)],
+            ),
             Change::StepFailed {
                 idx,
                 status,
                 error_code,
                 error_message,
-            } => sqlx::query(
+            } => one(
                 "UPDATE steps SET status = $3, error_code = $4, error_message = $5, \
-                 finished_at = $6 WHERE run_id = $1 AND idx = $2",
-            )
-            .bind(run_id)
-            .bind(*idx)
-            .bind(*status)
-            .bind(error_code.as_str())
-            .bind(error_message.as_str())
-            .bind(now),
+                 finished_at = $6 WHERE run_id = $1 AND idx = $2"
+                    .into(),
+                vec![
+                    id(),
+                    Int(*idx),
+                    Text((*status).into()),
+                    Text(error_code.clone()),
+                    Text(error_message.clone()),
+                    Int(now),
+                ],
+            ),
             // Every step from the target on runs again as a new generation, so its attempt
             // count restarts and answers given to its previous generation are not replayed.
-            Change::Loop { idx } => sqlx::query(
+            Change::Loop { idx } => one(
                 "UPDATE steps SET status = 'queued', output = NULL, finished_at = NULL, \
-                 attempts = 0, loops = loops + 1 WHERE run_id = $1 AND idx >= $2",
-            )
-            .bind(run_id)
-            .bind(*idx),
-            Change::SkipRemaining => sqlx::query(
-                "UPDATE steps SET status = 'skipped' WHERE run_id = $1 AND status = 'queued'",
-            )
-            .bind(run_id),
-        };
-        Ok(q.execute(&mut **tx).await?.rows_affected())
+                 attempts = 0, loops = loops + 1 WHERE run_id = $1 AND idx >= $2"
+                    .into(),
+                vec![id(), Int(*idx)],
+            ),
+            Change::SkipRemaining => one(
+                "UPDATE steps SET status = 'skipped' WHERE run_id = $1 AND status = 'queued'"
+                    .into(),
+                vec![id()],
+            ),
+        }
     }
 }
 

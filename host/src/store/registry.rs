@@ -1,6 +1,6 @@
 //! Tenants, tokens, registered plugins and stored pipelines.
 
-use super::{Result, Store, new_id, now_ms};
+use super::{Result, Store, link_stmt, new_id, now_ms};
 use serde::Serialize;
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -375,15 +375,8 @@ impl Store {
 
     /// Records which registered plugins a run uses.
     pub async fn link_run_plugins(&self, run_id: &str, plugin_ids: &[String]) -> Result<()> {
-        let _w = self.write_guard().await;
-        for id in plugin_ids {
-            sqlx::query(
-                "INSERT INTO run_plugins (run_id, plugin_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-            )
-            .bind(run_id)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        if let Some(link) = link_stmt(run_id, plugin_ids) {
+            self.writer.write(vec![link]).await?;
         }
         Ok(())
     }
