@@ -7,6 +7,7 @@
 mod records;
 mod registry;
 mod secrets;
+pub(crate) mod watch;
 mod webhooks;
 pub use secrets::SecretInfo;
 pub use webhooks::{DueBatch, NewWebhook, WebhookRecord};
@@ -87,6 +88,9 @@ pub struct Store {
     write_lock: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Seals and opens tenant secrets; `None` when no key is configured.
     sealer: Option<std::sync::Arc<crate::secrets::Sealer>>,
+    /// Where the database is, for the one connection that watches it for other
+    /// processes' commits (`events::watch`).
+    url: watch::DbUrl,
 }
 
 /// The scheduler's candidates: queued runs of the tenant with the fewest runs executing,
@@ -204,6 +208,7 @@ impl Store {
         };
         let url = sqlite_create_if_missing(url, backend);
         let pool = options.connect(&url).await?;
+        let url = watch::DbUrl::new(&url);
         match backend {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
@@ -216,6 +221,7 @@ impl Store {
             backend,
             write_lock: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             sealer,
+            url,
         })
     }
 
