@@ -1,8 +1,9 @@
-//! Metric 7, streaming: one run's events to 1, 100 and 1000 SSE subscribers (quick
-//! mode: 1 and 50), over real HTTP on loopback.
+//! Metric 7, streaming: one run's events to 1, 100, 1000 and 10,000 SSE subscribers
+//! (quick mode: 1 and 50), over real HTTP on loopback.
 //!
-//! Corral's side is its real HTTP API (`corral::api::router`, served by axum as
-//! `corral serve` does, on 127.0.0.1:0, SQLite in a fresh directory), with every
+//! Corral's side is its real HTTP API (`corral::api::router`, served by
+//! `corral::api::server::serve`, the accept loop of `corral serve`, on 127.0.0.1:0,
+//! SQLite in a fresh directory), with every
 //! subscriber a real HTTP client (reqwest) on `GET /v1/runs/{id}/events` with a
 //! bearer token. Events are committed the way the runner commits a guest's log lines:
 //! `Store::commit` of a `log` event, then `Bus::publish` (what `Runner::commit` does).
@@ -42,7 +43,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,6 +63,10 @@ pub const METRIC: Metric = Metric {
 };
 
 fn more_rows(ctx: &Ctx) -> Vec<String> {
+    let cross_node = ctx
+        .postgres
+        .as_ref()
+        .map(|_| "streaming_cross_node_p99".to_string());
     counts(ctx)
         .iter()
         .filter(|&&s| s != 1)
@@ -73,6 +77,7 @@ fn more_rows(ctx: &Ctx) -> Vec<String> {
                 format!("streaming_{s}_p99"),
             ]
         })
+        .chain(cross_node)
         .collect()
 }
 
@@ -82,7 +87,28 @@ fn run_boxed(ctx: &Ctx) -> Rows<'_> {
 
 /// Subscriber counts.
 fn counts(ctx: &Ctx) -> &'static [usize] {
-    ctx.pick(&[1, 50], &[1, 100, 1000])
+    ctx.pick(&[1, 50], &[1, 100, 1000, 10_000])
+}
+
+/// File descriptors the largest count needs in one process: its clients' sockets and the
+/// server's (each side of 10,000 connections), and some to spare.
+const FD_LIMIT: u64 = 65_536;
+
+/// Raises this process's open-file limit towards `want` (the hard limit too, when allowed,
+/// as for root); returns the soft limit in force.
+fn raise_fd_limit(want: u64) -> u64 {
+    use rlimit::Resource;
+    let Ok((soft, hard)) = Resource::NOFILE.get() else {
+        return 0;
+    };
+    if soft >= want {
+        return soft;
+    }
+    if hard < want && Resource::NOFILE.set(want, want).is_ok() {
+        return want;
+    }
+    let _ = Resource::NOFILE.set(hard.min(want), hard);
+    Resource::NOFILE.get().map_or(soft, |(s, _)| s)
 }
 
 /// How much to measure at one subscriber count.
@@ -97,7 +123,8 @@ fn sizes(ctx: &Ctx, subscribers: usize) -> Sizes {
     let (rounds, burst, lockstep) = match subscribers {
         1 => ctx.pick((3, 100, 30), (8, 300, 100)),
         s if s <= 100 => ctx.pick((3, 40, 15), (5, 100, 40)),
-        _ => ctx.pick((3, 20, 10), (3, 30, 20)),
+        s if s <= 1000 => ctx.pick((3, 20, 10), (3, 30, 20)),
+        _ => ctx.pick((2, 5, 5), (2, 10, 10)),
     };
     Sizes {
         rounds,
@@ -114,6 +141,13 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const WARM_SUBSCRIBERS: usize = 8;
 
 async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let fds = raise_fd_limit(FD_LIMIT);
+    let largest = counts(ctx).iter().copied().max().unwrap_or(1) as u64;
+    anyhow::ensure!(
+        fds >= 2 * largest + 1024,
+        "{largest} subscribers need about {} open files; the limit is {fds} (raise `ulimit -n`)",
+        2 * largest + 1024
+    );
     let mut rows = with_two(Kind::Sqlite, &ctx.work, None, async |corral_db, raw_db| {
         let corral = Server::corral(ctx.corral(None)?, corral_db).await?;
         let plain = Server::plain(raw_db).await?;
@@ -126,6 +160,13 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     })
     .await?;
     rows.push(idle_memory(ctx).await?);
+    match &ctx.postgres {
+        Some(server) => rows.push(cross_node(ctx, server).await?),
+        None => eprintln!(
+            "   note: {} is not set: streaming_cross_node_p99 skipped",
+            crate::db::POSTGRES_ENV
+        ),
+    }
     Ok(rows)
 }
 
@@ -558,12 +599,18 @@ impl Server {
         );
         let app = corral::api::router(state);
         let (listener, url) = listen().await?;
-        let task = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, service).await {
-                eprintln!("   corral server: {e}");
-            }
-        });
+        // `corral serve`'s own accept loop and connection settings, with room for every
+        // subscriber on one address.
+        let limits = corral::api::server::ConnectionLimits {
+            max_per_address: usize::MAX,
+            ..Default::default()
+        };
+        let task = tokio::spawn(corral::api::server::serve(
+            listener,
+            app,
+            limits,
+            std::future::pending(),
+        ));
         Ok(Server::Corral {
             url,
             token,
@@ -804,6 +851,7 @@ struct Probe {
 /// One child process serving one stream: KiB of RSS per idle subscriber, and the CPU
 /// the server uses while they sit idle for `idle`.
 async fn probe_once(kind: &str, subscribers: usize, idle: Duration) -> anyhow::Result<Probe> {
+    raise_fd_limit(FD_LIMIT);
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
         .args(["--stream-probe", kind])
@@ -920,6 +968,7 @@ fn rss_kib() -> anyhow::Result<u64> {
 /// its VmRSS in KiB and each `cpu` line with its CPU time in clock ticks, until stdin
 /// closes.
 pub async fn probe(kind: &str) -> anyhow::Result<()> {
+    raise_fd_limit(FD_LIMIT);
     let work = tempfile::Builder::new()
         .prefix("corral-bench-probe-")
         .tempdir()?;
@@ -952,6 +1001,233 @@ pub async fn probe(kind: &str) -> anyhow::Result<()> {
     server.stop().await;
     drop(db);
     Ok(())
+}
+
+/// Cross-node delivery: two real `corral serve` processes (the release binary beside
+/// this one) on one fresh Postgres schema. Runs are submitted to node A over HTTP; a
+/// tenant stream on node B and one on node A itself read each run's `queued` event. The
+/// latency is from A's `201 Created` (the event is committed by then) to the frame's
+/// arrival; the baseline is the same latency on A's own stream (same-node delivery).
+async fn cross_node(ctx: &Ctx, server: &str) -> anyhow::Result<Row> {
+    let db = FreshDb::postgres(server).await?;
+    let result = cross_node_on(ctx, &db).await;
+    let removed = db.remove().await;
+    let row = result?;
+    removed?;
+    Ok(row)
+}
+
+/// One `corral serve` child process.
+struct Node {
+    url: String,
+    /// The admin token it printed (on the first start on an empty database).
+    admin_token: Option<String>,
+    _child: tokio::process::Child,
+}
+
+impl Node {
+    async fn start(
+        exe: &std::path::Path,
+        db: &str,
+        data: &std::path::Path,
+    ) -> anyhow::Result<Node> {
+        let mut child = tokio::process::Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("CORRAL_DATA_DIR", data)
+            .env("CORRAL_DATABASE_URL", db)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut admin_token = None;
+        let url = loop {
+            let line = tokio::time::timeout(TIMEOUT, lines.next_line())
+                .await
+                .map_err(|_| anyhow::anyhow!("corral serve did not start"))??
+                .ok_or_else(|| anyhow::anyhow!("corral serve exited"))?;
+            let line = line.trim();
+            if line.starts_with("crl_") {
+                admin_token = Some(line.to_string());
+            }
+            if let Some(url) = line.strip_prefix("corral listening on ") {
+                break url.to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Node {
+            url,
+            admin_token,
+            _child: child,
+        })
+    }
+}
+
+/// A tenant stream: reports each `queued` event's run id and when its frame arrived.
+async fn tenant_client(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    node: usize,
+    seen: tokio::sync::mpsc::UnboundedSender<(usize, String, Instant)>,
+) -> anyhow::Result<()> {
+    let response = http.get(&url).bearer_auth(&token).send().await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    let mut body = response.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        let at = Instant::now();
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8_lossy(&frame);
+            for data in text.lines().filter_map(|l| l.strip_prefix("data:")) {
+                let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+                    continue;
+                };
+                if event["type"] == "queued"
+                    && let Some(run) = event["run_id"].as_str()
+                {
+                    let _ = seen.send((node, run.to_string(), at));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn cross_node_on(ctx: &Ctx, db: &FreshDb) -> anyhow::Result<Row> {
+    let exe = std::env::current_exe()?.with_file_name("corral");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing (cargo build --release -p corral; `cargo xtask bench` builds it)",
+        exe.display()
+    );
+    let data = [
+        tempfile::tempdir_in(&ctx.work)?,
+        tempfile::tempdir_in(&ctx.work)?,
+    ];
+    let a = Node::start(&exe, &db.url, data[0].path()).await?;
+    let b = Node::start(&exe, &db.url, data[1].path()).await?;
+    let token = a
+        .admin_token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("node A printed no admin token"))?;
+    let http = reqwest::Client::builder().build()?;
+    let wasm = std::fs::read(ctx.plugins.join("echo.wasm"))?;
+    let uploaded: Value = http
+        .post(format!("{}/v1/plugins", a.url))
+        .bearer_auth(&token)
+        .header("content-type", "application/wasm")
+        .body(wasm)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let plugin = format!(
+        "{}@{}",
+        uploaded["name"].as_str().unwrap_or("echo"),
+        uploaded["version"].as_str().unwrap_or_default()
+    );
+    let submit = json!({
+        "pipeline": {"name": "cross", "steps": [{"name": "echo", "plugin": plugin, "config": {}}]},
+        "input": {},
+    });
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let mut clients = tokio::task::JoinSet::new();
+    for (node, url) in [&a.url, &b.url].into_iter().enumerate() {
+        let url = format!("{url}/v1/events");
+        clients.spawn(tenant_client(
+            http.clone(),
+            url,
+            token.clone(),
+            node,
+            tx.clone(),
+        ));
+    }
+    let post = async || -> anyhow::Result<(String, Instant)> {
+        let created: Value = http
+            .post(format!("{}/v1/runs", a.url))
+            .bearer_auth(&token)
+            .json(&submit)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let at = Instant::now();
+        let run = created["run_id"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no run_id in {created}"))?;
+        Ok((run.to_string(), at))
+    };
+    // Both streams are open once each has seen one run of its own.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut ready = [false, false];
+    while ready != [true, true] {
+        anyhow::ensure!(Instant::now() < deadline, "the tenant streams did not open");
+        post().await?;
+        let wait = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                got = seen.recv() => match got {
+                    Some((node, _, _)) => if let Some(r) = ready.get_mut(node) { *r = true },
+                    None => anyhow::bail!("the tenant streams closed"),
+                },
+                () = &mut wait => break,
+            }
+        }
+    }
+    let rounds = ctx.pick(30, 300);
+    let mut latency = [Vec::new(), Vec::new()];
+    for _ in 0..rounds {
+        let (run, at) = post().await?;
+        let mut got = [false, false];
+        while got != [true, true] {
+            let (node, id, when) = tokio::time::timeout(TIMEOUT, seen.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("run {run}'s queued event did not reach both nodes"))?
+                .ok_or_else(|| anyhow::anyhow!("the tenant streams closed"))?;
+            if id != run {
+                continue;
+            }
+            if let (Some(g), Some(l)) = (got.get_mut(node), latency.get_mut(node)) {
+                *g = true;
+                l.push(when.saturating_duration_since(at));
+            }
+        }
+    }
+    clients.abort_all();
+    let [same, cross] = &latency;
+    Ok(Row::cost(
+        "streaming_cross_node_p99",
+        Unit::Millis,
+        crate::harness::percentile(cross, 0.99),
+        crate::harness::percentile(same, 0.99),
+        json!({
+            "rounds": rounds,
+            "nodes": "two `corral serve` processes (target/release/corral) on one fresh Postgres schema, default settings",
+            "corral": "tenant stream (GET /v1/events) on node B; runs submitted to node A (POST /v1/runs); latency from A's 201 (the queued event is committed) to B's frame",
+            "baseline": "the same on node A's own tenant stream (same-node delivery through A's bus)",
+            "cross_node_p50_ms": crate::harness::ms(crate::harness::median(cross)),
+            "same_node_p50_ms": crate::harness::ms(crate::harness::median(same)),
+            "database": db.location(),
+        }),
+    ))
 }
 
 #[cfg(test)]
