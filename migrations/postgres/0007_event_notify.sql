@@ -1,7 +1,6 @@
 -- Other hosts learn of a committed event through LISTEN/NOTIFY: the notification is part
 -- of the inserting transaction, so it is delivered exactly when the event commits (and
--- never for a rolled-back one). Postgres folds identical notifications of one transaction,
--- so a batch of one run's events costs one per event (the seq differs), not a round trip.
+-- never for a rolled-back one), whichever code path inserted it, with no extra round trip.
 -- The channel is per schema (see host/src/store/watch.rs); the payload is
 -- `e RUN_ID TENANT_ID SEQ`, and `t` when a token is revoked or removed (open streams
 -- using it must close).

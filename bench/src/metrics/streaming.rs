@@ -90,6 +90,11 @@ fn counts(ctx: &Ctx) -> &'static [usize] {
     ctx.pick(&[1, 50], &[1, 100, 1000, 10_000])
 }
 
+/// The largest count measured with server and clients in one process; larger ones (10,000
+/// takes over 20,000 sockets, more than a process may open here) run the server in the
+/// probe child, with the clients here.
+const IN_PROCESS: usize = 1000;
+
 /// File descriptors the largest count needs in one process: its clients' sockets and the
 /// server's (each side of 10,000 connections), and some to spare.
 const FD_LIMIT: u64 = 65_536;
@@ -144,9 +149,9 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let fds = raise_fd_limit(FD_LIMIT);
     let largest = counts(ctx).iter().copied().max().unwrap_or(1) as u64;
     anyhow::ensure!(
-        fds >= 2 * largest + 1024,
+        fds >= largest + 1024,
         "{largest} subscribers need about {} open files; the limit is {fds} (raise `ulimit -n`)",
-        2 * largest + 1024
+        largest + 1024
     );
     let mut rows = with_two(Kind::Sqlite, &ctx.work, None, async |corral_db, raw_db| {
         let corral = Server::corral(ctx.corral(None)?, corral_db).await?;
@@ -159,7 +164,7 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         result
     })
     .await?;
-    rows.push(idle_memory(ctx).await?);
+    rows.extend(idle_memory(ctx).await?);
     match &ctx.postgres {
         Some(server) => rows.push(cross_node(ctx, server).await?),
         None => eprintln!(
@@ -187,7 +192,7 @@ async fn measure(ctx: &Ctx, servers: &[Server; 2]) -> anyhow::Result<Vec<Row>> {
         .await?;
     }
     let mut rows = Vec::new();
-    for &subscribers in counts(ctx) {
+    for &subscribers in counts(ctx).iter().filter(|&&s| s <= IN_PROCESS) {
         let size = sizes(ctx, subscribers);
         let mut latency = [Samples::default(), Samples::default()];
         let mut burst_latency = [Samples::default(), Samples::default()];
@@ -796,8 +801,11 @@ fn event_json(run_id: &str, seq: i64, kind: &str, payload: &Value) -> anyhow::Re
 
 /// Memory per idle subscriber at the largest count, Corral against the baseline, each
 /// server alone in a child process.
-async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Row> {
+async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let subscribers = counts(ctx).iter().copied().max().unwrap_or(1);
+    // Above the in-process counts, the probe also measures delivery.
+    let events = (subscribers > IN_PROCESS).then(|| sizes(ctx, subscribers));
+    let mut delivery = [ProbeEvents::default(), ProbeEvents::default()];
     let repeats = ctx.pick(1, 3);
     let idle = ctx.pick(Duration::from_secs(1), Duration::from_secs(2));
     let mut kib: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
@@ -806,10 +814,14 @@ async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Row> {
         for k in 0..2 {
             let i = (r + k) % 2;
             let kind = if i == 0 { "corral" } else { "baseline" };
-            let probe = probe_once(kind, subscribers, idle).await?;
-            if let (Some(k), Some(c)) = (kib.get_mut(i), cpu.get_mut(i)) {
+            let probe = probe_once(kind, subscribers, idle, events).await?;
+            if let (Some(k), Some(c), Some(d)) =
+                (kib.get_mut(i), cpu.get_mut(i), delivery.get_mut(i))
+            {
                 k.push(probe.kib_per_subscriber);
                 c.push(probe.idle_cpu_percent);
+                d.lockstep.extend(probe.events.lockstep);
+                d.bursts.extend(probe.events.bursts);
             }
         }
     }
@@ -820,7 +832,11 @@ async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Row> {
     };
     let [corral, baseline] = &kib;
     let [corral_cpu, baseline_cpu] = &cpu;
-    Ok(Row::amount(
+    let mut rows = Vec::new();
+    if let Some(size) = events {
+        rows.extend(probe_rows(subscribers, size, &delivery));
+    }
+    rows.push(Row::amount(
         "streaming_idle_kib",
         Unit::KiB,
         med(corral),
@@ -838,7 +854,54 @@ async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Row> {
             },
             "measure": "server alone in a child process (corral-bench --stream-probe): VmRSS after the subscribers connected and got their first event, minus VmRSS before, divided by the subscribers (clients not counted)",
         }),
-    ))
+    ));
+    Ok(rows)
+}
+
+/// Delivery measured by a probe: the burst times and the lock-step latencies.
+#[derive(Default)]
+struct ProbeEvents {
+    bursts: Vec<Duration>,
+    lockstep: Vec<Duration>,
+}
+
+/// The `streaming_{N}` rows of a count measured through the probe.
+fn probe_rows(subscribers: usize, size: Sizes, delivery: &[ProbeEvents; 2]) -> Vec<Row> {
+    let [corral, baseline] = delivery;
+    let deliveries = (subscribers * size.burst) as f64;
+    let rate =
+        |d: &ProbeEvents| crate::harness::median(&d.bursts).map(|t| deliveries / t.as_secs_f64());
+    let params = json!({
+        "subscribers": subscribers,
+        "burst_events": size.burst,
+        "lockstep_events": size.lockstep,
+        "database": "sqlite",
+        "where": "the server (Corral or the baseline, as in the smaller counts) in the probe child process, the clients in this one: one process may not open the 20,000+ sockets both sides need",
+        "latency": "lock-step events: the child's wall clock after the commit returned -> this process's wall clock when the frame arrived",
+        "rate": "subscribers x burst events / (burst command sent -> every subscriber has every event), median over the probes",
+    });
+    vec![
+        Row::rate(
+            format!("streaming_{subscribers}"),
+            rate(corral),
+            rate(baseline),
+            params.clone(),
+        ),
+        Row::cost(
+            format!("streaming_{subscribers}_p50"),
+            Unit::Millis,
+            crate::harness::median(&corral.lockstep),
+            crate::harness::median(&baseline.lockstep),
+            params.clone(),
+        ),
+        Row::cost(
+            format!("streaming_{subscribers}_p99"),
+            Unit::Millis,
+            crate::harness::percentile(&corral.lockstep, 0.99),
+            crate::harness::percentile(&baseline.lockstep, 0.99),
+            params,
+        ),
+    ]
 }
 
 /// What one probe measured.
@@ -846,11 +909,23 @@ struct Probe {
     kib_per_subscriber: f64,
     /// CPU time used by the server over the idle window, in percent of one core.
     idle_cpu_percent: f64,
+    events: ProbeEvents,
+}
+
+/// Microseconds since the Unix epoch: the clock both processes share.
+fn wall_micros(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// One child process serving one stream: KiB of RSS per idle subscriber, and the CPU
 /// the server uses while they sit idle for `idle`.
-async fn probe_once(kind: &str, subscribers: usize, idle: Duration) -> anyhow::Result<Probe> {
+async fn probe_once(
+    kind: &str,
+    subscribers: usize,
+    idle: Duration,
+    events: Option<Sizes>,
+) -> anyhow::Result<Probe> {
     raise_fd_limit(FD_LIMIT);
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
@@ -921,11 +996,58 @@ async fn probe_once(kind: &str, subscribers: usize, idle: Duration) -> anyhow::R
         stdin.write_all(b"cpu\n").await?;
         let cpu_after: u64 = next_line().await?.trim().parse()?;
         let cpu_percent = cpu_after.saturating_sub(cpu_before) as f64 / t.elapsed().as_secs_f64();
+        let mut delivery = ProbeEvents::default();
+        if let Some(size) = events {
+            // Instants here to the wall clock the child reports its commits in.
+            let anchor = (Instant::now(), std::time::SystemTime::now());
+            let wall = |at: Instant| wall_micros(anchor.1 + at.saturating_duration_since(anchor.0));
+            let n = (WARM_SUBSCRIBERS + subscribers) as u64;
+            let burst = size.burst as u64;
+            hub.target.store(n * burst, Ordering::SeqCst);
+            let t = Instant::now();
+            stdin
+                .write_all(format!("burst {burst}\n").as_bytes())
+                .await?;
+            wait_or_fail(&hub, &hub.received, n * burst, &mut clients).await?;
+            delivery.bursts.push(t.elapsed());
+            for _ in 0..burst {
+                next_line().await?;
+            }
+            let mut committed: HashMap<i64, i64> = HashMap::new();
+            for j in 1..=size.lockstep as u64 {
+                let target = n * (burst + j);
+                hub.target.store(target, Ordering::SeqCst);
+                stdin.write_all(b"emit\n").await?;
+                let line = next_line().await?;
+                let mut words = line.split_whitespace().map(str::parse::<i64>);
+                let (Some(Ok(seq)), Some(Ok(micros))) = (words.next(), words.next()) else {
+                    anyhow::bail!("the stream probe said `{line}`");
+                };
+                committed.insert(seq, micros);
+                wait_or_fail(&hub, &hub.received, target, &mut clients).await?;
+            }
+            stdin.write_all(b"close\n").await?;
+            next_line().await?;
+            while let Some(done) = tokio::time::timeout(TIMEOUT, clients.join_next())
+                .await
+                .map_err(|_| anyhow::anyhow!("a stream did not end after the final event"))?
+            {
+                for (seq, at) in done?? {
+                    if let Some(c) = committed.get(&seq) {
+                        let micros = wall(at).saturating_sub(*c).max(0);
+                        delivery
+                            .lockstep
+                            .push(Duration::from_micros(micros.unsigned_abs()));
+                    }
+                }
+            }
+        }
         clients.abort_all();
         drop(stdin);
         Ok(Probe {
             kib_per_subscriber: after.saturating_sub(before) as f64 / subscribers as f64,
             idle_cpu_percent: cpu_percent,
+            events: delivery,
         })
     }
     .await;
@@ -965,8 +1087,9 @@ fn rss_kib() -> anyhow::Result<u64> {
 
 /// `corral-bench --stream-probe corral|baseline`: serves one stream on 127.0.0.1:0,
 /// prints `READY URL TOKEN` (`-`: no token), then answers each `rss` line on stdin with
-/// its VmRSS in KiB and each `cpu` line with its CPU time in clock ticks, until stdin
-/// closes.
+/// its VmRSS in KiB and each `cpu` line with its CPU time in clock ticks; `burst N`,
+/// `emit` and `close` commit N log events, one, or the final event, each answered with
+/// `SEQ MICROS` (the wall clock after its commit); until stdin closes.
 pub async fn probe(kind: &str) -> anyhow::Result<()> {
     raise_fd_limit(FD_LIMIT);
     let work = tempfile::Builder::new()
@@ -984,17 +1107,40 @@ pub async fn probe(kind: &str) -> anyhow::Result<()> {
         "baseline" => Server::plain(&db).await?,
         other => anyhow::bail!("no stream probe `{other}` (corral or baseline)"),
     };
-    let stream = server.open_stream().await?;
+    let mut stream = server.open_stream().await?;
     println!(
         "READY {} {}",
         stream.url,
         server.token().unwrap_or_else(|| "-".into())
     );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut emitted = 0;
+    // Each event: its seq and the wall clock (µs) when its commit returned.
+    let report = |seq: i64| println!("{seq} {}", wall_micros(std::time::SystemTime::now()));
     while let Some(line) = lines.next_line().await? {
-        match line.trim() {
-            "rss" => println!("{}", rss_kib()?),
-            "cpu" => println!("{}", cpu_ticks()?),
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("rss"), _) => println!("{}", rss_kib()?),
+            (Some("cpu"), _) => println!("{}", cpu_ticks()?),
+            (Some("burst"), Some(n)) => {
+                let mut seqs = Vec::new();
+                for _ in 0..n.parse::<usize>()? {
+                    seqs.push(server.emit(&mut stream, emitted).await?.0);
+                    emitted += 1;
+                }
+                for seq in seqs {
+                    report(seq);
+                }
+            }
+            (Some("emit"), _) => {
+                let (seq, _) = server.emit(&mut stream, emitted).await?;
+                emitted += 1;
+                report(seq);
+            }
+            (Some("close"), _) => {
+                server.close_stream(&mut stream).await?;
+                report(0);
+            }
             _ => {}
         }
     }

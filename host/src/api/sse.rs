@@ -1,7 +1,9 @@
 //! Server-sent events. A run's stream replays its log (from `Last-Event-ID`, header or
 //! `?last_event_id=`) and follows live with no gap and no duplicate, sends a heartbeat after
-//! 15 s of silence, and closes after the final event. A slow client only slows its own
-//! stream: the run and other subscribers never wait for it (it catches up from the log).
+//! 15 to 22 s of silence (one clock shared by all streams), and closes after the final
+//! event. A slow client only slows its own stream: the run and other subscribers never wait
+//! for it (it catches up from the log). An open stream is only its response body: no task,
+//! no channel, no timer of its own, and no store query while it is idle.
 
 use super::AppState;
 use super::auth::Caller;
@@ -159,19 +161,19 @@ impl Source {
                 let is_final = event.is_final();
                 // Event JSON is one line (control characters are escaped), so it can never
                 // inject a second SSE event.
-                match serde_json::to_string(&event) {
-                    Ok(data) => Next::Frame(
+                match &event.json {
+                    Some(data) => Next::Frame(
                         SseEvent::default().id(event.seq.to_string()).data(data),
                         is_final,
                     ),
-                    Err(_) => Next::End,
+                    None => Next::End,
                 }
             }
             // The bus gives a tenant stream only its tenant's events.
             Source::Tenant(live) => match live.recv().await {
-                Ok(event) => match serde_json::to_string(&*event) {
-                    Ok(data) => Next::Frame(SseEvent::default().data(data), false),
-                    Err(_) => Next::End,
+                Ok(event) => match &event.json {
+                    Some(data) => Next::Frame(SseEvent::default().data(data), false),
+                    None => Next::End,
                 },
                 Err(RecvError::Lagged(n)) => {
                     // 0: the watcher of other hosts' commits lost track for a while.

@@ -58,10 +58,35 @@ struct Topics {
     tenants: HashMap<String, TenantTopic>,
 }
 
+/// A committed event with its JSON text, serialized once however many streams send it.
+#[derive(Debug)]
+pub struct Published {
+    /// The event.
+    pub event: Event,
+    /// Its JSON (one line: control characters are escaped); `None` if it could not be
+    /// serialized.
+    pub json: Option<String>,
+}
+
+impl Published {
+    fn new(event: Event) -> Arc<Published> {
+        let json = serde_json::to_string(&event).ok();
+        Arc::new(Published { event, json })
+    }
+}
+
+impl std::ops::Deref for Published {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
 /// What travels on a topic's channel.
 #[derive(Debug, Clone)]
 enum Delivery {
-    Event(Arc<Event>),
+    Event(Arc<Published>),
     /// The watcher may have missed commits: re-read the store.
     Resync,
 }
@@ -105,7 +130,7 @@ impl Subscription {
     /// The next event, or why there is none: `Lagged(n)`, this subscriber missed `n`
     /// events (0: an unknown number, the watcher lost track of other processes' commits);
     /// catch up from the store.
-    pub async fn recv(&mut self) -> Result<Arc<Event>, broadcast::error::RecvError> {
+    pub async fn recv(&mut self) -> Result<Arc<Published>, broadcast::error::RecvError> {
         match self.rx.recv().await? {
             Delivery::Event(event) => Ok(event),
             Delivery::Resync => Err(broadcast::error::RecvError::Lagged(0)),
@@ -183,7 +208,7 @@ impl Bus {
         if run.is_none() && tenant.is_none() {
             return;
         }
-        let event = Arc::new(event);
+        let event = Published::new(event);
         // No receivers is fine: the event is in the store.
         if let Some(topic) = run {
             topic.published = event.seq;
@@ -489,7 +514,7 @@ impl Follower {
 
     /// The next event, or `None` once the final one was delivered (or the bus is gone).
     /// Cancel-safe: dropping the future loses nothing (a store read is simply redone).
-    pub async fn next(&mut self) -> Option<Event> {
+    pub async fn next(&mut self) -> Option<Arc<Published>> {
         loop {
             if self.done {
                 return None;
@@ -498,7 +523,7 @@ impl Follower {
                 if event.seq <= self.last {
                     continue;
                 }
-                return Some(self.deliver(event));
+                return Some(self.deliver(Published::new(event)));
             }
             if self.catch_up {
                 self.read_store().await;
@@ -513,7 +538,7 @@ impl Follower {
                         self.catch_up = true;
                         continue;
                     }
-                    return Some(self.deliver(Event::clone(&event)));
+                    return Some(self.deliver(event));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => self.catch_up = true,
                 Err(broadcast::error::RecvError::Closed) => return None,
@@ -521,7 +546,7 @@ impl Follower {
         }
     }
 
-    fn deliver(&mut self, event: Event) -> Event {
+    fn deliver(&mut self, event: Arc<Published>) -> Arc<Published> {
         self.last = event.seq;
         self.done = event.is_final();
         event
@@ -572,7 +597,7 @@ pub fn subscribe(store: Store, bus: &Bus, run_id: String, after: i64) -> mpsc::R
             tokio::select! {
                 next = follower.next() => match next {
                     Some(event) => {
-                        if tx.send(event).await.is_err() {
+                        if tx.send(event.event.clone()).await.is_err() {
                             return;
                         }
                     }
