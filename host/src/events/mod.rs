@@ -279,9 +279,9 @@ impl Bus {
         (topics.runs.len(), topics.tenants.len())
     }
 
-    /// Starts the watcher of other processes' commits, once, if this bus has a store and
-    /// a runtime to run it on.
-    fn start_watcher(&self) {
+    /// Starts the watcher of other processes' commits now (once; it also starts by itself
+    /// at the first subscription), if this bus has a store and a runtime to run it on.
+    pub fn start_watcher(&self) {
         let Some(store) = &self.inner.store else {
             return;
         };
