@@ -30,8 +30,9 @@ async fn postgres_url() -> Option<String> {
     }
 }
 
-async fn new_run(store: &Store) -> RunRecord {
-    let tenant = store.ensure_tenant("streams").await.unwrap();
+/// A queued run of tenant `tenant` (created if missing).
+async fn new_run_of(store: &Store, tenant: &str) -> RunRecord {
+    let tenant = store.ensure_tenant(tenant).await.unwrap();
     let (run, _) = store
         .create_run(&NewRun {
             tenant_id: tenant,
@@ -82,7 +83,7 @@ async fn next(rx: &mut tokio::sync::mpsc::Receiver<Event>) -> Option<Event> {
 /// A follows-only host B sees everything host A commits, in order, once, up to the end.
 async fn another_hosts_commits_reach_a_subscriber(url: &str) {
     let (a, b) = two_stores(url).await;
-    let run = new_run(&a).await;
+    let run = new_run_of(&a, "streams").await;
     let bus = Bus::watching(b.clone());
     let mut rx = events::subscribe(b, &bus, run.id.clone(), 0);
     assert_eq!(next(&mut rx).await.unwrap().kind, "queued");
@@ -97,17 +98,24 @@ async fn another_hosts_commits_reach_a_subscriber(url: &str) {
     assert_eq!(seqs, (1..=22).collect::<Vec<i64>>(), "in order, each once");
 }
 
-/// Once following, an idle subscriber never reads the store (no poll): only the watcher,
-/// once per process, watches the database.
-async fn an_idle_subscriber_makes_no_store_reads(url: &str) {
+/// Host A's store, a run of A's, and host B's bus with a subscriber that has the run's
+/// first two events: the second came through B's watcher, so it is up (and its start-up
+/// resync is behind us).
+async fn following(url: &str) -> (Store, RunRecord, Bus, tokio::sync::mpsc::Receiver<Event>) {
     let (a, b) = two_stores(url).await;
-    let run = new_run(&a).await;
+    let run = new_run_of(&a, "streams").await;
     let bus = Bus::watching(b.clone());
     let mut rx = events::subscribe(b, &bus, run.id.clone(), 0);
     assert_eq!(next(&mut rx).await.unwrap().seq, 1);
-    // An event the watcher delivers shows it is up (and its start-up resync is behind us).
     log(&a, &run, 0).await;
     assert_eq!(next(&mut rx).await.unwrap().seq, 2);
+    (a, run, bus, rx)
+}
+
+/// Once following, an idle subscriber never reads the store (no poll): only the watcher,
+/// once per process, watches the database.
+async fn an_idle_subscriber_makes_no_store_reads(url: &str) {
+    let (a, run, bus, mut rx) = following(url).await;
     let reads = bus.follower_reads();
     // Longer than the old poll (250 ms) and token check (500 ms) periods, several times.
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -121,31 +129,27 @@ async fn an_idle_subscriber_makes_no_store_reads(url: &str) {
     assert!(next(&mut rx).await.is_none());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_another_processs_commits_reach_a_subscriber() {
-    let dir = tempfile::tempdir().unwrap();
-    another_hosts_commits_reach_a_subscriber(&sqlite_url(&dir)).await;
+/// Runs `body` on a SQLite file, and on Postgres when it is configured.
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(&super::sqlite_url(&dir)).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(url) = super::postgres_url().await {
+                    super::$name(&url).await;
+                }
+            }
+        }
+    };
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_another_hosts_commits_reach_a_subscriber() {
-    if let Some(url) = postgres_url().await {
-        another_hosts_commits_reach_a_subscriber(&url).await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_an_idle_subscriber_makes_no_store_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    an_idle_subscriber_makes_no_store_reads(&sqlite_url(&dir)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_an_idle_subscriber_makes_no_store_reads() {
-    if let Some(url) = postgres_url().await {
-        an_idle_subscriber_makes_no_store_reads(&url).await;
-    }
-}
+on_both!(another_hosts_commits_reach_a_subscriber);
+on_both!(an_idle_subscriber_makes_no_store_reads);
 
 /// The watcher's listen connection is killed while host A keeps committing: the
 /// subscriber on host B still gets every event (the watcher reconnects and everyone
@@ -155,18 +159,12 @@ async fn postgres_a_listener_reconnect_loses_nothing() {
     let Some(url) = postgres_url().await else {
         return;
     };
-    let (a, b) = two_stores(&url).await;
+    let (a, run, _bus, mut rx) = following(&url).await;
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
     let channel: String = sqlx::query_scalar("SELECT 'corral_' || left(md5(current_schema()), 16)")
         .fetch_one(&admin)
         .await
         .unwrap();
-    let run = new_run(&a).await;
-    let bus = Bus::watching(b.clone());
-    let mut rx = events::subscribe(b, &bus, run.id.clone(), 0);
-    assert_eq!(next(&mut rx).await.unwrap().seq, 1);
-    log(&a, &run, 0).await;
-    assert_eq!(next(&mut rx).await.unwrap().seq, 2);
     let mut seqs = vec![1, 2];
     for round in 0..3 {
         let killed: Vec<bool> = sqlx::query_scalar(
@@ -201,18 +199,8 @@ async fn events_follow_in_another_process_sees_every_commit() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir);
     let store = Store::open(&url).await.unwrap();
-    let tenant = store.ensure_tenant("local").await.unwrap();
-    let (run, _) = store
-        .create_run(&NewRun {
-            tenant_id: tenant,
-            pipeline_id: None,
-            pipeline_name: "p".into(),
-            spec: r#"{"name":"p","steps":[]}"#.into(),
-            input: "{}".into(),
-            steps: vec![("s".into(), "echo".into())],
-        })
-        .await
-        .unwrap();
+    // The CLI's embedded tenant.
+    let run = new_run_of(&store, "local").await;
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_corral"))
         .args(["events", "--follow", &run.id, "--database-url", &url])
         .env("CORRAL_DATA_DIR", dir.path())

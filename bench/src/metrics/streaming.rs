@@ -441,8 +441,7 @@ async fn client(
         let chunk = chunk?;
         let at = Instant::now();
         buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+        while let Some(frame) = next_frame(&mut buf) {
             if let Some(seq) = frame_id(&frame) {
                 got.push((seq, at));
                 hub.saw(seq);
@@ -450,6 +449,12 @@ async fn client(
         }
     }
     Ok(got)
+}
+
+/// The first complete SSE frame in `buf`, taken out of it.
+fn next_frame(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = buf.windows(2).position(|w| w == b"\n\n")?;
+    Some(buf.drain(..end + 2).collect())
 }
 
 /// The `id:` of an SSE frame.
@@ -1236,8 +1241,7 @@ async fn tenant_client(
         let chunk = chunk?;
         let at = Instant::now();
         buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+        while let Some(frame) = next_frame(&mut buf) {
             let text = String::from_utf8_lossy(&frame);
             for data in text.lines().filter_map(|l| l.strip_prefix("data:")) {
                 let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
