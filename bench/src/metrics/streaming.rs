@@ -1247,8 +1247,8 @@ async fn tenant_client(
                 let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
                     continue;
                 };
-                if event["type"] == "queued"
-                    && let Some(run) = event["run_id"].as_str()
+                if event.get("type").and_then(Value::as_str) == Some("queued")
+                    && let Some(run) = event.get("run_id").and_then(Value::as_str)
                 {
                     let _ = seen.send((node, run.to_string(), at));
                 }
@@ -1289,8 +1289,14 @@ async fn cross_node_on(ctx: &Ctx, db: &FreshDb) -> anyhow::Result<Row> {
         .await?;
     let plugin = format!(
         "{}@{}",
-        uploaded["name"].as_str().unwrap_or("echo"),
-        uploaded["version"].as_str().unwrap_or_default()
+        uploaded
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("echo"),
+        uploaded
+            .get("version")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     );
     let submit = json!({
         "pipeline": {"name": "cross", "steps": [{"name": "echo", "plugin": plugin, "config": {}}]},
@@ -1322,8 +1328,9 @@ async fn cross_node_on(ctx: &Ctx, db: &FreshDb) -> anyhow::Result<Row> {
             .json()
             .await?;
         let answered = at.elapsed();
-        let run = created["run_id"]
-            .as_str()
+        let run = created
+            .get("run_id")
+            .and_then(Value::as_str)
             .ok_or_else(|| anyhow::anyhow!("no run_id in {created}"))?;
         Ok((run.to_string(), at, answered))
     };
