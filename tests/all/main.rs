@@ -18,4 +18,5 @@ mod hostile;
 mod remote;
 mod runs;
 mod server;
+mod streams;
 mod util;

@@ -33,6 +33,16 @@ fn main() -> Result<()> {
         }
         "bench" => {
             build_plugins(&root)?;
+            // The streaming metric's cross-node row runs two real `corral serve`.
+            run(Command::new(cargo()).current_dir(&root).args([
+                "build",
+                "--release",
+                "--quiet",
+                "-p",
+                "corral",
+                "--bin",
+                "corral",
+            ]))?;
             run(Command::new(cargo())
                 .current_dir(&root)
                 .args(["run", "--release", "--quiet", "-p", "corral-bench", "--"])

@@ -1,8 +1,9 @@
-//! Metric 7, streaming: one run's events to 1, 100 and 1000 SSE subscribers (quick
-//! mode: 1 and 50), over real HTTP on loopback.
+//! Metric 7, streaming: one run's events to 1, 100, 1000 and 10,000 SSE subscribers
+//! (quick mode: 1 and 50), over real HTTP on loopback.
 //!
-//! Corral's side is its real HTTP API (`corral::api::router`, served by axum as
-//! `corral serve` does, on 127.0.0.1:0, SQLite in a fresh directory), with every
+//! Corral's side is its real HTTP API (`corral::api::router`, served by
+//! `corral::api::server::serve`, the accept loop of `corral serve`, on 127.0.0.1:0,
+//! SQLite in a fresh directory), with every
 //! subscriber a real HTTP client (reqwest) on `GET /v1/runs/{id}/events` with a
 //! bearer token. Events are committed the way the runner commits a guest's log lines:
 //! `Store::commit` of a `log` event, then `Bus::publish` (what `Runner::commit` does).
@@ -42,7 +43,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,6 +63,10 @@ pub const METRIC: Metric = Metric {
 };
 
 fn more_rows(ctx: &Ctx) -> Vec<String> {
+    let cross_node = ctx
+        .postgres
+        .as_ref()
+        .map(|_| "streaming_cross_node_p99".to_string());
     counts(ctx)
         .iter()
         .filter(|&&s| s != 1)
@@ -73,6 +77,7 @@ fn more_rows(ctx: &Ctx) -> Vec<String> {
                 format!("streaming_{s}_p99"),
             ]
         })
+        .chain(cross_node)
         .collect()
 }
 
@@ -82,7 +87,33 @@ fn run_boxed(ctx: &Ctx) -> Rows<'_> {
 
 /// Subscriber counts.
 fn counts(ctx: &Ctx) -> &'static [usize] {
-    ctx.pick(&[1, 50], &[1, 100, 1000])
+    ctx.pick(&[1, 50], &[1, 100, 1000, 10_000])
+}
+
+/// The largest count measured with server and clients in one process; larger ones (10,000
+/// takes over 20,000 sockets, more than a process may open here) run the server in the
+/// probe child, with the clients here.
+const IN_PROCESS: usize = 1000;
+
+/// File descriptors the largest count needs in one process: its clients' sockets and the
+/// server's (each side of 10,000 connections), and some to spare.
+const FD_LIMIT: u64 = 65_536;
+
+/// Raises this process's open-file limit towards `want` (the hard limit too, when allowed,
+/// as for root); returns the soft limit in force.
+fn raise_fd_limit(want: u64) -> u64 {
+    use rlimit::Resource;
+    let Ok((soft, hard)) = Resource::NOFILE.get() else {
+        return 0;
+    };
+    if soft >= want {
+        return soft;
+    }
+    if hard < want && Resource::NOFILE.set(want, want).is_ok() {
+        return want;
+    }
+    let _ = Resource::NOFILE.set(hard.min(want), hard);
+    Resource::NOFILE.get().map_or(soft, |(s, _)| s)
 }
 
 /// How much to measure at one subscriber count.
@@ -97,7 +128,8 @@ fn sizes(ctx: &Ctx, subscribers: usize) -> Sizes {
     let (rounds, burst, lockstep) = match subscribers {
         1 => ctx.pick((3, 100, 30), (8, 300, 100)),
         s if s <= 100 => ctx.pick((3, 40, 15), (5, 100, 40)),
-        _ => ctx.pick((3, 20, 10), (3, 30, 20)),
+        s if s <= 1000 => ctx.pick((3, 20, 10), (3, 30, 20)),
+        _ => ctx.pick((2, 5, 5), (2, 10, 10)),
     };
     Sizes {
         rounds,
@@ -114,6 +146,13 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 const WARM_SUBSCRIBERS: usize = 8;
 
 async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
+    let fds = raise_fd_limit(FD_LIMIT);
+    let largest = counts(ctx).iter().copied().max().unwrap_or(1) as u64;
+    anyhow::ensure!(
+        fds >= largest + 1024,
+        "{largest} subscribers need about {} open files; the limit is {fds} (raise `ulimit -n`)",
+        largest + 1024
+    );
     let mut rows = with_two(Kind::Sqlite, &ctx.work, None, async |corral_db, raw_db| {
         let corral = Server::corral(ctx.corral(None)?, corral_db).await?;
         let plain = Server::plain(raw_db).await?;
@@ -125,7 +164,14 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
         result
     })
     .await?;
-    rows.push(idle_memory(ctx).await?);
+    rows.extend(idle_memory(ctx).await?);
+    match &ctx.postgres {
+        Some(server) => rows.push(cross_node(ctx, server).await?),
+        None => eprintln!(
+            "   note: {} is not set: streaming_cross_node_p99 skipped",
+            crate::db::POSTGRES_ENV
+        ),
+    }
     Ok(rows)
 }
 
@@ -146,7 +192,7 @@ async fn measure(ctx: &Ctx, servers: &[Server; 2]) -> anyhow::Result<Vec<Row>> {
         .await?;
     }
     let mut rows = Vec::new();
-    for &subscribers in counts(ctx) {
+    for &subscribers in counts(ctx).iter().filter(|&&s| s <= IN_PROCESS) {
         let size = sizes(ctx, subscribers);
         let mut latency = [Samples::default(), Samples::default()];
         let mut burst_latency = [Samples::default(), Samples::default()];
@@ -395,8 +441,7 @@ async fn client(
         let chunk = chunk?;
         let at = Instant::now();
         buf.extend_from_slice(&chunk);
-        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-            let frame: Vec<u8> = buf.drain(..end + 2).collect();
+        while let Some(frame) = next_frame(&mut buf) {
             if let Some(seq) = frame_id(&frame) {
                 got.push((seq, at));
                 hub.saw(seq);
@@ -404,6 +449,12 @@ async fn client(
         }
     }
     Ok(got)
+}
+
+/// The first complete SSE frame in `buf`, taken out of it.
+fn next_frame(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let end = buf.windows(2).position(|w| w == b"\n\n")?;
+    Some(buf.drain(..end + 2).collect())
 }
 
 /// The `id:` of an SSE frame.
@@ -558,12 +609,18 @@ impl Server {
         );
         let app = corral::api::router(state);
         let (listener, url) = listen().await?;
-        let task = tokio::spawn(async move {
-            let service = app.into_make_service_with_connect_info::<SocketAddr>();
-            if let Err(e) = axum::serve(listener, service).await {
-                eprintln!("   corral server: {e}");
-            }
-        });
+        // `corral serve`'s own accept loop and connection settings, with room for every
+        // subscriber on one address.
+        let limits = corral::api::server::ConnectionLimits {
+            max_per_address: usize::MAX,
+            ..Default::default()
+        };
+        let task = tokio::spawn(corral::api::server::serve(
+            listener,
+            app,
+            limits,
+            std::future::pending(),
+        ));
         Ok(Server::Corral {
             url,
             token,
@@ -749,8 +806,11 @@ fn event_json(run_id: &str, seq: i64, kind: &str, payload: &Value) -> anyhow::Re
 
 /// Memory per idle subscriber at the largest count, Corral against the baseline, each
 /// server alone in a child process.
-async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Row> {
+async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     let subscribers = counts(ctx).iter().copied().max().unwrap_or(1);
+    // Above the in-process counts, the probe also measures delivery.
+    let events = (subscribers > IN_PROCESS).then(|| sizes(ctx, subscribers));
+    let mut delivery = [ProbeEvents::default(), ProbeEvents::default()];
     let repeats = ctx.pick(1, 3);
     let idle = ctx.pick(Duration::from_secs(1), Duration::from_secs(2));
     let mut kib: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
@@ -759,10 +819,14 @@ async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Row> {
         for k in 0..2 {
             let i = (r + k) % 2;
             let kind = if i == 0 { "corral" } else { "baseline" };
-            let probe = probe_once(kind, subscribers, idle).await?;
-            if let (Some(k), Some(c)) = (kib.get_mut(i), cpu.get_mut(i)) {
+            let probe = probe_once(kind, subscribers, idle, events).await?;
+            if let (Some(k), Some(c), Some(d)) =
+                (kib.get_mut(i), cpu.get_mut(i), delivery.get_mut(i))
+            {
                 k.push(probe.kib_per_subscriber);
                 c.push(probe.idle_cpu_percent);
+                d.lockstep.extend(probe.events.lockstep);
+                d.bursts.extend(probe.events.bursts);
             }
         }
     }
@@ -773,7 +837,11 @@ async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Row> {
     };
     let [corral, baseline] = &kib;
     let [corral_cpu, baseline_cpu] = &cpu;
-    Ok(Row::amount(
+    let mut rows = Vec::new();
+    if let Some(size) = events {
+        rows.extend(probe_rows(subscribers, size, &delivery));
+    }
+    rows.push(Row::amount(
         "streaming_idle_kib",
         Unit::KiB,
         med(corral),
@@ -791,7 +859,54 @@ async fn idle_memory(ctx: &Ctx) -> anyhow::Result<Row> {
             },
             "measure": "server alone in a child process (corral-bench --stream-probe): VmRSS after the subscribers connected and got their first event, minus VmRSS before, divided by the subscribers (clients not counted)",
         }),
-    ))
+    ));
+    Ok(rows)
+}
+
+/// Delivery measured by a probe: the burst times and the lock-step latencies.
+#[derive(Default)]
+struct ProbeEvents {
+    bursts: Vec<Duration>,
+    lockstep: Vec<Duration>,
+}
+
+/// The `streaming_{N}` rows of a count measured through the probe.
+fn probe_rows(subscribers: usize, size: Sizes, delivery: &[ProbeEvents; 2]) -> Vec<Row> {
+    let [corral, baseline] = delivery;
+    let deliveries = (subscribers * size.burst) as f64;
+    let rate =
+        |d: &ProbeEvents| crate::harness::median(&d.bursts).map(|t| deliveries / t.as_secs_f64());
+    let params = json!({
+        "subscribers": subscribers,
+        "burst_events": size.burst,
+        "lockstep_events": size.lockstep,
+        "database": "sqlite",
+        "where": "the server (Corral or the baseline, as in the smaller counts) in the probe child process, the clients in this one: one process may not open the 20,000+ sockets both sides need",
+        "latency": "lock-step events: the child's wall clock after the commit returned -> this process's wall clock when the frame arrived",
+        "rate": "subscribers x burst events / (burst command sent -> every subscriber has every event), median over the probes",
+    });
+    vec![
+        Row::rate(
+            format!("streaming_{subscribers}"),
+            rate(corral),
+            rate(baseline),
+            params.clone(),
+        ),
+        Row::cost(
+            format!("streaming_{subscribers}_p50"),
+            Unit::Millis,
+            crate::harness::median(&corral.lockstep),
+            crate::harness::median(&baseline.lockstep),
+            params.clone(),
+        ),
+        Row::cost(
+            format!("streaming_{subscribers}_p99"),
+            Unit::Millis,
+            crate::harness::percentile(&corral.lockstep, 0.99),
+            crate::harness::percentile(&baseline.lockstep, 0.99),
+            params,
+        ),
+    ]
 }
 
 /// What one probe measured.
@@ -799,11 +914,24 @@ struct Probe {
     kib_per_subscriber: f64,
     /// CPU time used by the server over the idle window, in percent of one core.
     idle_cpu_percent: f64,
+    events: ProbeEvents,
+}
+
+/// Microseconds since the Unix epoch: the clock both processes share.
+fn wall_micros(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 /// One child process serving one stream: KiB of RSS per idle subscriber, and the CPU
 /// the server uses while they sit idle for `idle`.
-async fn probe_once(kind: &str, subscribers: usize, idle: Duration) -> anyhow::Result<Probe> {
+async fn probe_once(
+    kind: &str,
+    subscribers: usize,
+    idle: Duration,
+    events: Option<Sizes>,
+) -> anyhow::Result<Probe> {
+    raise_fd_limit(FD_LIMIT);
     let exe = std::env::current_exe()?;
     let mut child = tokio::process::Command::new(exe)
         .args(["--stream-probe", kind])
@@ -873,11 +1001,58 @@ async fn probe_once(kind: &str, subscribers: usize, idle: Duration) -> anyhow::R
         stdin.write_all(b"cpu\n").await?;
         let cpu_after: u64 = next_line().await?.trim().parse()?;
         let cpu_percent = cpu_after.saturating_sub(cpu_before) as f64 / t.elapsed().as_secs_f64();
+        let mut delivery = ProbeEvents::default();
+        if let Some(size) = events {
+            // Instants here to the wall clock the child reports its commits in.
+            let anchor = (Instant::now(), std::time::SystemTime::now());
+            let wall = |at: Instant| wall_micros(anchor.1 + at.saturating_duration_since(anchor.0));
+            let n = (WARM_SUBSCRIBERS + subscribers) as u64;
+            let burst = size.burst as u64;
+            hub.target.store(n * burst, Ordering::SeqCst);
+            let t = Instant::now();
+            stdin
+                .write_all(format!("burst {burst}\n").as_bytes())
+                .await?;
+            wait_or_fail(&hub, &hub.received, n * burst, &mut clients).await?;
+            delivery.bursts.push(t.elapsed());
+            for _ in 0..burst {
+                next_line().await?;
+            }
+            let mut committed: HashMap<i64, i64> = HashMap::new();
+            for j in 1..=size.lockstep as u64 {
+                let target = n * (burst + j);
+                hub.target.store(target, Ordering::SeqCst);
+                stdin.write_all(b"emit\n").await?;
+                let line = next_line().await?;
+                let mut words = line.split_whitespace().map(str::parse::<i64>);
+                let (Some(Ok(seq)), Some(Ok(micros))) = (words.next(), words.next()) else {
+                    anyhow::bail!("the stream probe said `{line}`");
+                };
+                committed.insert(seq, micros);
+                wait_or_fail(&hub, &hub.received, target, &mut clients).await?;
+            }
+            stdin.write_all(b"close\n").await?;
+            next_line().await?;
+            while let Some(done) = tokio::time::timeout(TIMEOUT, clients.join_next())
+                .await
+                .map_err(|_| anyhow::anyhow!("a stream did not end after the final event"))?
+            {
+                for (seq, at) in done?? {
+                    if let Some(c) = committed.get(&seq) {
+                        let micros = wall(at).saturating_sub(*c).max(0);
+                        delivery
+                            .lockstep
+                            .push(Duration::from_micros(micros.unsigned_abs()));
+                    }
+                }
+            }
+        }
         clients.abort_all();
         drop(stdin);
         Ok(Probe {
             kib_per_subscriber: after.saturating_sub(before) as f64 / subscribers as f64,
             idle_cpu_percent: cpu_percent,
+            events: delivery,
         })
     }
     .await;
@@ -917,9 +1092,11 @@ fn rss_kib() -> anyhow::Result<u64> {
 
 /// `corral-bench --stream-probe corral|baseline`: serves one stream on 127.0.0.1:0,
 /// prints `READY URL TOKEN` (`-`: no token), then answers each `rss` line on stdin with
-/// its VmRSS in KiB and each `cpu` line with its CPU time in clock ticks, until stdin
-/// closes.
+/// its VmRSS in KiB and each `cpu` line with its CPU time in clock ticks; `burst N`,
+/// `emit` and `close` commit N log events, one, or the final event, each answered with
+/// `SEQ MICROS` (the wall clock after its commit); until stdin closes.
 pub async fn probe(kind: &str) -> anyhow::Result<()> {
+    raise_fd_limit(FD_LIMIT);
     let work = tempfile::Builder::new()
         .prefix("corral-bench-probe-")
         .tempdir()?;
@@ -935,23 +1112,285 @@ pub async fn probe(kind: &str) -> anyhow::Result<()> {
         "baseline" => Server::plain(&db).await?,
         other => anyhow::bail!("no stream probe `{other}` (corral or baseline)"),
     };
-    let stream = server.open_stream().await?;
+    let mut stream = server.open_stream().await?;
     println!(
         "READY {} {}",
         stream.url,
         server.token().unwrap_or_else(|| "-".into())
     );
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut emitted = 0;
+    // Each event: its seq and the wall clock (µs) when its commit returned.
+    let report = |seq: i64| println!("{seq} {}", wall_micros(std::time::SystemTime::now()));
     while let Some(line) = lines.next_line().await? {
-        match line.trim() {
-            "rss" => println!("{}", rss_kib()?),
-            "cpu" => println!("{}", cpu_ticks()?),
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("rss"), _) => println!("{}", rss_kib()?),
+            (Some("cpu"), _) => println!("{}", cpu_ticks()?),
+            (Some("burst"), Some(n)) => {
+                let mut seqs = Vec::new();
+                for _ in 0..n.parse::<usize>()? {
+                    seqs.push(server.emit(&mut stream, emitted).await?.0);
+                    emitted += 1;
+                }
+                for seq in seqs {
+                    report(seq);
+                }
+            }
+            (Some("emit"), _) => {
+                let (seq, _) = server.emit(&mut stream, emitted).await?;
+                emitted += 1;
+                report(seq);
+            }
+            (Some("close"), _) => {
+                server.close_stream(&mut stream).await?;
+                report(0);
+            }
             _ => {}
         }
     }
     server.stop().await;
     drop(db);
     Ok(())
+}
+
+/// Cross-node delivery: two real `corral serve` processes (the release binary beside
+/// this one) on one fresh Postgres schema. Runs are submitted to node A over HTTP; a
+/// tenant stream on node B and one on node A itself read each run's `queued` event. The
+/// latency is from A's `201 Created` (the event is committed by then) to the frame's
+/// arrival; the baseline is the same latency on A's own stream (same-node delivery).
+async fn cross_node(ctx: &Ctx, server: &str) -> anyhow::Result<Row> {
+    let db = FreshDb::postgres(server).await?;
+    let result = cross_node_on(ctx, &db).await;
+    let removed = db.remove().await;
+    let row = result?;
+    removed?;
+    Ok(row)
+}
+
+/// One `corral serve` child process.
+struct Node {
+    url: String,
+    /// The admin token it printed (on the first start on an empty database).
+    admin_token: Option<String>,
+    _child: tokio::process::Child,
+}
+
+impl Node {
+    async fn start(
+        exe: &std::path::Path,
+        db: &str,
+        data: &std::path::Path,
+    ) -> anyhow::Result<Node> {
+        let mut child = tokio::process::Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("CORRAL_DATA_DIR", data)
+            .env("CORRAL_DATABASE_URL", db)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut admin_token = None;
+        let url = loop {
+            let line = tokio::time::timeout(TIMEOUT, lines.next_line())
+                .await
+                .map_err(|_| anyhow::anyhow!("corral serve did not start"))??
+                .ok_or_else(|| anyhow::anyhow!("corral serve exited"))?;
+            let line = line.trim();
+            if line.starts_with("crl_") {
+                admin_token = Some(line.to_string());
+            }
+            if let Some(url) = line.strip_prefix("corral listening on ") {
+                break url.to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Node {
+            url,
+            admin_token,
+            _child: child,
+        })
+    }
+}
+
+/// A tenant stream: reports each `queued` event's run id and when its frame arrived.
+async fn tenant_client(
+    http: reqwest::Client,
+    url: String,
+    token: String,
+    node: usize,
+    seen: tokio::sync::mpsc::UnboundedSender<(usize, String, Instant)>,
+) -> anyhow::Result<()> {
+    let response = http.get(&url).bearer_auth(&token).send().await?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "GET {url}: {}",
+        response.status()
+    );
+    let mut body = response.bytes_stream();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        let at = Instant::now();
+        buf.extend_from_slice(&chunk);
+        while let Some(frame) = next_frame(&mut buf) {
+            let text = String::from_utf8_lossy(&frame);
+            for data in text.lines().filter_map(|l| l.strip_prefix("data:")) {
+                let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+                    continue;
+                };
+                if event.get("type").and_then(Value::as_str) == Some("queued")
+                    && let Some(run) = event.get("run_id").and_then(Value::as_str)
+                {
+                    let _ = seen.send((node, run.to_string(), at));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn cross_node_on(ctx: &Ctx, db: &FreshDb) -> anyhow::Result<Row> {
+    let exe = std::env::current_exe()?.with_file_name("corral");
+    anyhow::ensure!(
+        exe.exists(),
+        "{} is missing (cargo build --release -p corral; `cargo xtask bench` builds it)",
+        exe.display()
+    );
+    let data = [
+        tempfile::tempdir_in(&ctx.work)?,
+        tempfile::tempdir_in(&ctx.work)?,
+    ];
+    let a = Node::start(&exe, &db.url, data[0].path()).await?;
+    let b = Node::start(&exe, &db.url, data[1].path()).await?;
+    let token = a
+        .admin_token
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("node A printed no admin token"))?;
+    let http = reqwest::Client::builder().build()?;
+    let wasm = std::fs::read(ctx.plugins.join("echo.wasm"))?;
+    let uploaded: Value = http
+        .post(format!("{}/v1/plugins", a.url))
+        .bearer_auth(&token)
+        .header("content-type", "application/wasm")
+        .body(wasm)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let plugin = format!(
+        "{}@{}",
+        uploaded
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("echo"),
+        uploaded
+            .get("version")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    );
+    let submit = json!({
+        "pipeline": {"name": "cross", "steps": [{"name": "echo", "plugin": plugin, "config": {}}]},
+        "input": {},
+    });
+    let (tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let mut clients = tokio::task::JoinSet::new();
+    for (node, url) in [&a.url, &b.url].into_iter().enumerate() {
+        let url = format!("{url}/v1/events");
+        clients.spawn(tenant_client(
+            http.clone(),
+            url,
+            token.clone(),
+            node,
+            tx.clone(),
+        ));
+    }
+    // Timed from the request's start: the commit happens inside it, so this bounds
+    // commit -> receipt from above (B's frame often arrives before A's answer does).
+    let post = async || -> anyhow::Result<(String, Instant, Duration)> {
+        let at = Instant::now();
+        let created: Value = http
+            .post(format!("{}/v1/runs", a.url))
+            .bearer_auth(&token)
+            .json(&submit)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let answered = at.elapsed();
+        let run = created
+            .get("run_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow::anyhow!("no run_id in {created}"))?;
+        Ok((run.to_string(), at, answered))
+    };
+    // Both streams are open once each has seen one run of its own.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut ready = [false, false];
+    while ready != [true, true] {
+        anyhow::ensure!(Instant::now() < deadline, "the tenant streams did not open");
+        post().await?;
+        let wait = tokio::time::sleep(Duration::from_millis(200));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                got = seen.recv() => match got {
+                    Some((node, _, _)) => if let Some(r) = ready.get_mut(node) { *r = true },
+                    None => anyhow::bail!("the tenant streams closed"),
+                },
+                () = &mut wait => break,
+            }
+        }
+    }
+    let rounds = ctx.pick(30, 300);
+    let mut latency = [Vec::new(), Vec::new()];
+    let mut submits = Vec::new();
+    for _ in 0..rounds {
+        let (run, at, answered) = post().await?;
+        submits.push(answered);
+        let mut got = [false, false];
+        while got != [true, true] {
+            let (node, id, when) = tokio::time::timeout(TIMEOUT, seen.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("run {run}'s queued event did not reach both nodes"))?
+                .ok_or_else(|| anyhow::anyhow!("the tenant streams closed"))?;
+            if id != run {
+                continue;
+            }
+            if let (Some(g), Some(l)) = (got.get_mut(node), latency.get_mut(node)) {
+                *g = true;
+                l.push(when.saturating_duration_since(at));
+            }
+        }
+    }
+    clients.abort_all();
+    let [same, cross] = &latency;
+    Ok(Row::cost(
+        "streaming_cross_node_p99",
+        Unit::Millis,
+        crate::harness::percentile(cross, 0.99),
+        crate::harness::percentile(same, 0.99),
+        json!({
+            "rounds": rounds,
+            "nodes": "two `corral serve` processes (target/release/corral) on one fresh Postgres schema, default settings",
+            "corral": "tenant stream (GET /v1/events) on node B; runs submitted to node A (POST /v1/runs); latency from sending the POST to A (its queued event commits inside it) to B's frame: an upper bound on commit -> receipt",
+            "submit_p50_ms": crate::harness::ms(crate::harness::median(&submits)),
+            "baseline": "the same on node A's own tenant stream (same-node delivery through A's bus)",
+            "cross_node_p50_ms": crate::harness::ms(crate::harness::median(cross)),
+            "same_node_p50_ms": crate::harness::ms(crate::harness::median(same)),
+            "database": db.location(),
+        }),
+    ))
 }
 
 #[cfg(test)]

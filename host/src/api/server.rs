@@ -198,14 +198,17 @@ async fn serve_connection(
         last_done: Instant::now(),
         served: false,
     }));
+    // Told when a response finishes, so the watchdog sleeps while requests are in flight
+    // (an SSE stream can be in flight for hours: its connection then has no timer).
+    let finished = Arc::new(tokio::sync::Notify::new());
     let io = TokioIo::new(Tracked {
         inner: stream,
         activity: activity.clone(),
     });
     let service = {
-        let activity = activity.clone();
+        let (activity, finished) = (activity.clone(), finished.clone());
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let busy = Busy::start(activity.clone());
+            let busy = Busy::start(activity.clone(), finished.clone());
             let mut req = req.map(|body| TimedBody::new(body, limits.body_read));
             req.extensions_mut().insert(ConnectInfo(addr));
             let mut app = app.clone();
@@ -229,6 +232,7 @@ async fn serve_connection(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut closing = false;
     loop {
+        let busy = lock(&activity).in_flight > 0;
         tokio::select! {
             done = connection.as_mut() => {
                 if let Err(e) = done {
@@ -240,7 +244,9 @@ async fn serve_connection(
                 closing = true;
                 connection.as_mut().graceful_shutdown();
             }
-            _ = ticks.tick() => {
+            // A permit left by a response that finished meanwhile wakes this at once.
+            () = finished.notified(), if busy => {}
+            _ = ticks.tick(), if !busy => {
                 let v = verdict(&lock(&activity), &limits, Instant::now());
                 match v {
                     Verdict::Fine => {}
@@ -315,26 +321,30 @@ impl AsyncWrite for Tracked {
     }
 }
 
-/// A request in flight, from its headers until its response body is dropped.
-struct Busy(Shared);
+/// A request in flight, from its headers until its response body is dropped; then it
+/// wakes the connection's watchdog.
+struct Busy(Shared, Arc<tokio::sync::Notify>);
 
 impl Busy {
-    fn start(activity: Shared) -> Busy {
+    fn start(activity: Shared, finished: Arc<tokio::sync::Notify>) -> Busy {
         {
             let mut a = lock(&activity);
             a.in_flight += 1;
             a.head_started = None;
             a.served = true;
         }
-        Busy(activity)
+        Busy(activity, finished)
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        let mut a = lock(&self.0);
-        a.in_flight = a.in_flight.saturating_sub(1);
-        a.last_done = Instant::now();
+        {
+            let mut a = lock(&self.0);
+            a.in_flight = a.in_flight.saturating_sub(1);
+            a.last_done = Instant::now();
+        }
+        self.1.notify_one();
     }
 }
 

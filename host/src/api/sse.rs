@@ -1,12 +1,15 @@
 //! Server-sent events. A run's stream replays its log (from `Last-Event-ID`, header or
 //! `?last_event_id=`) and follows live with no gap and no duplicate, sends a heartbeat after
-//! 15 s of silence, and closes after the final event. A slow client only slows its own
-//! stream: the run and other subscribers never wait for it (it catches up from the log).
+//! 15 to 22 s of silence (one clock shared by all streams), and closes after the final
+//! event. A slow client only slows its own stream: the run and other subscribers never wait
+//! for it (it catches up from the log). An open stream is only its response body: no task,
+//! no channel, no timer of its own, and no store query while it is idle.
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{Path, Query};
+use crate::events::{Follower, Subscription, TokenWatch};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
@@ -15,12 +18,7 @@ use futures::Stream;
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::time::Duration;
-use tokio::sync::mpsc;
-
-/// How often an open stream checks that its token is still valid.
-const REVOCATION_CHECK: Duration = Duration::from_millis(500);
-/// SSE frames buffered per client before the stream's own reader waits.
-const CLIENT_BUFFER: usize = 64;
+use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,9 +74,12 @@ fn heartbeat() -> SseEvent {
     SseEvent::default().data(r#"{"type":"heartbeat"}"#)
 }
 
-fn sse_response(rx: mpsc::Receiver<SseEvent>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+fn sse_response(live: Live) -> Response {
+    // The stream is the body hyper polls: an open stream costs no task, no channel and
+    // no timer of its own.
+    let stream = futures::stream::unfold(live, |mut live| async move {
+        let frame = live.next().await?;
+        Some((Ok::<_, Infallible>(frame), live))
     });
     let mut response = Sse::new(Box::pin(stream)
         as std::pin::Pin<Box<dyn Stream<Item = Result<SseEvent, Infallible>> + Send>>)
@@ -128,105 +129,141 @@ pub(super) async fn run_events(
         }
     };
     let slot = StreamSlot::take(&state, &caller.tenant_id)?;
-    let events =
-        crate::events::subscribe(state.runner.store().clone(), state.runner.bus(), id, after);
-    Ok(pump(state, caller, slot, Source::Run(events)))
+    let follower = Follower::new(state.runner.store().clone(), state.runner.bus(), &id, after);
+    let source = Source::Run(Box::new(follower));
+    Ok(sse_response(Live::new(state, &caller, slot, source)))
 }
 
 /// Where a stream's events come from.
 enum Source {
     /// One run: its log replayed, then live; ends after the final event.
-    Run(mpsc::Receiver<crate::store::Event>),
+    Run(Box<Follower>),
     /// Every run of a tenant, live.
-    Tenant(crate::events::Subscription, String),
+    Tenant(Subscription),
 }
 
 /// What a source yields next.
 enum Next {
     /// A frame, and whether it is the last.
     Frame(SseEvent, bool),
-    /// Nothing for this client.
-    Skip,
     /// The source is done.
     End,
 }
 
 impl Source {
+    /// Cancel-safe, as its two sources are.
     async fn next(&mut self) -> Next {
         match self {
-            Source::Run(events) => {
-                let Some(event) = events.recv().await else {
+            Source::Run(follower) => {
+                let Some(event) = follower.next().await else {
                     return Next::End;
                 };
                 let is_final = event.is_final();
                 // Event JSON is one line (control characters are escaped), so it can never
                 // inject a second SSE event.
-                match serde_json::to_string(&event) {
-                    Ok(data) => Next::Frame(
+                match &event.json {
+                    Some(data) => Next::Frame(
                         SseEvent::default().id(event.seq.to_string()).data(data),
                         is_final,
                     ),
-                    Err(_) => Next::End,
+                    None => Next::End,
                 }
             }
-            Source::Tenant(live, tenant_id) => match live.recv().await {
-                Ok(event) if &event.tenant_id == tenant_id => {
-                    match serde_json::to_string(&*event) {
-                        Ok(data) => Next::Frame(SseEvent::default().data(data), false),
-                        Err(_) => Next::End,
-                    }
+            // The bus gives a tenant stream only its tenant's events.
+            Source::Tenant(live) => match live.recv().await {
+                Ok(event) => match &event.json {
+                    Some(data) => Next::Frame(SseEvent::default().data(data), false),
+                    None => Next::End,
+                },
+                Err(RecvError::Lagged(n)) => {
+                    // 0: the watcher of other hosts' commits lost track for a while.
+                    let note = if n == 0 {
+                        serde_json::json!({"type": "resync"})
+                    } else {
+                        serde_json::json!({"type": "resync", "missed": n})
+                    };
+                    Next::Frame(SseEvent::default().data(note.to_string()), false)
                 }
-                Ok(_) => Next::Skip,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let note = serde_json::json!({"type": "resync", "missed": n}).to_string();
-                    Next::Frame(SseEvent::default().data(note), false)
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => Next::End,
+                Err(RecvError::Closed) => Next::End,
             },
         }
     }
 }
 
-/// Moves a source's frames to the client, with heartbeats after silence; stops when the
-/// source ends, the client goes, the token is revoked or the server shuts down.
-fn pump(state: AppState, caller: Caller, slot: StreamSlot, mut source: Source) -> Response {
-    let (tx, rx) = mpsc::channel(CLIENT_BUFFER);
-    let heartbeat_every = state.config.heartbeat;
-    tokio::spawn(async move {
-        let _slot = slot;
-        let mut check = tokio::time::interval(REVOCATION_CHECK);
-        let mut silence = Box::pin(tokio::time::sleep(heartbeat_every));
+/// Heartbeat clock ticks per heartbeat period: a heartbeat goes after 2 to 3 ticks of
+/// silence, so between one and one and a half periods.
+const TICKS_PER_HEARTBEAT: u32 = 2;
+const QUIET_TICKS: u8 = 3;
+
+/// An open stream, polled by hyper as the response body: frames from its source, a
+/// heartbeat after silence; it stops when the source ends, the client goes (hyper drops
+/// the body), the token is revoked or the server shuts down.
+struct Live {
+    state: AppState,
+    _slot: StreamSlot,
+    token: TokenWatch,
+    /// The bus's shared heartbeat clock.
+    ticks: tokio::sync::watch::Receiver<u64>,
+    /// Ticks since the last frame.
+    quiet: u8,
+    source: Source,
+    done: bool,
+}
+
+impl Live {
+    fn new(state: AppState, caller: &Caller, slot: StreamSlot, source: Source) -> Live {
+        let bus = state.runner.bus();
+        let period = (state.config.heartbeat / TICKS_PER_HEARTBEAT).max(Duration::from_millis(1));
+        let (token, ticks) = (bus.watch_token(&caller.token_id), bus.ticker(period));
         crate::metrics::global().open_streams_add(1);
+        Live {
+            state,
+            _slot: slot,
+            token,
+            ticks,
+            quiet: 0,
+            source,
+            done: false,
+        }
+    }
+
+    async fn next(&mut self) -> Option<SseEvent> {
+        if self.done || self.token.revoked() {
+            return None;
+        }
         loop {
             tokio::select! {
-                next = source.next() => match next {
+                biased;
+                () = self.state.shutdown.cancelled() => return None,
+                () = self.token.changed() => {
+                    if self.token.revoked() {
+                        return None;
+                    }
+                }
+                _ = self.ticks.changed() => {
+                    self.quiet = self.quiet.saturating_add(1);
+                    if self.quiet >= QUIET_TICKS {
+                        self.quiet = 0;
+                        return Some(heartbeat());
+                    }
+                }
+                next = self.source.next() => match next {
                     Next::Frame(frame, last) => {
-                        if tx.send(frame).await.is_err() || last {
-                            break;
-                        }
-                        silence.as_mut().reset(tokio::time::Instant::now() + heartbeat_every);
+                        self.quiet = 0;
+                        self.done = last;
+                        return Some(frame);
                     }
-                    Next::Skip => {}
-                    Next::End => break,
+                    Next::End => return None,
                 },
-                _ = &mut silence => {
-                    if tx.send(heartbeat()).await.is_err() {
-                        break;
-                    }
-                    silence.as_mut().reset(tokio::time::Instant::now() + heartbeat_every);
-                }
-                _ = check.tick() => {
-                    if !matches!(state.runner.store().token_live(&caller.token_id).await, Ok(true)) {
-                        break;
-                    }
-                }
-                _ = tx.closed() => break,
-                _ = state.shutdown.cancelled() => break,
             }
         }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
         crate::metrics::global().open_streams_add(-1);
-    });
-    sse_response(rx)
+    }
 }
 
 pub(super) async fn tenant_events(
@@ -242,7 +279,6 @@ pub(super) async fn tenant_events(
         ));
     }
     let slot = StreamSlot::take(&state, &caller.tenant_id)?;
-    let live = state.runner.bus().tenant_receiver(&caller.tenant_id);
-    let tenant_id = caller.tenant_id.clone();
-    Ok(pump(state, caller, slot, Source::Tenant(live, tenant_id)))
+    let source = Source::Tenant(state.runner.bus().tenant_receiver(&caller.tenant_id));
+    Ok(sse_response(Live::new(state, &caller, slot, source)))
 }

@@ -791,7 +791,9 @@ async fn events_embedded(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCod
         return Ok(refuse(&RunError::NotFound(args.run_id.clone())));
     }
     if args.follow {
-        let bus = crate::events::Bus::default();
+        // Events come from the `corral run` (or server) writing them: the bus's watcher
+        // polls the database file once for all of this process's subscribers.
+        let bus = crate::events::Bus::watching(store.clone());
         let mut rx = crate::events::subscribe(store, &bus, args.run_id.clone(), args.after);
         while let Some(event) = rx.recv().await {
             println!("{}", serde_json::to_string(&event)?);

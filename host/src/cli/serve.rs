@@ -185,6 +185,9 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
     };
     let lease = runner_config.lease;
     let runner = Runner::new(engine, store, runner_config);
+    // One watcher for the whole server of what other hosts commit (LISTEN/NOTIFY on
+    // Postgres, one poller on SQLite), up before the first stream opens.
+    runner.bus().start_watcher();
     let defaults = ApiConfig::default();
     let api_config = ApiConfig {
         max_streams_per_tenant: args

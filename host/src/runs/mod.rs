@@ -125,11 +125,13 @@ pub(crate) struct Live {
 impl Runner {
     /// A runner over an engine and a store.
     pub fn new(engine: Engine, store: Store, config: RunnerConfig) -> Runner {
+        // The bus also carries what other processes commit to this store.
+        let bus = Bus::watching(store.clone());
         Runner {
             inner: Arc::new(Inner {
                 engine,
                 store,
-                bus: Bus::default(),
+                bus,
                 config,
                 owner: crate::store::new_id("host"),
                 live: Mutex::new(HashMap::new()),

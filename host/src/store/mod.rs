@@ -7,6 +7,7 @@
 mod records;
 mod registry;
 mod secrets;
+pub(crate) mod watch;
 mod webhooks;
 mod writer;
 pub use secrets::SecretInfo;
@@ -90,6 +91,9 @@ pub struct Store {
     writer: writer::Writer,
     /// Seals and opens tenant secrets; `None` when no key is configured.
     sealer: Option<std::sync::Arc<crate::secrets::Sealer>>,
+    /// Where the database is, for the one connection that watches it for other
+    /// processes' commits (`events::watch`).
+    url: watch::DbUrl,
 }
 
 /// The scheduler's candidates, best first: queued runs of the tenant with the fewest runs
@@ -226,6 +230,7 @@ impl Store {
         };
         let url = sqlite_create_if_missing(url, backend);
         let pool = options.connect(&url).await?;
+        let url = watch::DbUrl::new(&url);
         match backend {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
@@ -240,6 +245,7 @@ impl Store {
             backend,
             write_lock,
             sealer,
+            url,
         })
     }
 
