@@ -186,7 +186,7 @@ pub struct RawDb {
 }
 
 /// The PRAGMAs Corral's SQLite pool runs on every connection (host/src/store/mod.rs).
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
                               PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;";
 
 impl RawDb {
