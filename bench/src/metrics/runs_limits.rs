@@ -1,7 +1,7 @@
 //! Metric 8, the run layer's limits: what the database can commit at all, and what a
 //! real durable-workflow peer does, each measured side by side with Corral's runs (the
 //! Corral side of metric 6, `runs::corral_batch`: the scheduler at `max_concurrent_runs`
-//! c, c clients that submit a one-step `echo` run and wait for its final event).
+//! c, c clients that each submit a one-step `echo` run and wait for its final event).
 //!
 //! - `runs_{db}_limit` (c8) and `runs_{db}_limit_c1`: the **physical limit**, single-row
 //!   commits per second: c clients, each inserting one small row in its own transaction
@@ -13,20 +13,21 @@
 //!   one commit of its own could go no faster, so `ratio` (limit / Corral) is how many
 //!   such commits one of Corral's runs costs.
 //! - `runs_{db}_limit_batched` (c8): the same rows with **group commit**: the c8 clients
-//!   each keep [`WINDOW`] rows in flight, one committer writes every pending row (up to
-//!   [`MAX_GROUP`]) in one multi-row `INSERT`, one transaction, and answers each client
-//!   once it is committed. Rows per second: the ceiling for a run layer that carries many
-//!   runs' transitions in one transaction. `params` also give the same with one row in
-//!   flight per client (at most 8 rows per commit).
+//!   each keep [`WINDOW`] rows in flight; a committer takes every pending row (up to
+//!   [`MAX_GROUP`]) into one multi-row `INSERT`, one transaction, and answers each client
+//!   once it is committed ([`committers`]: one on SQLite, its one writer; four on
+//!   Postgres, whose WAL flushes overlap). Rows per second: the ceiling for a run layer
+//!   that carries many runs' transitions in one transaction. `params` also give the same
+//!   with one row in flight per client (at most 8 rows per commit).
 //! - `runs_postgres_c8_dbos` and `runs_postgres_c1_dbos`: the **peer**, DBOS (Python,
 //!   durable workflows on Postgres, `dbos.rs`) running a one-step no-op workflow on the
 //!   same Postgres server, in a fresh database of its own, started and awaited by c
-//!   client threads. Absent, with a note, when its venv cannot be made (no PyPI) and in
-//!   quick mode until a full run has made it.
+//!   client threads. Full mode only; absent, with a note, when its venv cannot be made
+//!   (no PyPI, no `python3`).
 //!
 //! Every `corral` figure is Corral's runs/s at that concurrency, measured in the same
-//! rounds as the baselines (metric 6's own rows come from another set of rounds).
-//! Batch sizes follow each contender's rate (a warm-up batch), so every batch takes about
+//! rounds as the baselines (metric 6's own rows come from other rounds). Batch sizes
+//! follow each contender's rate (from a warm-up batch), so that every batch takes about
 //! the same time.
 
 use super::{Metric, Rows, runs};
@@ -78,6 +79,16 @@ const WINDOW: usize = 8;
 
 /// The most rows one group commit carries.
 const MAX_GROUP: usize = 64;
+
+/// Group commits in flight at once: SQLite has one writer (more committers only make
+/// smaller groups queue for it), Postgres overlaps several transactions' WAL flushes
+/// (4 committers made about twice the rows/s of 1 here, 2026-12-02).
+fn committers(kind: Kind) -> usize {
+    match kind {
+        Kind::Sqlite => 1,
+        Kind::Postgres => 4,
+    }
+}
 
 /// The payload of every row: a run's input, about the size of a small event.
 const PAYLOAD: &str = raw::INPUT;
@@ -131,8 +142,9 @@ enum Who {
     Corral,
     /// One row per transaction, each client waiting for its commit.
     Single,
-    /// Group commit, each client keeping `window` rows in flight.
-    Group { window: usize },
+    /// Group commit, each client keeping `window` rows in flight, `committers`
+    /// transactions at a time.
+    Group { window: usize, committers: usize },
     /// DBOS workflows.
     Dbos,
 }
@@ -140,9 +152,9 @@ enum Who {
 impl Who {
     /// Items (runs, rows, workflows) of the warm-up batch that sizes the timed ones, and
     /// the least a timed batch has (enough to keep `c` clients busy past the ramp).
-    fn probe_and_least(self, c: usize) -> (usize, usize) {
+    fn probe_and_least(self, ctx: &Ctx, c: usize) -> (usize, usize) {
         match self {
-            Who::Corral | Who::Dbos => ((2 * c).max(8), 4 * c),
+            Who::Corral | Who::Dbos => ((2 * c).max(8), ctx.pick(4, 8) * c),
             Who::Single => (64, 64),
             Who::Group { .. } => (256, 256),
         }
@@ -177,7 +189,17 @@ async fn compare(
 ) -> anyhow::Result<Vec<Row>> {
     let mut who = vec![Who::Corral, Who::Single];
     if c > 1 {
-        who.extend([Who::Group { window: WINDOW }, Who::Group { window: 1 }]);
+        let committers = committers(kind);
+        who.extend([
+            Who::Group {
+                window: WINDOW,
+                committers,
+            },
+            Who::Group {
+                window: 1,
+                committers,
+            },
+        ]);
     }
     if peer.ready() {
         who.push(Who::Dbos);
@@ -191,7 +213,7 @@ async fn compare(
                 ..Took::default()
             }),
             Who::Single => limit.single(c, m).await,
-            Who::Group { window } => limit.group(c, window, m).await,
+            Who::Group { window, committers } => limit.group(c, window, committers, m).await,
             Who::Dbos => {
                 if peer_error.is_some() {
                     return Ok(Took::default());
@@ -212,7 +234,7 @@ async fn compare(
     let target = ctx.pick(0.05, 0.2);
     let mut sizes = Vec::with_capacity(who.len());
     for &w in &who {
-        let (probe, least) = w.probe_and_least(c);
+        let (probe, least) = w.probe_and_least(ctx, c);
         one(w, probe).await?;
         let took = one(w, probe).await?;
         let rate = probe as f64 / took.wall.as_secs_f64().max(1e-6);
@@ -285,14 +307,22 @@ async fn compare(
         })),
     )];
     if c > 1 {
-        let w = Who::Group { window: WINDOW };
-        let w1 = Who::Group { window: 1 };
+        let committers = committers(kind);
+        let w = Who::Group {
+            window: WINDOW,
+            committers,
+        };
+        let w1 = Who::Group {
+            window: 1,
+            committers,
+        };
         rows.push(Row::rate(
             format!("runs_{db}_limit_batched"),
             corral,
             rate(w),
             with(json!({
-                "baseline": format!("physical limit with group commit: rows/s, {c} clients each keeping {WINDOW} rows in flight, one committer writing every pending row (up to {MAX_GROUP}) in one multi-row INSERT (one transaction) and answering each client after the commit"),
+                "baseline": format!("physical limit with group commit: rows/s, {c} clients each keeping {WINDOW} rows in flight; {committers} committer(s) sharing one queue, each taking every pending row (up to {MAX_GROUP}) into one multi-row INSERT (one transaction) and answering each client after the commit"),
+                "committers": committers,
                 "rows_per_batch": size(w),
                 "rows_per_commit_mean": per_commit(w).and_then(round2),
                 "window_1_rows_per_s": rate(w1).and_then(round2),
@@ -464,22 +494,37 @@ impl Limit {
         })
     }
 
-    /// `m` rows by `c` clients through one group committer, each client with `window`
-    /// rows in flight.
-    async fn group(&self, c: usize, window: usize, m: usize) -> anyhow::Result<Took> {
+    /// `m` rows by `c` clients through `committers` group committers sharing one queue,
+    /// each client with `window` rows in flight. A committer takes every pending row (up
+    /// to [`MAX_GROUP`]) and commits them in one statement while the next collects.
+    async fn group(
+        &self,
+        c: usize,
+        window: usize,
+        committers: usize,
+        m: usize,
+    ) -> anyhow::Result<Took> {
         type Reply = oneshot::Sender<Result<(), String>>;
-        let (tx, mut rx) = mpsc::channel::<Reply>(c * window);
-        let committer = {
-            let limit = self.clone();
-            tokio::spawn(async move {
+        let (tx, rx) = mpsc::channel::<Reply>(c * window);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut committing = tokio::task::JoinSet::new();
+        for _ in 0..committers.max(1) {
+            let (limit, rx) = (self.clone(), rx.clone());
+            committing.spawn(async move {
                 let mut commits = 0usize;
                 let mut group = Vec::with_capacity(MAX_GROUP);
-                while let Some(first) = rx.recv().await {
-                    group.push(first);
-                    while group.len() < MAX_GROUP {
-                        match rx.try_recv() {
-                            Ok(more) => group.push(more),
-                            Err(_) => break,
+                loop {
+                    {
+                        let mut rx = rx.lock().await;
+                        let Some(first) = rx.recv().await else {
+                            return commits;
+                        };
+                        group.push(first);
+                        while group.len() < MAX_GROUP {
+                            match rx.try_recv() {
+                                Ok(more) => group.push(more),
+                                Err(_) => break,
+                            }
                         }
                     }
                     let done = limit
@@ -492,9 +537,8 @@ impl Limit {
                         let _ = reply.send(done.clone());
                     }
                 }
-                commits
-            })
-        };
+            });
+        }
         let next = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let mut clients = tokio::task::JoinSet::new();
@@ -529,7 +573,10 @@ impl Limit {
             }
         }
         let wall = started.elapsed();
-        let commits = committer.await?;
+        let mut commits = 0;
+        while let Some(done) = committing.join_next().await {
+            commits += done?;
+        }
         result?;
         Ok(Took {
             wall,
