@@ -259,7 +259,6 @@ async fn compare(
         Ok(took.wall)
     })
     .await?;
-    drop(one);
 
     let at = |w: Who| who.iter().position(|&x| x == w);
     let rate = |w: Who| {
