@@ -34,8 +34,9 @@ use super::{Metric, Rows, runs};
 use crate::Ctx;
 use crate::db::{FreshDb, Kind, with_two};
 use crate::harness::{Plan, Row, Samples, ms, side_by_side};
-use crate::raw;
+use crate::raw::{self, Pool};
 use serde_json::{Value, json};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -353,14 +354,38 @@ async fn compare(
     Ok(rows)
 }
 
-fn round2(v: f64) -> Option<f64> {
-    v.is_finite().then(|| (v * 100.0).round() / 100.0)
+/// Runs `c` clients until `m` items are done, each claiming up to `step` at a time and
+/// handing them to `work`. Returns the wall time, or the first error.
+async fn clients<F, Fut>(c: usize, m: usize, step: usize, work: F) -> anyhow::Result<Duration>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..c {
+        let (work, next) = (work.clone(), next.clone());
+        tasks.spawn(async move {
+            loop {
+                let from = next.fetch_add(step, Ordering::Relaxed);
+                let k = step.min(m.saturating_sub(from));
+                if k == 0 {
+                    return anyhow::Ok(());
+                }
+                work(k).await?;
+            }
+        });
+    }
+    drop(work);
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(started.elapsed())
 }
 
-#[derive(Clone)]
-enum Pool {
-    Sqlite(sqlx::SqlitePool),
-    Postgres(sqlx::PgPool),
+fn round2(v: f64) -> Option<f64> {
+    v.is_finite().then(|| (v * 100.0).round() / 100.0)
 }
 
 /// The limit rows' table on a fresh database, and a native pool on it.
@@ -377,31 +402,7 @@ impl Limit {
     async fn open(db: &FreshDb) -> anyhow::Result<Limit> {
         // No ping on acquire (Corral's SQLite pool skips it too): a limit has no extra
         // round trips.
-        let pool = match db.kind {
-            Kind::Sqlite => Pool::Sqlite(
-                sqlx::sqlite::SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .test_before_acquire(false)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            use sqlx::Executor;
-                            conn.execute(raw::SQLITE_PRAGMAS).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&db.url)
-                    .await?,
-            ),
-            Kind::Postgres => Pool::Postgres(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(16)
-                    .test_before_acquire(false)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .connect(&db.url)
-                    .await?,
-            ),
-        };
+        let pool = raw::native_pool(db, false).await?;
         let durability = match &pool {
             Pool::Sqlite(p) => {
                 sqlx::query(
@@ -471,23 +472,14 @@ impl Limit {
 
     /// `m` single-row commits by `c` clients.
     async fn single(&self, c: usize, m: usize) -> anyhow::Result<Took> {
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let mut clients = tokio::task::JoinSet::new();
-        for _ in 0..c {
-            let (limit, next) = (self.clone(), next.clone());
-            clients.spawn(async move {
-                while next.fetch_add(1, Ordering::Relaxed) < m {
-                    limit.insert(1).await?;
-                }
-                anyhow::Ok(())
-            });
-        }
-        while let Some(done) = clients.join_next().await {
-            done??;
-        }
+        let limit = self.clone();
+        let wall = clients(c, m, 1, move |_| {
+            let limit = limit.clone();
+            async move { limit.insert(1).await }
+        })
+        .await?;
         Ok(Took {
-            wall: started.elapsed(),
+            wall,
             commits: m,
             ..Took::default()
         })
@@ -538,47 +530,31 @@ impl Limit {
                 }
             });
         }
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
-        let mut clients = tokio::task::JoinSet::new();
-        for _ in 0..c {
-            let (tx, next) = (tx.clone(), next.clone());
-            clients.spawn(async move {
-                loop {
-                    let from = next.fetch_add(window, Ordering::Relaxed);
-                    let k = window.min(m.saturating_sub(from));
-                    if k == 0 {
-                        return anyhow::Ok(());
-                    }
-                    let mut waits = Vec::with_capacity(k);
-                    for _ in 0..k {
-                        let (reply, wait) = oneshot::channel();
-                        tx.send(reply)
-                            .await
-                            .map_err(|_| anyhow::anyhow!("the committer stopped"))?;
-                        waits.push(wait);
-                    }
-                    for wait in waits {
-                        wait.await?.map_err(anyhow::Error::msg)?;
-                    }
+        // The clients hold the only senders: once they are done, the committers stop.
+        let wall = clients(c, m, window, move |k| {
+            let tx = tx.clone();
+            async move {
+                let mut waits = Vec::with_capacity(k);
+                for _ in 0..k {
+                    let (reply, wait) = oneshot::channel();
+                    tx.send(reply)
+                        .await
+                        .map_err(|_| anyhow::anyhow!("the committers stopped"))?;
+                    waits.push(wait);
                 }
-            });
-        }
-        drop(tx);
-        let mut result = Ok(());
-        while let Some(done) = clients.join_next().await {
-            if let Err(e) = done.map_err(anyhow::Error::from).and_then(|r| r) {
-                result = Err(e);
+                for wait in waits {
+                    wait.await?.map_err(anyhow::Error::msg)?;
+                }
+                Ok(())
             }
-        }
-        let wall = started.elapsed();
+        })
+        .await;
         let mut commits = 0;
         while let Some(done) = committing.join_next().await {
             commits += done?;
         }
-        result?;
         Ok(Took {
-            wall,
+            wall: wall?,
             commits,
             ..Took::default()
         })
