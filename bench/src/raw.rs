@@ -159,10 +159,44 @@ fn stmt<'a>(sql: &'static str, args: Vec<Arg<'a>>) -> Stmt<'a> {
 
 use Arg::{Int, Text};
 
+/// A native sqlx pool.
 #[derive(Clone)]
-enum Pool {
+pub enum Pool {
+    /// On SQLite.
     Sqlite(sqlx::SqlitePool),
+    /// On Postgres.
     Postgres(sqlx::PgPool),
+}
+
+/// A native pool on `db` with the sizes of Corral's store and its SQLite PRAGMAs;
+/// `ping`: whether sqlx pings a connection on every acquire (Corral's SQLite pool
+/// does not).
+pub async fn native_pool(db: &FreshDb, ping: bool) -> Result<Pool> {
+    Ok(match db.kind {
+        Kind::Sqlite => Pool::Sqlite(
+            sqlx::sqlite::SqlitePoolOptions::new()
+                .max_connections(4)
+                .test_before_acquire(ping)
+                .acquire_timeout(Duration::from_secs(30))
+                .after_connect(|conn, _meta| {
+                    Box::pin(async move {
+                        use sqlx::Executor;
+                        conn.execute(SQLITE_PRAGMAS).await?;
+                        Ok(())
+                    })
+                })
+                .connect(&db.url)
+                .await?,
+        ),
+        Kind::Postgres => Pool::Postgres(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(16)
+                .test_before_acquire(ping)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(&db.url)
+                .await?,
+        ),
+    })
 }
 
 /// A run the raw writer is in the middle of.
@@ -187,9 +221,9 @@ pub struct RawDb {
 }
 
 /// The PRAGMAs Corral's SQLite pool runs on every connection (host/src/store/mod.rs).
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
-                              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
-                              PRAGMA temp_store = MEMORY;";
+pub const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                                  PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                                  PRAGMA temp_store = MEMORY;";
 
 impl RawDb {
     /// Opens `db`: Corral's migrations create the tables, then a native pool with the
@@ -197,29 +231,7 @@ impl RawDb {
     pub async fn open(db: &FreshDb) -> Result<RawDb> {
         // Only for the schema: the same tables and indexes as Corral's.
         drop(Store::open(&db.url).await?);
-        let pool = match db.kind {
-            Kind::Sqlite => Pool::Sqlite(
-                sqlx::sqlite::SqlitePoolOptions::new()
-                    .max_connections(4)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            use sqlx::Executor;
-                            conn.execute(SQLITE_PRAGMAS).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&db.url)
-                    .await?,
-            ),
-            Kind::Postgres => Pool::Postgres(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .connect(&db.url)
-                    .await?,
-            ),
-        };
+        let pool = native_pool(db, true).await?;
         let raw = RawDb {
             pool,
             tenant_id: new_id("ten"),

@@ -3,7 +3,8 @@
 //! To add one: write a module with `pub const METRIC: Metric`, and list it in [`ALL`].
 //!
 //! Metrics 1 to 4 compare Corral with bare wasmtime (`bare.rs`); metrics 5 to 7 compare
-//! its run layer with the raw databases and a plain SSE server (`raw.rs`, `db.rs`).
+//! its run layer with the raw databases and a plain SSE server (`raw.rs`, `db.rs`);
+//! metric 8 (`runs_limits`) with the database's physical limit and a real peer (DBOS).
 
 use crate::Ctx;
 use crate::harness::Row;
@@ -16,6 +17,7 @@ pub mod instantiate;
 pub mod metering;
 pub mod persistence;
 pub mod runs;
+pub mod runs_limits;
 pub mod streaming;
 
 /// What a metric's function returns.
@@ -43,6 +45,7 @@ pub const ALL: &[Metric] = &[
     persistence::METRIC,
     runs::METRIC,
     streaming::METRIC,
+    runs_limits::METRIC,
 ];
 
 /// `more_rows` of a metric whose rows are all in `rows`.

@@ -91,13 +91,18 @@ async fn measure(ctx: &Ctx, kind: Kind) -> anyhow::Result<Vec<Row>> {
         kind,
         &ctx.work,
         ctx.postgres.as_deref(),
-        async |corral_db, raw_db| measure_on(ctx, corral_db, raw_db).await,
+        async |corral_db, raw_db| {
+            with_setups(ctx, corral_db, raw_db, &[1, N], async |c, setup| {
+                compare(ctx, kind, c, setup).await
+            })
+            .await
+        },
     )
     .await
 }
 
 /// Everything a batch of runs needs, shared by the client tasks.
-struct Setup {
+pub struct Setup {
     runner: Runner,
     tenant: String,
     pipeline: Pipeline,
@@ -118,8 +123,17 @@ fn sizes(ctx: &Ctx, kind: Kind, c: usize) -> (usize, usize) {
     }
 }
 
-async fn measure_on(ctx: &Ctx, corral_db: &FreshDb, raw_db: &FreshDb) -> anyhow::Result<Vec<Row>> {
-    let kind = corral_db.kind;
+/// Runs `body(c, setup)` for each concurrency `c` of `concurrencies` while Corral's
+/// scheduler works on `corral_db` with `max_concurrent_runs` `c` (the raw writer on
+/// `raw_db`), and gathers the rows. Public so that another metric (`runs_limits`) can
+/// measure its contenders side by side with Corral's runs ([`corral_batch`]).
+pub async fn with_setups(
+    ctx: &Ctx,
+    corral_db: &FreshDb,
+    raw_db: &FreshDb,
+    concurrencies: &[usize],
+    mut body: impl AsyncFnMut(usize, &Arc<Setup>) -> anyhow::Result<Vec<Row>>,
+) -> anyhow::Result<Vec<Row>> {
     let (store, tenant, template, _) =
         super::persistence::store_with_template(ctx, corral_db).await?;
     let engine = ctx.corral(Some(ctx.cache.join("corral")))?;
@@ -133,7 +147,7 @@ async fn measure_on(ctx: &Ctx, corral_db: &FreshDb, raw_db: &FreshDb) -> anyhow:
     let raw = RawDb::open(raw_db).await?;
 
     let mut rows = Vec::new();
-    for c in [1, N] {
+    for &c in concurrencies {
         let runner = Runner::new(
             engine.clone(),
             store.clone(),
@@ -157,7 +171,7 @@ async fn measure_on(ctx: &Ctx, corral_db: &FreshDb, raw_db: &FreshDb) -> anyhow:
             let (runner, stop) = (runner.clone(), stop.clone());
             tokio::spawn(async move { runner.work(false, stop).await })
         };
-        let result = compare(ctx, kind, c, &setup).await;
+        let result = body(c, &setup).await;
         stop.cancel();
         worker.await??;
         rows.extend(result?);
@@ -258,6 +272,13 @@ async fn batch(
         all.extend(done??);
     }
     Ok((started.elapsed(), all))
+}
+
+/// Corral's side of a batch on its own: `m` runs by `c` clients (`c` as `setup`'s
+/// `max_concurrent_runs`, see [`with_setups`]), as this metric measures them. Returns the
+/// batch's wall time.
+pub async fn corral_batch(setup: &Arc<Setup>, c: usize, m: usize) -> anyhow::Result<Duration> {
+    Ok(batch(setup, 0, c, m).await?.0)
 }
 
 /// Submits a run and waits for its final event; it must have succeeded.
