@@ -68,16 +68,21 @@ async fn loading_the_same_bytes_twice_reuses_the_loaded_plugin() {
     assert!(a.digest.starts_with("sha256:") && a.digest.len() == 7 + 64);
 }
 
+/// Engine settings with a compiled-code cache in `cache` and scratch under `dir`.
+fn cached_config(cache: &std::path::Path, dir: &std::path::Path) -> corral::engine::EngineConfig {
+    corral::engine::EngineConfig {
+        cache_dir: Some(cache.to_path_buf()),
+        scratch_root: dir.join("scratch"),
+        max_concurrent: 4,
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn compiled_code_cache_survives_a_new_engine_and_ignores_tampered_entries() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = || corral::engine::EngineConfig {
-        cache_dir: Some(cache.clone()),
-        scratch_root: dir.path().join("scratch"),
-        max_concurrent: 4,
-        ..Default::default()
-    };
+    let config = || cached_config(&cache, dir.path());
     let bytes = std::fs::read(plugin_path("echo")).unwrap();
     let first = corral::engine::Engine::new(config()).unwrap();
     first.load(bytes.clone()).await.unwrap();
@@ -110,12 +115,8 @@ async fn compiled_code_cache_survives_a_new_engine_and_ignores_tampered_entries(
 #[tokio::test]
 async fn a_new_engine_loads_an_unchanged_plugin_file_from_the_cache_without_reading_it_again() {
     let dir = tempfile::tempdir().unwrap();
-    let config = || corral::engine::EngineConfig {
-        cache_dir: Some(dir.path().join("cache")),
-        scratch_root: dir.path().join("scratch"),
-        max_concurrent: 4,
-        ..Default::default()
-    };
+    let cache = dir.path().join("cache");
+    let config = || cached_config(&cache, dir.path());
     let file = dir.path().join("echo.wasm");
     std::fs::copy(plugin_path("echo"), &file).unwrap();
     let first = corral::engine::Engine::new(config()).unwrap();
@@ -151,12 +152,7 @@ async fn a_new_engine_loads_an_unchanged_plugin_file_from_the_cache_without_read
 async fn cached_code_edited_in_place_with_its_times_set_back_is_not_run() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
-    let config = || corral::engine::EngineConfig {
-        cache_dir: Some(cache.clone()),
-        scratch_root: dir.path().join("scratch"),
-        max_concurrent: 4,
-        ..Default::default()
-    };
+    let config = || cached_config(&cache, dir.path());
     let bytes = std::fs::read(plugin_path("echo")).unwrap();
     corral::engine::Engine::new(config())
         .unwrap()
