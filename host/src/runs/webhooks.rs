@@ -237,13 +237,11 @@ impl Runner {
         let plugin_ref =
             pipeline::registered_plugin(&webhook.plugin).map_err(WebhookError::Connector)?;
         let registry = super::StoreRegistry::new(self.store().clone(), &webhook.tenant_id);
-        let bytes = pipeline::Registry::fetch(&registry, &plugin_ref)
+        // A plugin the engine already holds (by its registered digest) is neither fetched
+        // nor hashed again: a webhook is a hot path.
+        let plugin = pipeline::Registry::load(&registry, &plugin_ref, self.engine())
             .await
-            .map_err(WebhookError::Connector)?;
-        let plugin = self
-            .engine()
-            .load(bytes)
-            .await
+            .map_err(WebhookError::Connector)?
             .map_err(|f| WebhookError::Connector(f.to_string()))?;
         let call = Call::Webhook {
             headers: headers
