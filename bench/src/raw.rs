@@ -231,7 +231,8 @@ impl RawDb {
     pub async fn open(db: &FreshDb) -> Result<RawDb> {
         // Only for the schema: the same tables and indexes as Corral's.
         drop(Store::open(&db.url).await?);
-        let pool = native_pool(db, true).await?;
+        // The same ping policy as Corral's store: none on SQLite, sqlx's check on Postgres.
+        let pool = native_pool(db, matches!(db.kind, Kind::Postgres)).await?;
         let raw = RawDb {
             pool,
             tenant_id: new_id("ten"),
