@@ -279,16 +279,8 @@ async fn together(
         }
         outcomes.push(outcome);
     }
-    before_commit(conn, group).await?;
     conn.execute("COMMIT").await?;
     Ok(outcomes)
-}
-
-/// Inside the transaction, just before COMMIT, for every run written in it: where a
-/// cross-process wake-up (Postgres `pg_notify`) belongs, so it is sent exactly when the
-/// writes it announces commit. Nothing yet.
-async fn before_commit(_conn: &mut AnyConnection, _group: &[Pending]) -> Result<()> {
-    Ok(())
 }
 
 /// Runs a member's statements in order (SQLite: as one multi-statement query, after
