@@ -180,20 +180,38 @@ async fn commit_group(writer: &Writer, group: Vec<Pending>) {
         }
     };
     if group.len() > 1 {
-        match together(&mut conn, writer.backend, &group).await {
-            Ok(outcomes) => {
-                for (p, outcome) in group.into_iter().zip(outcomes) {
-                    let _ = p.reply.send(Ok(outcome));
+        let failed = match together(&mut conn, writer.backend, &group).await {
+            Ok(outcomes) => match conn.execute("COMMIT").await {
+                Ok(_) => {
+                    for (p, outcome) in group.into_iter().zip(outcomes) {
+                        let _ = p.reply.send(Ok(outcome));
+                    }
+                    return;
                 }
-                return;
-            }
-            Err(e) => {
-                tracing::debug!("group commit failed, committing its members one by one: {e}");
-                if rollback(&mut conn).await.is_err() {
+                // The database answered the COMMIT with an error: nothing was committed.
+                Err(e @ sqlx::Error::Database(_)) => e.to_string(),
+                // No answer (the connection broke): the group may have committed, and
+                // trying its members again could write one twice. Each hears of the
+                // failure, as a member alone would of its own COMMIT's.
+                Err(e) => {
                     conn.close_on_drop();
-                    return commit_alone_fresh(writer, group).await;
+                    let text = e.to_string();
+                    for p in group {
+                        let _ = p.reply.send(Err(StoreError::Database(sqlx::Error::Io(
+                            std::io::Error::other(format!(
+                                "no answer to COMMIT (it may have committed): {text}"
+                            )),
+                        ))));
+                    }
+                    return;
                 }
-            }
+            },
+            Err(e) => e.to_string(),
+        };
+        tracing::debug!("group commit failed, committing its members one by one: {failed}");
+        if rollback(&mut conn).await.is_err() {
+            conn.close_on_drop();
+            return commit_alone_fresh(writer, group).await;
         }
     }
     for p in group {
@@ -254,8 +272,8 @@ async fn alone(conn: &mut AnyConnection, backend: Backend, stmts: &[Stmt]) -> Re
 }
 
 /// Every member in one transaction, each behind its own savepoint (one name for all: a
-/// rollback goes to the newest, the member's own). `Err`: the group failed as a whole and
-/// the transaction is still open (the caller rolls back).
+/// rollback goes to the newest, the member's own), up to its COMMIT (the caller's). `Err`:
+/// the group failed as a whole and the transaction is still open (the caller rolls back).
 async fn together(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -279,7 +297,6 @@ async fn together(
         }
         outcomes.push(outcome);
     }
-    conn.execute("COMMIT").await?;
     Ok(outcomes)
 }
 
