@@ -15,7 +15,8 @@ use super::{Backend, Result, StoreError};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use sqlx::any::AnyRow;
-use sqlx::{AnyConnection, AnyPool, Either, Executor};
+use sqlx::pool::PoolConnection;
+use sqlx::{Any, AnyConnection, AnyPool, Either, Executor};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
@@ -214,14 +215,13 @@ async fn commit_group(writer: &Writer, group: Vec<Pending>) {
             return commit_alone_fresh(writer, group).await;
         }
     }
-    for p in group {
-        let outcome = alone(&mut conn, writer.backend, &p.stmts).await;
-        if outcome.is_err() && rollback(&mut conn).await.is_err() {
-            let _ = p.reply.send(outcome);
-            conn.close_on_drop();
-            return;
-        }
+    let mut rest = group.into_iter();
+    while let Some(p) = rest.next() {
+        let (outcome, usable) = alone_or_rollback(&mut conn, writer.backend, &p.stmts).await;
         let _ = p.reply.send(outcome);
+        if !usable {
+            return commit_alone_fresh(writer, rest.collect()).await;
+        }
     }
 }
 
@@ -230,16 +230,31 @@ async fn commit_alone_fresh(writer: &Writer, group: Vec<Pending>) {
     for p in group {
         let outcome = match writer.pool.acquire().await {
             Ok(mut conn) => {
-                let outcome = alone(&mut conn, writer.backend, &p.stmts).await;
-                if outcome.is_err() && rollback(&mut conn).await.is_err() {
-                    conn.close_on_drop();
-                }
-                outcome
+                alone_or_rollback(&mut conn, writer.backend, &p.stmts)
+                    .await
+                    .0
             }
             Err(e) => Err(e.into()),
         };
         let _ = p.reply.send(outcome);
     }
+}
+
+/// [`alone`], with what a failure left open rolled back. `false` beside the outcome: even
+/// that failed, so the connection is closed and must not be used again.
+async fn alone_or_rollback(
+    conn: &mut PoolConnection<Any>,
+    backend: Backend,
+    stmts: &[Stmt],
+) -> (Result<Outcome>, bool) {
+    let outcome = alone(conn, backend, stmts).await;
+    // A single statement ran without a transaction: nothing is left open (and SQLite
+    // answers a ROLLBACK outside a transaction with an error).
+    let broken = outcome.is_err() && !matches!(stmts, [_]) && rollback(conn).await.is_err();
+    if broken {
+        conn.close_on_drop();
+    }
+    (outcome, !broken)
 }
 
 async fn rollback(conn: &mut AnyConnection) -> Result<()> {
@@ -248,7 +263,7 @@ async fn rollback(conn: &mut AnyConnection) -> Result<()> {
 }
 
 /// One member in its own transaction: a refusal rolls it back, an error is returned with
-/// the transaction still open (the caller rolls back).
+/// the transaction still open (the caller rolls back, see [`alone_or_rollback`]).
 async fn alone(conn: &mut AnyConnection, backend: Backend, stmts: &[Stmt]) -> Result<Outcome> {
     // One statement needs no transaction of its own: it is atomic, and a guard that
     // matches no row has written nothing.
@@ -617,6 +632,41 @@ mod tests {
         assert!(matches!(replies.get(2), Some(Ok(Some(_)))));
         assert_eq!(keys(&store, &a).await, ["x", "y"]);
         assert!(keys(&store, &b).await.is_empty());
+    }
+
+    /// A single statement runs on its own when its group is tried member by member: its
+    /// failure must neither fail nor drop the members after it.
+    async fn a_failing_single_statement_fails_alone(postgres: bool) {
+        let Some((store, _dir)) = store(postgres).await else {
+            return;
+        };
+        let a = queued_run(&store).await;
+        let replies = group(
+            &store,
+            vec![
+                vec![set_state(&a, "x")],
+                vec![set_state(&a, "x")],
+                vec![set_state(&a, "y")],
+            ],
+        )
+        .await;
+        assert!(matches!(replies.first(), Some(Ok(Some(_)))));
+        assert!(
+            matches!(replies.get(1), Some(Err(_))),
+            "the second x failed"
+        );
+        assert!(matches!(replies.get(2), Some(Ok(Some(_)))));
+        assert_eq!(keys(&store, &a).await, ["x", "y"]);
+    }
+
+    #[tokio::test]
+    async fn a_failing_single_statement_in_a_group_fails_only_itself_sqlite() {
+        a_failing_single_statement_fails_alone(false).await;
+    }
+
+    #[tokio::test]
+    async fn a_failing_single_statement_in_a_group_fails_only_itself_postgres() {
+        a_failing_single_statement_fails_alone(true).await;
     }
 
     #[tokio::test]
