@@ -82,10 +82,17 @@ struct Pending {
 /// runtime went away.
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
+    db: Db,
+    tx: Arc<Mutex<Option<mpsc::UnboundedSender<Pending>>>>,
+}
+
+/// What the writer tasks write with. Not the queue's sender: a task holding that would keep
+/// its own queue open, and so itself and its connections alive after the store is dropped.
+#[derive(Debug, Clone)]
+struct Db {
     pool: AnyPool,
     backend: Backend,
     write_lock: Arc<tokio::sync::Mutex<()>>,
-    tx: Arc<Mutex<Option<mpsc::UnboundedSender<Pending>>>>,
 }
 
 impl Writer {
@@ -95,9 +102,11 @@ impl Writer {
         write_lock: Arc<tokio::sync::Mutex<()>>,
     ) -> Writer {
         Writer {
-            pool,
-            backend,
-            write_lock,
+            db: Db {
+                pool,
+                backend,
+                write_lock,
+            },
             tx: Arc::new(Mutex::new(None)),
         }
     }
@@ -134,12 +143,12 @@ impl Writer {
         }
         let (sender, rx) = mpsc::unbounded_channel();
         let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        let writers = match self.backend {
+        let writers = match self.db.backend {
             Backend::Sqlite => 1,
             Backend::Postgres => PG_WRITERS,
         };
         for _ in 0..writers {
-            tokio::spawn(run_writer(self.clone(), rx.clone()));
+            tokio::spawn(run_writer(self.db.clone(), rx.clone()));
         }
         *tx = Some(sender.clone());
         sender
@@ -148,7 +157,7 @@ impl Writer {
 
 /// One writer task: takes what has queued up (at most [`GROUP`]) and commits it as one
 /// transaction, until the store is dropped.
-async fn run_writer(writer: Writer, rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>>) {
+async fn run_writer(writer: Db, rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Pending>>>) {
     let mut group = Vec::with_capacity(GROUP);
     loop {
         {
@@ -167,7 +176,7 @@ async fn run_writer(writer: Writer, rx: Arc<tokio::sync::Mutex<mpsc::UnboundedRe
 
 /// Commits a group; if the group as a whole fails (its COMMIT, or a statement error),
 /// every member is tried again on its own, so one member's fault never fails another.
-async fn commit_group(writer: &Writer, group: Vec<Pending>) {
+async fn commit_group(writer: &Db, group: Vec<Pending>) {
     let mut conn = match writer.pool.acquire().await {
         Ok(conn) => conn,
         Err(e) => {
@@ -226,7 +235,7 @@ async fn commit_group(writer: &Writer, group: Vec<Pending>) {
 }
 
 /// The members one by one on a new connection (the old one could not even roll back).
-async fn commit_alone_fresh(writer: &Writer, group: Vec<Pending>) {
+async fn commit_alone_fresh(writer: &Db, group: Vec<Pending>) {
     for p in group {
         let outcome = match writer.pool.acquire().await {
             Ok(mut conn) => {
@@ -573,7 +582,7 @@ mod tests {
                 (Pending { stmts, reply }, answer)
             })
             .unzip();
-        commit_group(&store.writer, pending).await;
+        commit_group(&store.writer.db, pending).await;
         let mut out = Vec::new();
         for answer in answers {
             out.push(answer.await.unwrap());
@@ -657,6 +666,22 @@ mod tests {
         );
         assert!(matches!(replies.get(2), Some(Ok(Some(_)))));
         assert_eq!(keys(&store, &a).await, ["x", "y"]);
+    }
+
+    #[tokio::test]
+    async fn the_writer_tasks_end_with_the_store() {
+        let (store, _dir) = store(false).await.unwrap();
+        queued_run(&store).await;
+        // Held by the store and by every writer task.
+        let lock = Arc::downgrade(&store.write_lock);
+        drop(store);
+        for _ in 0..200 {
+            if lock.upgrade().is_none() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("a writer task outlived its store");
     }
 
     #[tokio::test]
