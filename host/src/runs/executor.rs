@@ -105,7 +105,16 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
             }
         };
         match ended {
-            Ok(_) => break,
+            Ok(true) => break,
+            // The run had ended meanwhile (its lease lapsed and another host ended it):
+            // the last attempt used its fuel all the same. Not after a failed try, which
+            // may have committed it with the end.
+            Ok(false) => {
+                if tries == 1 {
+                    last_step.charge_alone(&runner, &run_ref).await;
+                }
+                break;
+            }
             Err(e) if tries < 8 => {
                 tracing::warn!(
                     "could not record the end of run {} (will retry): {e}",
@@ -181,8 +190,44 @@ fn run_finish(
 /// Changes and events not committed yet, to go with the next transition.
 #[derive(Default)]
 struct Transition {
+    /// The attempt's fuel and end: recorded even when the transition is refused.
+    charge: Vec<Change>,
     changes: Vec<Change>,
     events: Vec<(&'static str, Value)>,
+}
+
+impl Transition {
+    /// Commits this transition, `changes` and `events` after its own, in one transaction.
+    /// `false`: refused (the run has ended meanwhile), nothing of it is written; the
+    /// caller then records the charge with [`Transition::charge_alone`].
+    async fn commit_with(
+        &self,
+        runner: &Runner,
+        run: &RunRef,
+        changes: &[Change],
+        events: Vec<(&'static str, Value)>,
+    ) -> Result<bool, StoreError> {
+        let all: Vec<Change> = self
+            .charge
+            .iter()
+            .chain(&self.changes)
+            .chain(changes)
+            .cloned()
+            .collect();
+        let mut all_events = self.events.clone();
+        all_events.extend(events);
+        runner.commit_many(run, &all, &all_events).await
+    }
+
+    /// Commits only the charge (after the transition was refused).
+    async fn charge_alone(&self, runner: &Runner, run: &RunRef) {
+        if self.charge.is_empty() {
+            return;
+        }
+        if let Err(e) = runner.commit(run, &self.charge, None).await {
+            tracing::warn!("could not charge the fuel of run {}: {e}", run.id);
+        }
+    }
 }
 
 /// The run's final `complete` event, with the terminal status change (guarded: a run
@@ -197,11 +242,15 @@ async fn finish(
     error: Option<(String, String)>,
     fuel: i64,
 ) -> Result<bool, StoreError> {
-    let mut changes = before.changes.clone();
-    changes.extend(run_finish(status, output, error.as_ref()));
-    let mut events = before.events.clone();
-    events.push(("complete", final_payload(run, status, error.as_ref(), fuel)));
-    runner.commit_many(run, &changes, &events).await
+    let complete = ("complete", final_payload(run, status, error.as_ref(), fuel));
+    before
+        .commit_with(
+            runner,
+            run,
+            &run_finish(status, output, error.as_ref()),
+            vec![complete],
+        )
+        .await
 }
 
 /// Ends a run as cancelled: the `cancelled` event and the final `complete`, with the
@@ -525,8 +574,12 @@ impl Walk<'_> {
                 Ok(output) => {
                     // The attempt's end, the step's success and its event: one transition,
                     // and for the last step it goes with the run's end.
-                    let mut done = Transition {
-                        changes: attempt_end.to_vec(),
+                    let done = Transition {
+                        charge: attempt_end.to_vec(),
+                        changes: vec![Change::StepSucceeded {
+                            idx: to_i64(idx),
+                            output: output.clone(),
+                        }],
                         events: vec![(
                             "complete",
                             json!({
@@ -540,16 +593,13 @@ impl Walk<'_> {
                             }),
                         )],
                     };
-                    done.changes.push(Change::StepSucceeded {
-                        idx: to_i64(idx),
-                        output: output.clone(),
-                    });
                     if idx + 1 >= self.pipeline.steps.len() {
                         *self.last_step = done;
-                    } else {
-                        self.runner
-                            .commit_many(&self.run_ref, &done.changes, &done.events)
-                            .await?;
+                    } else if !done
+                        .commit_with(self.runner, &self.run_ref, &[], Vec::new())
+                        .await?
+                    {
+                        done.charge_alone(self.runner, &self.run_ref).await;
                     }
                     self.live.fuel.fetch_add(fuel, Ordering::Relaxed);
                     return Ok(Ok(output));
