@@ -83,6 +83,8 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub(crate) struct Writer {
     db: Db,
+    /// Unbounded, yet bounded by its callers: each waits for its reply, so the queue holds
+    /// at most one member per caller waiting (whose statements it already holds).
     tx: Arc<Mutex<Option<mpsc::UnboundedSender<Pending>>>>,
 }
 
