@@ -407,25 +407,21 @@ impl RawDb {
         }
         let ts = rfc3339_now();
         let payloads: Vec<String> = t.guest.iter().map(|(_, p)| p.to_string()).collect();
-        let mut at = run.clone();
-        let mut stmts = Vec::with_capacity(t.guest.len() + 1);
-        let last = RawRun {
-            id: run.id.clone(),
-            next_seq: run.next_seq + i64::try_from(t.guest.len()).unwrap_or(0) - 1,
-        };
-        stmts.push(self.bump(&last));
-        let runs: Vec<RawRun> = (0..t.guest.len())
-            .map(|_| {
-                let this = at.clone();
-                at.next_seq += 1;
-                this
+        let n = i64::try_from(t.guest.len()).unwrap_or(i64::MAX);
+        // The run as each event finds it; the bump moves it past the last one.
+        let at: Vec<RawRun> = (0..n)
+            .map(|i| RawRun {
+                id: run.id.clone(),
+                next_seq: run.next_seq + i,
             })
             .collect();
-        for ((r, (kind, _)), payload) in runs.iter().zip(&t.guest).zip(&payloads) {
+        let mut stmts = Vec::with_capacity(at.len() + 1);
+        stmts.extend(at.last().map(|last| self.bump(last)));
+        for ((r, (kind, _)), payload) in at.iter().zip(&t.guest).zip(&payloads) {
             stmts.push(self.insert_event(r, kind, &ts, payload));
         }
         self.transaction(&stmts).await?;
-        run.next_seq = at.next_seq;
+        run.next_seq += n;
         Ok(())
     }
 
