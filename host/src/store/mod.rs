@@ -536,9 +536,9 @@ impl Store {
         Ok(self.claim_runs(owner, lease, 1).await?.pop())
     }
 
-    /// Claims up to `n` queued runs for `owner` in one statement, in the order
-    /// [`Store::claim_next_run`] would claim them one by one. Guarded per run: a run another
-    /// claimer took first is left out.
+    /// Claims up to `n` queued runs for `owner` in one statement: the runs
+    /// [`Store::claim_next_run`] would claim one by one (returned in no particular order).
+    /// Guarded per run: a run another claimer took first is left out.
     pub async fn claim_runs(
         &self,
         owner: &str,
