@@ -176,8 +176,9 @@ async fn run_writer(writer: Db, rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiv
     }
 }
 
-/// Commits a group; if the group as a whole fails (its COMMIT, or a statement error),
-/// every member is tried again on its own, so one member's fault never fails another.
+/// Commits a group; if the group as a whole fails (a statement error, or a COMMIT the
+/// database refused), every member is tried again on its own, so one member's fault never
+/// fails another.
 async fn commit_group(writer: &Db, group: Vec<Pending>) {
     let mut conn = match writer.pool.acquire().await {
         Ok(conn) => conn,
