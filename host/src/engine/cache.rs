@@ -154,8 +154,8 @@ impl DiskCache {
         engine: &wasmtime::Engine,
         digest_hex: &str,
     ) -> Option<Component> {
-        let file = std::fs::File::open(self.path(digest_hex, "cwasm")).ok()?;
-        let tags = std::fs::read(self.path(digest_hex, "tag")).ok()?;
+        let file = open_entry(&self.path(digest_hex, "cwasm")).ok()?;
+        let tags = read_small(&self.path(digest_hex, "tag"), 2 * TAG_LEN)?;
         self.mapped(engine, digest_hex, &file, &tags)
     }
 
@@ -178,13 +178,15 @@ impl DiskCache {
     /// copy checked in full (which can take a while for a big artifact: call it off the
     /// async workers).
     pub(super) fn get(&self, engine: &wasmtime::Engine, digest_hex: &str) -> Option<Component> {
-        let mut file = std::fs::File::open(self.path(digest_hex, "cwasm")).ok()?;
-        let tags = std::fs::read(self.path(digest_hex, "tag")).ok()?;
+        let mut file = open_entry(&self.path(digest_hex, "cwasm")).ok()?;
+        let tags = read_small(&self.path(digest_hex, "tag"), 2 * TAG_LEN)?;
         if let Some(component) = self.mapped(engine, digest_hex, &file, &tags) {
             return Some(component);
         }
         let code_tag = tags.get(..TAG_LEN)?;
-        let before = file.metadata().ok().and_then(|m| FileIdent::of(&m));
+        // Not a device or a FIFO someone put in its place: those never end.
+        let meta = file.metadata().ok().filter(|m| m.is_file())?;
+        let before = FileIdent::of(&meta);
         let mut code = Vec::new();
         file.read_to_end(&mut code).ok()?;
         let mut mac = self.mac(CODE, digest_hex)?;
@@ -257,7 +259,7 @@ impl DiskCache {
     /// The digest recorded for the plugin file at `path`, if the file is unchanged
     /// since it was recorded.
     pub(super) fn file_digest(&self, path: &Path, ident: &FileIdent) -> Option<String> {
-        let record = std::fs::read(self.file_record(path)).ok()?;
+        let record = read_small(&self.file_record(path), DIGEST_HEX_LEN + TAG_LEN)?;
         let (digest_hex, tag) = record.split_at_checked(DIGEST_HEX_LEN)?;
         let digest_hex = std::str::from_utf8(digest_hex).ok()?;
         self.file_tag(path, ident, digest_hex)?
@@ -277,6 +279,31 @@ impl DiskCache {
             tracing::warn!("could not record the digest of {}: {e}", path.display());
         }
     }
+}
+
+/// Opens a file of the cache directory for reading. Whoever can write the directory can
+/// put a FIFO there, whose opening would wait for a writer: it is opened non-blocking
+/// (which changes nothing for a regular file).
+fn open_entry(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// A small file of the cache directory (tags, a file record), `None` if it is longer
+/// than `max` bytes: never read further than that, whatever stands at `path`.
+fn read_small(path: &Path, max: usize) -> Option<Vec<u8>> {
+    let file = open_entry(path).ok()?;
+    let mut bytes = Vec::with_capacity(max);
+    file.take(u64::try_from(max).ok()?.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() <= max).then_some(bytes)
 }
 
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -334,4 +361,49 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     tmp.persist(path)
         .map_err(|e| anyhow::anyhow!("writing cache key {}: {e}", path.display()))?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIFO named like an entry: `mkfifo` it, if the system has the command.
+    #[cfg(unix)]
+    fn fifo(path: &Path) -> bool {
+        std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    #[test]
+    fn entries_that_are_not_small_regular_files_are_ignored_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = wasmtime::Engine::default();
+        let cache = DiskCache::open(&dir.path().join("cache"), &engine).unwrap();
+        let digest_hex = "ab".repeat(32);
+        let tag = cache.path(&digest_hex, "tag");
+        std::fs::write(&tag, vec![0u8; 1 << 20]).unwrap();
+        assert!(
+            read_small(&tag, 2 * TAG_LEN).is_none(),
+            "read past its bound"
+        );
+        std::fs::write(&tag, [0u8; 2 * TAG_LEN]).unwrap();
+        assert_eq!(read_small(&tag, 2 * TAG_LEN).unwrap().len(), 2 * TAG_LEN);
+
+        #[cfg(unix)]
+        {
+            // Opening a FIFO for reading would wait for a writer that never comes.
+            if !fifo(&cache.path(&digest_hex, "cwasm")) {
+                return;
+            }
+            assert!(cache.get_mapped(&engine, &digest_hex).is_none());
+            assert!(cache.get(&engine, &digest_hex).is_none());
+            let plugin = dir.path().join("plugin.wasm");
+            std::fs::write(&plugin, b"\0asm").unwrap();
+            let ident = FileIdent::of(&std::fs::metadata(&plugin).unwrap()).unwrap();
+            assert!(fifo(&cache.file_record(&plugin)));
+            assert!(cache.file_digest(&plugin, &ident).is_none());
+        }
+    }
 }
