@@ -156,22 +156,23 @@ impl DiskCache {
     ) -> Option<Component> {
         let file = open_entry(&self.path(digest_hex, "cwasm")).ok()?;
         let tags = read_small(&self.path(digest_hex, "tag"), 2 * TAG_LEN)?;
-        self.mapped(engine, digest_hex, &file, &tags)
+        self.unchanged(digest_hex, &file, &tags)
+            .then(|| map_open_file(engine, &file))
+            .flatten()
     }
 
-    fn mapped(
-        &self,
-        engine: &wasmtime::Engine,
-        digest_hex: &str,
-        file: &std::fs::File,
-        tags: &[u8],
-    ) -> Option<Component> {
-        let ident_tag = tags.get(TAG_LEN..)?;
-        let ident = FileIdent::of(&file.metadata().ok()?).filter(|i| self.owned(i))?;
-        self.ident_tag(digest_hex, &ident)?
-            .verify_slice(ident_tag)
-            .ok()?;
-        map_open_file(engine, file)
+    /// Whether the open artifact is the file this host last tagged, and only the key's
+    /// owner can change it.
+    fn unchanged(&self, digest_hex: &str, file: &std::fs::File, tags: &[u8]) -> bool {
+        let Some(ident_tag) = tags.get(TAG_LEN..) else {
+            return false;
+        };
+        file.metadata()
+            .ok()
+            .and_then(|m| FileIdent::of(&m))
+            .filter(|i| self.owned(i))
+            .and_then(|ident| self.ident_tag(digest_hex, &ident))
+            .is_some_and(|mac| mac.verify_slice(ident_tag).is_ok())
     }
 
     /// The cached component, if there is a valid entry: the fast path, else a private
@@ -180,7 +181,9 @@ impl DiskCache {
     pub(super) fn get(&self, engine: &wasmtime::Engine, digest_hex: &str) -> Option<Component> {
         let mut file = open_entry(&self.path(digest_hex, "cwasm")).ok()?;
         let tags = read_small(&self.path(digest_hex, "tag"), 2 * TAG_LEN)?;
-        if let Some(component) = self.mapped(engine, digest_hex, &file, &tags) {
+        let unchanged = self.unchanged(digest_hex, &file, &tags);
+        // Mapping fails off Linux or without /proc: then the full check below.
+        if unchanged && let Some(component) = map_open_file(engine, &file) {
             return Some(component);
         }
         let code_tag = tags.get(..TAG_LEN)?;
@@ -195,9 +198,10 @@ impl DiskCache {
         mac.verify_slice(code_tag).ok()?;
         let component = deserialize(engine, &code)?;
         // The bytes are good: tag the file as it is now, if it did not change while
-        // being read, so the next load takes the fast path.
+        // being read, so the next load takes the fast path (unless its tag is already
+        // right, and only mapping failed).
         let after = file.metadata().ok().and_then(|m| FileIdent::of(&m));
-        if let Some(ident) = before.filter(|i| self.owned(i) && after == before) {
+        if !unchanged && let Some(ident) = before.filter(|i| self.owned(i) && after == before) {
             self.write_tags(digest_hex, code_tag, &ident);
         }
         Some(component)
