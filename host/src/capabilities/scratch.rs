@@ -593,12 +593,12 @@ pub struct ScratchPool {
 impl ScratchPool {
     /// A pool creating its directories under `root`, keeping at most `keep` of them
     /// (one per invocation that can be live at once is enough).
-    pub fn new(root: &Path, keep: usize) -> Arc<Self> {
-        Arc::new(ScratchPool {
+    pub fn new(root: &Path, keep: usize) -> Self {
+        ScratchPool {
             root: root.to_path_buf(),
             ready: Mutex::new(Vec::new()),
             keep,
-        })
+        }
     }
 
     /// An empty, private directory for one invocation: one from the pool if there is
