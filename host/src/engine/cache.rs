@@ -4,7 +4,9 @@
 //! Deserializing compiled code runs it as native code, so the host must never
 //! deserialize bytes it did not produce. The threat is someone who can write the cache
 //! directory (replace, add or edit entries) but cannot read the random key only this
-//! directory's owner holds (`cache.key`, mode 0600).
+//! directory's owner holds (`cache.key`, mode 0600). A key file that is not this
+//! process's user's alone (someone else's, a link, readable by others) is replaced by a
+//! new key: whoever put it there could forge every tag.
 //!
 //! Each entry is two files: `<digest>-<engine>.cwasm`, the artifact exactly as
 //! `Component::serialize` made it (so it can be mapped lazily, as wasmtime maps its own),
@@ -18,7 +20,7 @@
 //!
 //! A load opens the artifact, takes its identity from the open descriptor (`fstat`),
 //! and checks the identity tag: 64 bytes of HMAC instead of the whole artifact. It also
-//! requires the file to be owned by the key's owner and writable by no one else, so no
+//! requires the file to be owned by this process's user and writable by no one else, so no
 //! one else can change the bytes between the check and their use; it then maps that
 //! same open file (`/proc/self/fd/N`, so a rename in between cannot swap it). When the
 //! identity tag does not verify (the file was copied, restored from a backup, or
@@ -95,7 +97,8 @@ impl FileIdent {
 pub(super) struct DiskCache {
     dir: PathBuf,
     key: [u8; 32],
-    /// The key file's owner: only files of this user are mapped on the fast path.
+    /// This process's user, the key's owner: only files of this user are mapped on the
+    /// fast path.
     owner: Option<u32>,
     engine_hash: String,
 }
@@ -104,19 +107,14 @@ impl DiskCache {
     pub(super) fn open(dir: &Path, engine: &wasmtime::Engine) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating cache dir {}: {e}", dir.display()))?;
-        let key_path = dir.join("cache.key");
-        let key = load_or_create_key(&key_path)?;
-        let owner = std::fs::metadata(&key_path)
-            .ok()
-            .and_then(|m| FileIdent::of(&m))
-            .map(|i| i.uid);
+        let key = load_or_create_key(&dir.join("cache.key"))?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             key,
-            owner,
+            owner: effective_uid(),
             engine_hash: format!("{:016x}", hasher.finish()),
         })
     }
@@ -346,10 +344,49 @@ fn deserialize(engine: &wasmtime::Engine, code: &[u8]) -> Option<Component> {
     unsafe { Component::deserialize(engine, code) }.ok()
 }
 
-fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
-    if let Ok(bytes) = std::fs::read(path)
-        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+/// This process's effective user (`None` off Unix).
+#[allow(unsafe_code)]
+fn effective_uid() -> Option<u32> {
+    #[cfg(unix)]
     {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        Some(unsafe { libc::geteuid() })
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The key at `path` if it is a 32-byte regular file (not a link) that this process's
+/// user owns and no one else can read or write.
+fn read_own_key(path: &Path) -> Option<[u8; 32]> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    }
+    let file = options.open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if Some(meta.uid()) != effective_uid() || meta.mode() & 0o077 != 0 {
+            return None;
+        }
+    }
+    let mut bytes = Vec::with_capacity(32);
+    file.take(33).read_to_end(&mut bytes).ok()?;
+    <[u8; 32]>::try_from(bytes.as_slice()).ok()
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    if let Some(key) = read_own_key(path) {
         return Ok(key);
     }
     let key: [u8; 32] = rand::random();
@@ -378,6 +415,32 @@ mod tests {
             .arg(path)
             .status()
             .is_ok_and(|s| s.success())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_could_have_written_or_read_is_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.key");
+        let key = load_or_create_key(&path).unwrap();
+        assert_eq!(load_or_create_key(&path).unwrap(), key, "kept");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let replaced = load_or_create_key(&path).unwrap();
+        assert_ne!(replaced, key, "a key others can read");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let known = dir.path().join("known");
+        std::fs::write(&known, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&known, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&known, &path).unwrap();
+        assert_ne!(load_or_create_key(&path).unwrap(), [7u8; 32], "a link");
+        assert_eq!(
+            std::fs::read(&known).unwrap(),
+            [7u8; 32],
+            "its target untouched"
+        );
     }
 
     #[test]
