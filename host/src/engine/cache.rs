@@ -152,7 +152,7 @@ impl DiskCache {
         engine: &wasmtime::Engine,
         digest_hex: &str,
     ) -> Option<Component> {
-        let file = open_entry(&self.path(digest_hex, "cwasm")).ok()?;
+        let file = open_nonblocking(&self.path(digest_hex, "cwasm")).ok()?;
         let tags = read_small(&self.path(digest_hex, "tag"), 2 * TAG_LEN)?;
         self.unchanged(digest_hex, &file, &tags)
             .then(|| map_open_file(engine, &file))
@@ -177,7 +177,7 @@ impl DiskCache {
     /// copy checked in full (which can take a while for a big artifact: call it off the
     /// async workers).
     pub(super) fn get(&self, engine: &wasmtime::Engine, digest_hex: &str) -> Option<Component> {
-        let mut file = open_entry(&self.path(digest_hex, "cwasm")).ok()?;
+        let mut file = open_nonblocking(&self.path(digest_hex, "cwasm")).ok()?;
         let tags = read_small(&self.path(digest_hex, "tag"), 2 * TAG_LEN)?;
         let unchanged = self.unchanged(digest_hex, &file, &tags);
         // Mapping fails off Linux or without /proc: then the full check below.
@@ -283,10 +283,10 @@ impl DiskCache {
     }
 }
 
-/// Opens a file of the cache directory for reading. Whoever can write the directory can
-/// put a FIFO there, whose opening would wait for a writer: it is opened non-blocking
-/// (which changes nothing for a regular file).
-fn open_entry(path: &Path) -> std::io::Result<std::fs::File> {
+/// Opens a file for reading without waiting on what is not a regular file: whoever can
+/// write the cache directory can put a FIFO there, whose opening would wait for a writer.
+/// Non-blocking changes nothing for a regular file.
+pub(super) fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     #[cfg(unix)]
@@ -300,7 +300,7 @@ fn open_entry(path: &Path) -> std::io::Result<std::fs::File> {
 /// A small file of the cache directory (tags, a file record), `None` if it is longer
 /// than `max` bytes: never read further than that, whatever stands at `path`.
 fn read_small(path: &Path, max: usize) -> Option<Vec<u8>> {
-    let file = open_entry(path).ok()?;
+    let file = open_nonblocking(path).ok()?;
     let mut bytes = Vec::with_capacity(max);
     file.take(u64::try_from(max).ok()?.saturating_add(1))
         .read_to_end(&mut bytes)
