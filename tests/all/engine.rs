@@ -148,6 +148,29 @@ async fn a_new_engine_loads_an_unchanged_plugin_file_from_the_cache_without_read
     assert_ne!(changed.digest, digest);
 }
 
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_named_as_a_plugin_file_is_refused_without_waiting_for_a_writer() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("plugin.wasm");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        return;
+    }
+    let engine = engine();
+    let path = fifo.clone();
+    let load = tokio::spawn(async move { engine.load_file(&path).await.err() });
+    let failure = match tokio::time::timeout(std::time::Duration::from_secs(10), load).await {
+        Ok(joined) => joined.unwrap().expect("a FIFO is not a plugin"),
+        Err(_) => {
+            // Let the waiting open go before failing, or the runtime never stops.
+            let _ = std::fs::OpenOptions::new().write(true).open(&fifo);
+            panic!("the load waited for a writer of the FIFO");
+        }
+    };
+    assert!(failure.message.contains("is not a file"), "{failure}");
+}
+
 #[tokio::test]
 async fn cached_code_edited_in_place_with_its_times_set_back_is_not_run() {
     let dir = tempfile::tempdir().unwrap();

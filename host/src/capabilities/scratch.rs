@@ -593,27 +593,34 @@ pub struct ScratchPool {
 impl ScratchPool {
     /// A pool creating its directories under `root`, keeping at most `keep` of them
     /// (one per invocation that can be live at once is enough).
-    pub fn new(root: &Path, keep: usize) -> Arc<Self> {
-        Arc::new(ScratchPool {
+    pub fn new(root: &Path, keep: usize) -> Self {
+        ScratchPool {
             root: root.to_path_buf(),
             ready: Mutex::new(Vec::new()),
             keep,
-        })
+        }
     }
 
     /// An empty, private directory for one invocation: one from the pool if there is
     /// one, else a new one.
     pub fn take(&self) -> std::io::Result<tempfile::TempDir> {
-        let kept = self
-            .ready
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop();
-        match kept {
-            Some(dir) => Ok(dir),
-            None => tempfile::Builder::new()
-                .prefix("work-")
-                .tempdir_in(&self.root),
+        loop {
+            let kept = self
+                .ready
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop();
+            match kept {
+                Some(dir) if dir.path().is_dir() => return Ok(dir),
+                // Removed while it waited (a cleaner of old temporary files, say): its
+                // preopen would fail the invocation. Dropping it finds nothing to remove.
+                Some(_) => continue,
+                None => {
+                    return tempfile::Builder::new()
+                        .prefix("work-")
+                        .tempdir_in(&self.root);
+                }
+            }
         }
     }
 
@@ -730,6 +737,19 @@ mod tests {
         // Past `keep`, untouched dirs are removed too.
         assert!(pool.give_back(pool.take().unwrap(), false).is_none());
         assert!(pool.give_back(third, false).is_some());
+    }
+
+    #[test]
+    fn a_kept_scratch_dir_removed_under_the_pool_is_not_handed_out() {
+        let root = tempfile::tempdir().unwrap();
+        let pool = ScratchPool::new(root.path(), 2);
+        let dir = pool.take().unwrap();
+        let path = dir.path().to_path_buf();
+        assert!(pool.give_back(dir, false).is_none());
+        std::fs::remove_dir(&path).unwrap();
+        let fresh = pool.take().unwrap();
+        assert!(fresh.path().is_dir());
+        assert_ne!(fresh.path(), path);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Deserializing compiled code runs it as native code, so the host must never
 //! deserialize bytes it did not produce. The threat is someone who can write the cache
 //! directory (replace, add or edit entries) but cannot read the random key only this
-//! directory's owner holds (`cache.key`, mode 0600).
+//! directory's owner holds (`cache.key`, mode 0600). A key file that is not this
+//! process's user's alone (someone else's, a link, readable by others) is replaced by a
+//! new key: whoever put it there could forge every tag.
 //!
 //! Each entry is two files: `<digest>-<engine>.cwasm`, the artifact exactly as
 //! `Component::serialize` made it (so it can be mapped lazily, as wasmtime maps its own),
@@ -18,7 +20,7 @@
 //!
 //! A load opens the artifact, takes its identity from the open descriptor (`fstat`),
 //! and checks the identity tag: 64 bytes of HMAC instead of the whole artifact. It also
-//! requires the file to be owned by the key's owner and writable by no one else, so no
+//! requires the file to be owned by this process's user and writable by no one else, so no
 //! one else can change the bytes between the check and their use; it then maps that
 //! same open file (`/proc/self/fd/N`, so a rename in between cannot swap it). When the
 //! identity tag does not verify (the file was copied, restored from a backup, or
@@ -95,7 +97,8 @@ impl FileIdent {
 pub(super) struct DiskCache {
     dir: PathBuf,
     key: [u8; 32],
-    /// The key file's owner: only files of this user are mapped on the fast path.
+    /// This process's user, the key's owner: only files of this user are mapped on the
+    /// fast path.
     owner: Option<u32>,
     engine_hash: String,
 }
@@ -104,19 +107,14 @@ impl DiskCache {
     pub(super) fn open(dir: &Path, engine: &wasmtime::Engine) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("creating cache dir {}: {e}", dir.display()))?;
-        let key_path = dir.join("cache.key");
-        let key = load_or_create_key(&key_path)?;
-        let owner = std::fs::metadata(&key_path)
-            .ok()
-            .and_then(|m| FileIdent::of(&m))
-            .map(|i| i.uid);
+        let key = load_or_create_key(&dir.join("cache.key"))?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         Ok(DiskCache {
             dir: dir.to_path_buf(),
             key,
-            owner,
+            owner: effective_uid(),
             engine_hash: format!("{:016x}", hasher.finish()),
         })
     }
@@ -154,37 +152,42 @@ impl DiskCache {
         engine: &wasmtime::Engine,
         digest_hex: &str,
     ) -> Option<Component> {
-        let file = std::fs::File::open(self.path(digest_hex, "cwasm")).ok()?;
-        let tags = std::fs::read(self.path(digest_hex, "tag")).ok()?;
-        self.mapped(engine, digest_hex, &file, &tags)
+        let file = open_nonblocking(&self.path(digest_hex, "cwasm")).ok()?;
+        let tags = read_small(&self.path(digest_hex, "tag"), 2 * TAG_LEN)?;
+        self.unchanged(digest_hex, &file, &tags)
+            .then(|| map_open_file(engine, &file))
+            .flatten()
     }
 
-    fn mapped(
-        &self,
-        engine: &wasmtime::Engine,
-        digest_hex: &str,
-        file: &std::fs::File,
-        tags: &[u8],
-    ) -> Option<Component> {
-        let ident_tag = tags.get(TAG_LEN..)?;
-        let ident = FileIdent::of(&file.metadata().ok()?).filter(|i| self.owned(i))?;
-        self.ident_tag(digest_hex, &ident)?
-            .verify_slice(ident_tag)
-            .ok()?;
-        map_open_file(engine, file)
+    /// Whether the open artifact is the file this host last tagged, and only the key's
+    /// owner can change it.
+    fn unchanged(&self, digest_hex: &str, file: &std::fs::File, tags: &[u8]) -> bool {
+        let Some(ident_tag) = tags.get(TAG_LEN..) else {
+            return false;
+        };
+        file.metadata()
+            .ok()
+            .and_then(|m| FileIdent::of(&m))
+            .filter(|i| self.owned(i))
+            .and_then(|ident| self.ident_tag(digest_hex, &ident))
+            .is_some_and(|mac| mac.verify_slice(ident_tag).is_ok())
     }
 
     /// The cached component, if there is a valid entry: the fast path, else a private
     /// copy checked in full (which can take a while for a big artifact: call it off the
     /// async workers).
     pub(super) fn get(&self, engine: &wasmtime::Engine, digest_hex: &str) -> Option<Component> {
-        let mut file = std::fs::File::open(self.path(digest_hex, "cwasm")).ok()?;
-        let tags = std::fs::read(self.path(digest_hex, "tag")).ok()?;
-        if let Some(component) = self.mapped(engine, digest_hex, &file, &tags) {
+        let mut file = open_nonblocking(&self.path(digest_hex, "cwasm")).ok()?;
+        let tags = read_small(&self.path(digest_hex, "tag"), 2 * TAG_LEN)?;
+        let unchanged = self.unchanged(digest_hex, &file, &tags);
+        // Mapping fails off Linux or without /proc: then the full check below.
+        if unchanged && let Some(component) = map_open_file(engine, &file) {
             return Some(component);
         }
         let code_tag = tags.get(..TAG_LEN)?;
-        let before = file.metadata().ok().and_then(|m| FileIdent::of(&m));
+        // Not a device or a FIFO someone put in its place: those never end.
+        let meta = file.metadata().ok().filter(|m| m.is_file())?;
+        let before = FileIdent::of(&meta);
         let mut code = Vec::new();
         file.read_to_end(&mut code).ok()?;
         let mut mac = self.mac(CODE, digest_hex)?;
@@ -193,9 +196,10 @@ impl DiskCache {
         mac.verify_slice(code_tag).ok()?;
         let component = deserialize(engine, &code)?;
         // The bytes are good: tag the file as it is now, if it did not change while
-        // being read, so the next load takes the fast path.
+        // being read, so the next load takes the fast path (unless its tag is already
+        // right, and only mapping failed).
         let after = file.metadata().ok().and_then(|m| FileIdent::of(&m));
-        if let Some(ident) = before.filter(|i| self.owned(i) && after == before) {
+        if !unchanged && let Some(ident) = before.filter(|i| self.owned(i) && after == before) {
             self.write_tags(digest_hex, code_tag, &ident);
         }
         Some(component)
@@ -257,7 +261,7 @@ impl DiskCache {
     /// The digest recorded for the plugin file at `path`, if the file is unchanged
     /// since it was recorded.
     pub(super) fn file_digest(&self, path: &Path, ident: &FileIdent) -> Option<String> {
-        let record = std::fs::read(self.file_record(path)).ok()?;
+        let record = read_small(&self.file_record(path), DIGEST_HEX_LEN + TAG_LEN)?;
         let (digest_hex, tag) = record.split_at_checked(DIGEST_HEX_LEN)?;
         let digest_hex = std::str::from_utf8(digest_hex).ok()?;
         self.file_tag(path, ident, digest_hex)?
@@ -277,6 +281,31 @@ impl DiskCache {
             tracing::warn!("could not record the digest of {}: {e}", path.display());
         }
     }
+}
+
+/// Opens a file for reading without waiting on what is not a regular file: whoever can
+/// write the cache directory can put a FIFO there, whose opening would wait for a writer.
+/// Non-blocking changes nothing for a regular file.
+pub(super) fn open_nonblocking(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
+}
+
+/// A small file of the cache directory (tags, a file record), `None` if it is longer
+/// than `max` bytes: never read further than that, whatever stands at `path`.
+fn read_small(path: &Path, max: usize) -> Option<Vec<u8>> {
+    let file = open_nonblocking(path).ok()?;
+    let mut bytes = Vec::with_capacity(max);
+    file.take(u64::try_from(max).ok()?.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (bytes.len() <= max).then_some(bytes)
 }
 
 fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
@@ -315,10 +344,49 @@ fn deserialize(engine: &wasmtime::Engine, code: &[u8]) -> Option<Component> {
     unsafe { Component::deserialize(engine, code) }.ok()
 }
 
-fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
-    if let Ok(bytes) = std::fs::read(path)
-        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+/// This process's effective user (`None` off Unix).
+#[allow(unsafe_code)]
+fn effective_uid() -> Option<u32> {
+    #[cfg(unix)]
     {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        Some(unsafe { libc::geteuid() })
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The key at `path` if it is a 32-byte regular file (not a link) that this process's
+/// user owns and no one else can read or write.
+fn read_own_key(path: &Path) -> Option<[u8; 32]> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    }
+    let file = options.open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if Some(meta.uid()) != effective_uid() || meta.mode() & 0o077 != 0 {
+            return None;
+        }
+    }
+    let mut bytes = Vec::with_capacity(32);
+    file.take(33).read_to_end(&mut bytes).ok()?;
+    <[u8; 32]>::try_from(bytes.as_slice()).ok()
+}
+
+fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
+    if let Some(key) = read_own_key(path) {
         return Ok(key);
     }
     let key: [u8; 32] = rand::random();
@@ -334,4 +402,75 @@ fn load_or_create_key(path: &Path) -> anyhow::Result<[u8; 32]> {
     tmp.persist(path)
         .map_err(|e| anyhow::anyhow!("writing cache key {}: {e}", path.display()))?;
     Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIFO named like an entry: `mkfifo` it, if the system has the command.
+    #[cfg(unix)]
+    fn fifo(path: &Path) -> bool {
+        std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_key_file_others_could_have_written_or_read_is_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.key");
+        let key = load_or_create_key(&path).unwrap();
+        assert_eq!(load_or_create_key(&path).unwrap(), key, "kept");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let replaced = load_or_create_key(&path).unwrap();
+        assert_ne!(replaced, key, "a key others can read");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let known = dir.path().join("known");
+        std::fs::write(&known, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&known, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&known, &path).unwrap();
+        assert_ne!(load_or_create_key(&path).unwrap(), [7u8; 32], "a link");
+        assert_eq!(
+            std::fs::read(&known).unwrap(),
+            [7u8; 32],
+            "its target untouched"
+        );
+    }
+
+    #[test]
+    fn entries_that_are_not_small_regular_files_are_ignored_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = wasmtime::Engine::default();
+        let cache = DiskCache::open(&dir.path().join("cache"), &engine).unwrap();
+        let digest_hex = "ab".repeat(32);
+        let tag = cache.path(&digest_hex, "tag");
+        std::fs::write(&tag, vec![0u8; 1 << 20]).unwrap();
+        assert!(
+            read_small(&tag, 2 * TAG_LEN).is_none(),
+            "read past its bound"
+        );
+        std::fs::write(&tag, [0u8; 2 * TAG_LEN]).unwrap();
+        assert_eq!(read_small(&tag, 2 * TAG_LEN).unwrap().len(), 2 * TAG_LEN);
+
+        #[cfg(unix)]
+        {
+            // Opening a FIFO for reading would wait for a writer that never comes.
+            if !fifo(&cache.path(&digest_hex, "cwasm")) {
+                return;
+            }
+            assert!(cache.get_mapped(&engine, &digest_hex).is_none());
+            assert!(cache.get(&engine, &digest_hex).is_none());
+            let plugin = dir.path().join("plugin.wasm");
+            std::fs::write(&plugin, b"\0asm").unwrap();
+            let ident = FileIdent::of(&std::fs::metadata(&plugin).unwrap()).unwrap();
+            assert!(fifo(&cache.file_record(&plugin)));
+            assert!(cache.file_digest(&plugin, &ident).is_none());
+        }
+    }
 }

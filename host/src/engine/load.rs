@@ -223,7 +223,8 @@ impl Engine {
         let unreadable = |e: std::io::Error| {
             Failure::invalid_component(format!("cannot read {}: {e}", path.display()))
         };
-        let file = std::fs::File::open(path).map_err(unreadable)?;
+        // A FIFO is "not a file" below, as before this opened it.
+        let file = super::cache::open_nonblocking(path).map_err(unreadable)?;
         let meta = file.metadata().map_err(unreadable)?;
         if !meta.is_file() {
             return Err(Failure::invalid_component(format!(

@@ -97,7 +97,7 @@ struct Inner {
     config: EngineConfig,
     cache: Option<cache::DiskCache>,
     /// Invocations' scratch directories (`/work`).
-    scratch: Arc<crate::capabilities::scratch::ScratchPool>,
+    scratch: crate::capabilities::scratch::ScratchPool,
     loaded: Mutex<LoadedPlugins>,
     /// Digests of plugin files read so far, by absolute path, with the identity of the
     /// file they were computed from.
