@@ -343,7 +343,8 @@ pub const ROUTES: &[Route] = &[
     ),
     stream(
         "/v1/events",
-        "Live events of every run of the tenant, as SSE.",
+        "Live events of every run of the tenant, as SSE. A `{\"type\":\"resync\"}` frame (with \
+         `missed` when the client fell behind) says events may be missing: re-read those runs' streams.",
         || get(sse::tenant_events),
     ),
     route(

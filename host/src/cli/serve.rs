@@ -63,7 +63,7 @@ pub(super) struct ServeArgs {
     /// Open connections per client address; more are closed at once. Default: 64.
     #[arg(long, env = "CORRAL_MAX_CONNECTIONS_PER_ADDRESS")]
     max_connections_per_address: Option<usize>,
-    /// Seconds of silence before a stream heartbeat. Default: 15.
+    /// Seconds of silence before a stream heartbeat (sent within 1.5 times this). Default: 15.
     #[arg(long, env = "CORRAL_HEARTBEAT_SECS", hide = true)]
     heartbeat_secs: Option<u64>,
 }

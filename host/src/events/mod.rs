@@ -13,7 +13,7 @@ mod watch;
 pub use watch::listener_name;
 
 use crate::store::{Event, Store};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -101,9 +101,16 @@ struct RunTopic {
 #[derive(Debug)]
 struct TenantTopic {
     tx: broadcast::Sender<Delivery>,
-    /// Per run of the tenant still going, the highest seq published (duplicates dropped).
+    /// Per run of the tenant, the highest seq published (duplicates dropped): the runs
+    /// still going, and the last [`FINISHED_KEPT`] to finish, whose final event the
+    /// watcher may still read again (reading ahead, or seeing this process's own commit).
     published: HashMap<String, i64>,
+    /// The finished runs kept in `published`, oldest first.
+    finished: VecDeque<String>,
 }
+
+/// Finished runs a tenant topic remembers, so that a final event seen again is dropped.
+const FINISHED_KEPT: usize = 1024;
 
 /// Events a run's subscribers may fall behind by before they catch up from the store
 /// (a channel per run with subscribers: kept small, since a lagging reader loses nothing).
@@ -215,11 +222,16 @@ impl Bus {
             let _ = topic.tx.send(Delivery::Event(event.clone()));
         }
         if let Some(topic) = tenant {
+            topic.published.insert(event.run_id.clone(), event.seq);
             if event.is_final() {
-                // Nothing is ever written after a run's final event.
-                topic.published.remove(&event.run_id);
-            } else {
-                topic.published.insert(event.run_id.clone(), event.seq);
+                // Nothing is ever written after a run's final event: only copies of it
+                // come, and soon, so the oldest finished runs can be forgotten.
+                topic.finished.push_back(event.run_id.clone());
+                if topic.finished.len() > FINISHED_KEPT
+                    && let Some(old) = topic.finished.pop_front()
+                {
+                    topic.published.remove(&old);
+                }
             }
             let _ = topic.tx.send(Delivery::Event(event));
         }
@@ -251,10 +263,12 @@ impl Bus {
                 Some(t) => t.tx.subscribe(),
                 None => {
                     let (tx, rx) = broadcast::channel(TENANT_BUFFER);
-                    let published = HashMap::new();
-                    topics
-                        .tenants
-                        .insert(k.clone(), TenantTopic { tx, published });
+                    let topic = TenantTopic {
+                        tx,
+                        published: HashMap::new(),
+                        finished: VecDeque::new(),
+                    };
+                    topics.tenants.insert(k.clone(), topic);
                     rx
                 }
             },
@@ -664,6 +678,23 @@ mod tests {
         assert_eq!(bus.wants("a", "t", 2, 2), None);
         assert_eq!(bus.wants("a", "t", 3, 4), Some(2));
         assert_eq!(bus.wants("b", "u", 1, 1), None, "nobody follows run b");
+    }
+
+    #[tokio::test]
+    async fn a_final_event_seen_again_is_not_sent_again() {
+        let bus = Bus::new();
+        let mut tenant_t = bus.tenant_receiver("t");
+        let mut last = event("a", "t", 2);
+        last.kind = "complete".into();
+        last.payload = serde_json::json!({"all_done": true});
+        bus.publish(event("a", "t", 1));
+        bus.publish(last.clone());
+        // The watcher, reading ahead or seeing this process's own commit, has it again.
+        assert_eq!(bus.wants("a", "t", 2, 2), None);
+        bus.publish(last);
+        assert_eq!(tenant_t.recv().await.unwrap().seq, 1);
+        assert!(tenant_t.recv().await.unwrap().is_final());
+        assert!(tenant_t.rx.is_empty(), "the final event went out twice");
     }
 
     #[test]

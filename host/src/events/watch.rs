@@ -5,7 +5,7 @@
 //!   exactly when an event committed, on whichever host.
 //! - SQLite: one connection of its own polls `PRAGMA data_version` (it changes when any
 //!   other connection, of this process or another, committed) and then reads the heads of
-//!   the new events by row id.
+//!   the new events by row id (only the last row id while nobody here subscribes).
 //!
 //! Either way the watcher reads the new events of the runs and tenants someone here
 //! follows, once per topic, and publishes them on the bus (which drops what this process
@@ -111,6 +111,16 @@ async fn sqlite_session(store: &Store, inner: Weak<Inner>, first: bool) -> Resul
         }
         version = now;
         bus.inner.check_tokens.notify_one();
+        if bus.topic_counts() == (0, 0) {
+            // Nobody here follows anything: skip the new events rather than read their
+            // heads. The last row id is read before looking again, so whoever subscribes
+            // after that look reads the store after every event skipped.
+            let last = db::sqlite_last_rowid(&mut conn).await?;
+            if bus.topic_counts() == (0, 0) {
+                after = last;
+                continue;
+            }
+        }
         loop {
             let heads = db::sqlite_heads_after(&mut conn, after, HEADS).await?;
             let full = i64::try_from(heads.len()).unwrap_or(0) >= HEADS;
