@@ -29,8 +29,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// An event stream with no bytes for this long (the server sends a heartbeat after 15 s of
-/// silence) is taken as a dead connection and resumed.
+/// An event stream with no bytes for this long (the server sends a heartbeat after 15 to 22 s
+/// of silence) is taken as a dead connection and resumed.
 const STREAM_STALL: Duration = Duration::from_secs(45);
 /// Without `--follow`: the replay is over once no event has come for this long.
 const SNAPSHOT_QUIET: Duration = Duration::from_millis(1500);

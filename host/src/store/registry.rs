@@ -227,18 +227,6 @@ impl Store {
         Ok(Some(TokenRecord::from_row(&row)?))
     }
 
-    /// Whether a token id is still live.
-    pub async fn token_live(&self, id: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT revoked_at FROM tokens WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => r.try_get::<Option<i64>, _>("revoked_at")?.is_none(),
-            None => false,
-        })
-    }
-
     /// A tenant's tokens.
     pub async fn tokens(&self, tenant_id: &str) -> Result<Vec<TokenRecord>> {
         let rows = sqlx::query(
