@@ -445,7 +445,8 @@ async fn status_codes_401_403_404_413_422_and_429() {
     // 413: a JSON body over the cap; an upload declared over its cap is refused before
     // its bytes are read (we never send them).
     let big = json!({"pipeline": "x", "input": "a".repeat(2 << 20)});
-    let (status, body) = api.json(Method::POST, "/v1/runs", &admin, Some(big)).await;
+    let resp = send_refused_early(|| api.req(Method::POST, "/v1/runs", &admin).json(&big)).await;
+    let (status, body) = status_and_body(resp).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     let raw = raw_request(&server.url, &format!(
         "POST /v1/plugins HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Type: application/wasm\r\nContent-Length: 2000000000\r\n\r\n"
@@ -501,6 +502,18 @@ async fn status_codes_401_403_404_413_422_and_429() {
         last = api.json(Method::GET, "/v1/runs", "crl_wrong", None).await.0;
     }
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// Sends a request the server refuses before reading all of its body and then closes:
+/// the client may lose that race and fail writing the rest (broken pipe) before it reads
+/// the answer, so it tries a few times until it reads one.
+async fn send_refused_early(make: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
+    for _ in 0..10 {
+        if let Ok(resp) = make().send().await {
+            return resp;
+        }
+    }
+    panic!("no answer to a request refused before its body was read, in 10 tries");
 }
 
 /// Sends raw bytes and returns what the server answers first.
@@ -1803,26 +1816,16 @@ async fn extractor_rejections_answer_in_the_json_error_shape() {
     assert_json_error(resp, StatusCode::UNSUPPORTED_MEDIA_TYPE, "text/plain body").await;
     // A body over the cap that did not declare its length (chunked), on the route that
     // reads raw bytes: 413 in our shape too.
-    // The server answers before the body is all read and then closes the connection, so
-    // the client may lose the race and fail writing the rest (broken pipe) before it
-    // reads the answer: try a few times until it reads one.
-    let mut answered = None;
-    for _ in 0..10 {
+    // Refused before the body is all read: the server then closes the connection.
+    let resp = send_refused_early(|| {
         let chunks =
             futures::stream::iter((0..20).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 128 << 10])));
-        let sent = api
-            .req(Method::POST, "/v1/webhooks/whk_nope", "")
+        api.req(Method::POST, "/v1/webhooks/whk_nope", "")
             .header("content-type", "application/json")
             .header("connection", "close")
             .body(reqwest::Body::wrap_stream(chunks))
-            .send()
-            .await;
-        if let Ok(resp) = sent {
-            answered = Some(resp);
-            break;
-        }
-    }
-    let resp = answered.expect("no answer to an over-size chunked body in 10 tries");
+    })
+    .await;
     assert_json_error(resp, StatusCode::PAYLOAD_TOO_LARGE, "chunked webhook body").await;
     // A method the route does not take.
     let resp = api
