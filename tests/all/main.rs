@@ -9,6 +9,7 @@
     clippy::indexing_slicing
 )]
 
+mod browser;
 mod cli;
 mod connectors;
 mod durability;

@@ -133,9 +133,19 @@ impl Server {
 
     /// Starts a server on `data` (a restart when it was used before).
     pub fn start_in(data: std::sync::Arc<tempfile::TempDir>, envs: &[(&str, &str)]) -> Server {
+        Server::start_at(data, "127.0.0.1:0", envs)
+    }
+
+    /// Starts a server on `data` listening on `listen` (e.g. the address a stopped server
+    /// had, so a client sees a restart at the same URL).
+    pub fn start_at(
+        data: std::sync::Arc<tempfile::TempDir>,
+        listen: &str,
+        envs: &[(&str, &str)],
+    ) -> Server {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", listen])
             .env("CORRAL_DATA_DIR", data.path())
             .env_remove("CORRAL_DATABASE_URL")
             .env_remove("RUST_LOG")

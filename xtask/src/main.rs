@@ -3,13 +3,16 @@
 //! - `build-plugins`: builds every plugin and hostile fixture to `target/plugins/<name>.wasm`
 //!   (Rust crates for `wasm32-wasip2`; Python plugins with componentize-py from a
 //!   project-local `.venv`, created on first use).
-//! - `test [ARGS]`: `build-plugins`, then the whole test suite (`cargo test` ARGS).
+//! - `test [ARGS]`: `build-plugins`, installs Debian's `chromium` for the browser tests
+//!   when it is missing (see `chromium.rs`), then the whole test suite (`cargo test` ARGS).
 //! - `demo`: `build-plugins`, then runs the ETL demo with the release `corral` binary.
 //! - `bench [--quick]`: `build-plugins`, then the benchmark harness (`bench/`).
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod chromium;
 
 /// componentize-py turns a Python module into a component; pinned so builds repeat.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
@@ -26,6 +29,7 @@ fn main() -> Result<()> {
         "test" => {
             build_plugins(&root)?;
             python_tool(&root, "openapi-spec-validator", OPENAPI_VALIDATOR)?;
+            chromium::ensure()?;
             run(Command::new(cargo())
                 .current_dir(&root)
                 .arg("test")
