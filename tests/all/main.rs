@@ -18,5 +18,6 @@ mod hostile;
 mod remote;
 mod runs;
 mod server;
+mod sessions;
 mod streams;
 mod util;
