@@ -11,6 +11,7 @@
 
 mod cli;
 mod connectors;
+mod dashboard;
 mod durability;
 mod egress;
 mod engine;

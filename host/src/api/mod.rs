@@ -11,6 +11,7 @@ mod handlers;
 pub mod metrics;
 pub mod server;
 mod sse;
+mod ui;
 mod webhooks;
 
 pub use auth::Role;
@@ -473,6 +474,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, method_router);
     }
     router
+        .merge(ui::router())
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track))
