@@ -19,5 +19,6 @@ mod hostile;
 mod remote;
 mod runs;
 mod server;
+mod sessions;
 mod streams;
 mod util;

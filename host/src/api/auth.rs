@@ -1,10 +1,23 @@
-//! Who is calling: the tenant and role come from the bearer token, and only from it.
+//! Who is calling: the tenant and role come from the bearer token, and only from it, or
+//! from a browser session made from a token (`POST /v1/session`), which has exactly its
+//! token's tenant and role. A bearer header, when present, wins over a session cookie.
+//!
+//! With the cookie, a request whose method is not GET, HEAD or OPTIONS must carry the
+//! session's CSRF token in `X-CSRF-Token`, and a request with an `Origin` must come from
+//! the server's own origin or a listed CORS origin: a page elsewhere cannot use the cookie.
 
 use super::{AppState, error::ApiError};
+use crate::store::SessionRecord;
 use axum::extract::{ConnectInfo, FromRequestParts};
-use axum::http::{StatusCode, header, request::Parts};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header, request::Parts};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+/// The session cookie's name.
+pub(super) const SESSION_COOKIE: &str = "corral_session";
+
+/// The header that carries a session's CSRF token.
+pub(super) const CSRF_HEADER: &str = "x-csrf-token";
 
 /// Token roles, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,6 +126,22 @@ impl AuthFailures {
         }
     }
 
+    /// The answer to a failed authentication from `ip`: 429 while the address is
+    /// throttled, else 401, counted. Only the address is logged, never the credential.
+    pub(super) fn refuse(&self, ip: IpAddr, message: &'static str) -> ApiError {
+        if self.blocked(ip) {
+            tracing::warn!(%ip, "authentication failure from a throttled address: 429");
+            return ApiError::too_many(
+                "TOO_MANY_AUTH_FAILURES",
+                "too many requests with bad tokens from this address; wait and retry",
+                60,
+            );
+        }
+        self.record(ip);
+        tracing::warn!(%ip, "authentication failure: 401");
+        ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
     fn blocked(&self, ip: IpAddr) -> bool {
         let seen = self
             .seen
@@ -140,15 +169,222 @@ impl AuthFailures {
     }
 }
 
+/// The client's address (the TCP peer).
+pub(super) fn client_ip(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+/// The client's address, as an extractor.
+pub(super) struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(parts)))
+    }
+}
+
+/// What the request's cookies say about a session.
+enum SessionCookie {
+    /// No session cookie.
+    Absent,
+    /// One well-formed session cookie value.
+    One(String),
+    /// A malformed value, or more than one session cookie (one set by another site of the
+    /// same domain, say): never guessed between.
+    Bad,
+}
+
+/// The length of a session cookie's value: 32 random bytes, hex.
+const SESSION_VALUE_LEN: usize = 64;
+
+fn session_cookie(headers: &HeaderMap) -> SessionCookie {
+    let mut found = SessionCookie::Absent;
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for pair in value.split(';') {
+            let Some((name, v)) = pair.trim().split_once('=') else {
+                continue;
+            };
+            if name.trim() != SESSION_COOKIE {
+                continue;
+            }
+            let v = v.trim();
+            let well_formed =
+                v.len() == SESSION_VALUE_LEN && v.bytes().all(|b| b.is_ascii_hexdigit());
+            found = match found {
+                SessionCookie::Absent if well_formed => SessionCookie::One(v.to_string()),
+                _ => SessionCookie::Bad,
+            };
+        }
+    }
+    found
+}
+
+/// A new session cookie value: 256 random bits, hex.
+pub(super) fn new_session_value() -> String {
+    let bits: [u8; 32] = rand::random();
+    hex::encode(bits)
+}
+
+/// A session's CSRF token, derived from its cookie value (HMAC-SHA256 keyed by it), so it
+/// is stored nowhere and a page that cannot read the cookie cannot compute it.
+pub(super) fn csrf_token(session_value: &str) -> String {
+    use hmac::{Hmac, Mac};
+    match Hmac::<sha2::Sha256>::new_from_slice(session_value.as_bytes()) {
+        Ok(mut mac) => {
+            mac.update(b"corral session csrf token");
+            hex::encode(mac.finalize().into_bytes())
+        }
+        // HMAC takes a key of any length; this cannot happen.
+        Err(_) => String::new(),
+    }
+}
+
+/// Whether the request reached the server over TLS (as a proxy in front of it says), or
+/// the operator said the server is only reached so (`cookie_secure`).
+pub(super) fn over_tls(headers: &HeaderMap, state: &AppState) -> bool {
+    state.config.cookie_secure
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
+/// Whether `origin` may use the session: the server's own origin (scheme from
+/// [`over_tls`], host from `Host`) or a listed CORS origin.
+fn origin_allowed(origin: &str, headers: &HeaderMap, uri: &Uri, state: &AppState) -> bool {
+    let origin = origin.trim().to_ascii_lowercase();
+    if state.config.cors_origins.contains(&origin) {
+        return true;
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()));
+    let Some(host) = host else { return false };
+    let scheme = if over_tls(headers, state) {
+        "https"
+    } else {
+        "http"
+    };
+    let own = super::cors::normalize_origin(&format!("{scheme}://{}", host.trim()));
+    own.is_ok_and(|own| own == origin)
+}
+
+/// 403 unless a request with an `Origin` header comes from an allowed origin.
+pub(super) fn check_origin(
+    headers: &HeaderMap,
+    uri: &Uri,
+    state: &AppState,
+) -> Result<(), ApiError> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    match origin.to_str() {
+        Ok(origin) if origin_allowed(origin, headers, uri, state) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "ORIGIN_NOT_ALLOWED",
+            "this origin may not use a session here (not the server's own origin, and not \
+             in its cors_origins)",
+        )),
+    }
+}
+
+/// The checks a request made with the session cookie must pass: its origin, and for a
+/// method that is not GET, HEAD or OPTIONS the session's CSRF token.
+fn check_csrf(parts: &Parts, state: &AppState, session_value: &str) -> Result<(), ApiError> {
+    check_origin(&parts.headers, &parts.uri, state)?;
+    if matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let sent = parts
+        .headers
+        .get(CSRF_HEADER)
+        .map(|v| v.as_bytes())
+        .unwrap_or_default();
+    let want = csrf_token(session_value);
+    if bool::from(subtle::ConstantTimeEq::ct_eq(sent, want.as_bytes())) && !want.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "CSRF_TOKEN_INVALID",
+        "a request made with the session cookie must send the session's csrf_token in \
+         X-CSRF-Token",
+    ))
+}
+
+/// The caller a live session stands for.
+fn session_caller(record: &SessionRecord) -> Caller {
+    Caller {
+        tenant_id: record.tenant_id.clone(),
+        role: Role::parse(&record.role).unwrap_or(Role::Viewer),
+        token_id: record.token_id.clone(),
+    }
+}
+
+/// A caller authenticated by the session cookie only (the `/v1/session` routes): the
+/// session, its cookie value and the caller it stands for.
+pub(super) struct Session {
+    pub record: SessionRecord,
+    pub value: String,
+}
+
+impl FromRequestParts<AppState> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ip = client_ip(parts);
+        let value = match session_cookie(&parts.headers) {
+            // Nothing was presented, so nothing is guessed: a plain 401, not counted.
+            SessionCookie::Absent => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "UNAUTHORIZED",
+                    "no session: log in with POST /v1/session",
+                ));
+            }
+            SessionCookie::Bad => return Err(state.auth_failures.refuse(ip, SESSION_INVALID)),
+            SessionCookie::One(value) => value,
+        };
+        let Some(record) = state.runner.store().session(&value).await? else {
+            return Err(state.auth_failures.refuse(ip, SESSION_INVALID));
+        };
+        check_csrf(parts, state, &value)?;
+        Ok(Session { record, value })
+    }
+}
+
+const SESSION_INVALID: &str =
+    "the session is not valid (unknown, expired, or its token was revoked); log in again";
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ip = client_ip(parts);
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            match session_cookie(&parts.headers) {
+                SessionCookie::Absent => {}
+                SessionCookie::Bad => return Err(state.auth_failures.refuse(ip, SESSION_INVALID)),
+                SessionCookie::One(value) => {
+                    let Some(record) = state.runner.store().session(&value).await? else {
+                        return Err(state.auth_failures.refuse(ip, SESSION_INVALID));
+                    };
+                    check_csrf(parts, state, &value)?;
+                    return Ok(session_caller(&record));
+                }
+            }
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -175,26 +411,11 @@ impl FromRequestParts<AppState> for Caller {
                 token_id: t.id,
             });
         }
-        if state.auth_failures.blocked(ip) {
-            // The token is never logged, only the address.
-            tracing::warn!(%ip, "authentication failure from a throttled address: 429");
-            return Err(ApiError::too_many(
-                "TOO_MANY_AUTH_FAILURES",
-                "too many requests with bad tokens from this address; wait and retry",
-                60,
-            ));
-        }
-        state.auth_failures.record(ip);
-        tracing::warn!(%ip, "authentication failure: 401");
         let message = if token.is_none() {
-            "send `Authorization: Bearer <token>`"
+            "send `Authorization: Bearer <token>` (or log in with POST /v1/session)"
         } else {
             "the token is not valid (unknown or revoked)"
         };
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            message,
-        ))
+        Err(state.auth_failures.refuse(ip, message))
     }
 }

@@ -5,11 +5,13 @@
 //! cross-tenant tests walk the same table.
 
 mod auth;
+pub mod cors;
 pub mod error;
 mod extract;
 mod handlers;
 pub mod metrics;
 pub mod server;
+mod session;
 mod sse;
 mod ui;
 mod webhooks;
@@ -41,6 +43,13 @@ pub struct ApiConfig {
     pub heartbeat: Duration,
     /// Bad-token requests per client address per minute before 429.
     pub max_auth_failures: u32,
+    /// How long a browser session lives (it dies with its token before that).
+    pub session_ttl: Duration,
+    /// Mark session cookies `Secure` always (else only when `X-Forwarded-Proto: https`).
+    pub cookie_secure: bool,
+    /// Origins allowed to call the API from a browser with credentials (CORS), each
+    /// `scheme://host[:port]` as [`cors::normalize_origin`] gives it. Empty: same-origin only.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +61,9 @@ impl Default for ApiConfig {
             max_queued_per_tenant: 1_000,
             heartbeat: Duration::from_secs(15),
             max_auth_failures: 20,
+            session_ttl: Duration::from_secs(43_200),
+            cookie_secure: false,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -192,6 +204,34 @@ pub const ROUTES: &[Route] = &[
         N,
         200,
         || get(handlers::openapi),
+    ),
+    route(
+        "POST",
+        "/v1/session",
+        "Log in a browser: {token} for an HttpOnly, SameSite=Strict session cookie; answers \
+         {tenant, role, token_id, csrf_token, expires_at}.",
+        None,
+        J,
+        201,
+        || post(session::login),
+    ),
+    route(
+        "GET",
+        "/v1/session",
+        "The session of the cookie: {tenant, role, token_id, csrf_token, expires_at}.",
+        Some(V),
+        N,
+        200,
+        || get(session::current),
+    ),
+    route(
+        "DELETE",
+        "/v1/session",
+        "Log out: deletes the session and clears its cookie (needs X-CSRF-Token).",
+        Some(V),
+        N,
+        204,
+        || delete(session::logout),
     ),
     route(
         "POST",
@@ -478,6 +518,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cors::cors,
+        ))
         .with_state(state)
 }
 
@@ -522,8 +566,11 @@ pub fn openapi() -> Value {
                 obj.insert("parameters".into(), Value::Array(params));
             }
             match r.role {
+                Some(_) if r.path == "/v1/session" => {
+                    obj.insert("security".into(), json!([{"session": []}]));
+                }
                 Some(role) => {
-                    obj.insert("security".into(), json!([{"bearer": []}]));
+                    obj.insert("security".into(), json!([{"bearer": []}, {"session": []}]));
                     obj.insert("x-corral-role".into(), json!(role.as_str()));
                 }
                 None => {
@@ -558,7 +605,12 @@ pub fn openapi() -> Value {
         },
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "corral_session",
+                    "description": "From POST /v1/session. Requests other than GET, HEAD and \
+                                    OPTIONS must also send X-CSRF-Token."},
+            },
             "schemas": {
                 "Error": {
                     "type": "object",
@@ -586,7 +638,7 @@ fn responses(r: &Route) -> Value {
     responses.insert(r.ok.to_string(), ok);
     let error = json!({"description": "See the error code.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let mut codes = vec![];
-    if r.role.is_some() {
+    if r.role.is_some() || r.path == "/v1/session" {
         codes.extend(["401", "403", "429"]);
     }
     if r.path.contains('{') {

@@ -1,7 +1,9 @@
 //! Server-sent events. A run's stream replays its log (from `Last-Event-ID`, header or
 //! `?last_event_id=`) and follows live with no gap and no duplicate, sends a heartbeat after
 //! 15 to 22 s of silence (one clock shared by all streams), and closes after the final
-//! event. A slow client only slows its own stream: the run and other subscribers never wait
+//! event; a reconnect from at or after a finished run's final event answers 204, which
+//! tells a browser's `EventSource` to stop. The first frame of every stream carries
+//! `retry: 3000`, the reconnection delay for browsers. A slow client only slows its own stream: the run and other subscribers never wait
 //! for it (it catches up from the log). An open stream is only its response body: no task,
 //! no channel, no timer of its own, and no store query while it is idle.
 
@@ -70,6 +72,9 @@ impl Drop for StreamSlot {
     }
 }
 
+/// The reconnection delay a stream's first frame gives browsers (`retry:`).
+const RETRY: Duration = Duration::from_millis(3000);
+
 fn heartbeat() -> SseEvent {
     SseEvent::default().data(r#"{"type":"heartbeat"}"#)
 }
@@ -128,6 +133,11 @@ pub(super) async fn run_events(
             seq
         }
     };
+    // The client has the final event: nothing will ever follow it, and 204 is how SSE
+    // says "do not reconnect" (SSE-08).
+    if run.is_terminal() && after >= run.last_seq {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let slot = StreamSlot::take(&state, &caller.tenant_id)?;
     let follower = Follower::new(state.runner.store().clone(), state.runner.bus(), &id, after);
     let source = Source::Run(Box::new(follower));
@@ -208,6 +218,8 @@ struct Live {
     quiet: u8,
     source: Source,
     done: bool,
+    /// No frame sent yet (the first carries `retry:`).
+    first: bool,
 }
 
 impl Live {
@@ -224,10 +236,20 @@ impl Live {
             quiet: 0,
             source,
             done: false,
+            first: true,
         }
     }
 
     async fn next(&mut self) -> Option<SseEvent> {
+        let frame = self.next_frame().await?;
+        Some(if std::mem::take(&mut self.first) {
+            frame.retry(RETRY)
+        } else {
+            frame
+        })
+    }
+
+    async fn next_frame(&mut self) -> Option<SseEvent> {
         if self.done || self.token.revoked() {
             return None;
         }

@@ -66,6 +66,23 @@ pub(super) struct ServeArgs {
     /// Seconds of silence before a stream heartbeat (sent within 1.5 times this). Default: 15.
     #[arg(long, env = "CORRAL_HEARTBEAT_SECS", hide = true)]
     heartbeat_secs: Option<u64>,
+    /// Seconds a browser session lives (it ends with its token before that). Default:
+    /// 43200 (12 h).
+    #[arg(long, env = "CORRAL_SESSION_TTL_SECS")]
+    session_ttl_secs: Option<u64>,
+    /// Mark session cookies `Secure` even when a request has no `X-Forwarded-Proto: https`
+    /// (the server is only reached over TLS, through a proxy).
+    #[arg(long, env = "CORRAL_COOKIE_SECURE")]
+    cookie_secure: bool,
+    /// An origin (`scheme://host[:port]`) whose pages may call the API from a browser with
+    /// credentials (CORS); repeat it, or comma-separate them in the variable. Default: none
+    /// (same-origin only).
+    #[arg(
+        long = "cors-origin",
+        env = "CORRAL_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    cors_origins: Vec<String>,
 }
 
 /// The config file's keys (all optional).
@@ -85,6 +102,10 @@ struct FileConfig {
     body_read_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     max_connections_per_address: Option<usize>,
+    session_ttl_secs: Option<u64>,
+    cookie_secure: Option<bool>,
+    /// Origins allowed to call the API from a browser with credentials.
+    cors_origins: Option<Vec<String>>,
     /// Base64 of the 32-byte key that seals tenant secrets (else CORRAL_SECRETS_KEY, else
     /// a key file in the data directory for the embedded database).
     secrets_key: Option<String>,
@@ -130,6 +151,7 @@ async fn open_store(
 
 pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let file = load_file_config(args.config.as_ref())?;
+    let cors_origins = cors_origins(args, &file)?;
     let data_dir = cli
         .data_dir
         .clone()
@@ -204,6 +226,15 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
                 .unwrap_or(15)
                 .max(1),
         ),
+        session_ttl: Duration::from_secs(
+            args.session_ttl_secs
+                .or(file.session_ttl_secs)
+                .unwrap_or(defaults.session_ttl.as_secs())
+                // At least a second; at most 400 days, as browsers cap cookies.
+                .clamp(1, 400 * 86_400),
+        ),
+        cookie_secure: args.cookie_secure || file.cookie_secure.unwrap_or(false),
+        cors_origins,
         ..defaults
     };
     let grace = Duration::from_secs(
@@ -302,6 +333,25 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
     }
     worker.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The CORS allow-list (flags, else the variable, else the file), each entry checked and
+/// normalized: a bad entry is a configuration error at start-up.
+fn cors_origins(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Vec<String>> {
+    let given: Vec<String> = if args.cors_origins.is_empty() {
+        file.cors_origins.clone().unwrap_or_default()
+    } else {
+        args.cors_origins.clone()
+    };
+    let mut origins = Vec::new();
+    for entry in given.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
+        let origin = crate::api::cors::normalize_origin(entry)
+            .map_err(|e| anyhow::anyhow!("cors_origins: {e}"))?;
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+    Ok(origins)
 }
 
 async fn shutdown_signal() {

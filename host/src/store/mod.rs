@@ -7,10 +7,12 @@
 mod records;
 mod registry;
 mod secrets;
+mod sessions;
 pub(crate) mod watch;
 mod webhooks;
 mod writer;
 pub use secrets::SecretInfo;
+pub use sessions::{MAX_SESSIONS_PER_TOKEN, SessionRecord};
 pub use webhooks::{DueBatch, NewWebhook, WebhookRecord};
 
 pub use registry::*;
