@@ -12,6 +12,7 @@
 mod browser;
 mod cli;
 mod connectors;
+mod dashboard;
 mod durability;
 mod egress;
 mod engine;

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod server;
 mod session;
 mod sse;
+mod ui;
 mod webhooks;
 
 pub use auth::Role;
@@ -513,6 +514,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, method_router);
     }
     router
+        .merge(ui::router())
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .layer(axum::middleware::from_fn(metrics::track))
