@@ -419,13 +419,13 @@ impl Page {
 
     /// Replaces the value of the field matching `selector` with `text`: typed as real
     /// text input into inputs and textareas, chosen in a `<select>` (the option with
-    /// that value or that text).
+    /// that value, that text, or that text followed by ` (...)`).
     pub async fn fill(&self, selector: &str, text: &str) {
         self.centre(selector).await;
         let prepare = format!(
             "(() => {{ const e = document.querySelector({s}); e.focus(); \
              if (e.tagName === 'SELECT') {{ \
-               const o = [...e.options].find(o => o.value === {t} || o.text.trim() === {t}); \
+               const o = [...e.options].find(o => o.value === {t} || o.text.trim() === {t} || o.text.startsWith({t} + ' (')); \
                if (!o) return 'no option ' + {t}; \
                e.value = o.value; \
                e.dispatchEvent(new Event('input', {{bubbles: true}})); \

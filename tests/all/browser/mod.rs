@@ -252,7 +252,6 @@ async fn started_run(page: &Page) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dashboard at / (branch w-dash): remove once merged"]
 async fn dashboard_login_start_run_and_watch_cards_go_queued_running_complete() {
     let server = Server::start(&[]);
     let admin = server.admin_token.clone();
@@ -339,7 +338,6 @@ async fn dashboard_login_start_run_and_watch_cards_go_queued_running_complete() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dashboard at / (branch w-dash): remove once merged"]
 async fn dashboard_failing_run_shows_the_error_card_and_the_stream_closes() {
     let server = Server::start(&[]);
     let admin = server.admin_token.clone();
@@ -396,7 +394,6 @@ async fn dashboard_failing_run_shows_the_error_card_and_the_stream_closes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dashboard at / (branch w-dash): remove once merged"]
 async fn dashboard_waiting_run_is_answered_through_the_form() {
     let server = Server::start(&[]);
     let admin = server.admin_token.clone();
@@ -443,7 +440,6 @@ async fn dashboard_waiting_run_is_answered_through_the_form() {
 /// SSE-01 in a browser: the run page's stream survives a `kill -9` of the server and its
 /// restart on the same address; the page ends with every event once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dashboard at / (branch w-dash): remove once merged"]
 async fn dashboard_reconnects_after_a_server_restart_with_no_gap_or_duplicate() {
     let server = Server::start(&[]);
     let admin = server.admin_token.clone();
@@ -577,7 +573,6 @@ async fn api_11_session_cannot_mutate_without_the_csrf_token() {
 /// never puts the token, or the session's cookie, in a URL; the cookie is HttpOnly and
 /// SameSite=Strict, out of the page's reach.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dashboard at / (branch w-dash): remove once merged"]
 async fn api_11_no_token_appears_in_any_request_url() {
     let server = Server::start(&[]);
     let admin = server.admin_token.clone();
