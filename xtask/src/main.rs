@@ -4,8 +4,11 @@
 //!   (Rust crates for `wasm32-wasip2`; Python plugins with componentize-py from a
 //!   project-local `.venv`, created on first use).
 //! - `test [ARGS]`: `build-plugins`, then the whole test suite (`cargo test` ARGS).
-//! - `demo`: `build-plugins`, then runs the ETL demo with the release `corral` binary.
+//! - `demo [--serve]`: `build-plugins`, then runs the ETL demo with the release `corral` binary
+//!   (`--serve`: on the web dashboard, see `demo_serve`).
 //! - `bench [--quick]`: `build-plugins`, then the benchmark harness (`bench/`).
+
+mod demo_serve;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -50,6 +53,9 @@ fn main() -> Result<()> {
         }
         "demo" => {
             build_plugins(&root)?;
+            if rest.iter().any(|a| a == "--serve") {
+                return demo_serve::demo_serve(&root);
+            }
             demo(&root, &rest)
         }
         _ => {
@@ -58,7 +64,7 @@ fn main() -> Result<()> {
                  tasks:\n  \
                  build-plugins   build every plugin and fixture to target/plugins/\n  \
                  test [ARGS]     build plugins, then run the whole test suite\n  \
-                 demo            build plugins, then run the ETL demo\n  \
+                 demo [--serve]  build plugins, then run the ETL demo (--serve: on the dashboard)\n  \
                  bench [--quick] build plugins, then run the benchmarks (target/bench/results.json)"
             );
             std::process::exit(2);
