@@ -510,7 +510,7 @@
         }
       } catch (e) { err.textContent = "Answer is not JSON: " + e.message; err.hidden = false; return; }
       try {
-        await api("POST", "/v1/runs/" + encodeURIComponent(runId) + "/input", { answer });
+        await api("POST", "/v1/runs/" + encodeURIComponent(runId) + "/input", answer);
         box.replaceChildren(el("p", { class: "muted" }, "Answer sent; the run resumes."));
       } catch (e) { err.textContent = e.message; err.hidden = false; }
     });
