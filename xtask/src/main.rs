@@ -5,14 +5,16 @@
 //!   project-local `.venv`, created on first use).
 //! - `test [ARGS]`: `build-plugins`, installs Debian's `chromium` for the browser tests
 //!   when it is missing (see `chromium.rs`), then the whole test suite (`cargo test` ARGS).
-//! - `demo`: `build-plugins`, then runs the ETL demo with the release `corral` binary.
+//! - `demo [--serve]`: `build-plugins`, then runs the ETL demo with the release `corral` binary
+//!   (`--serve`: on the web dashboard, see `demo_serve`).
 //! - `bench [--quick]`: `build-plugins`, then the benchmark harness (`bench/`).
+
+mod chromium;
+mod demo_serve;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-mod chromium;
 
 /// componentize-py turns a Python module into a component; pinned so builds repeat.
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
@@ -54,6 +56,9 @@ fn main() -> Result<()> {
         }
         "demo" => {
             build_plugins(&root)?;
+            if rest.iter().any(|a| a == "--serve") {
+                return demo_serve::demo_serve(&root);
+            }
             demo(&root, &rest)
         }
         _ => {
@@ -62,7 +67,7 @@ fn main() -> Result<()> {
                  tasks:\n  \
                  build-plugins   build every plugin and fixture to target/plugins/\n  \
                  test [ARGS]     build plugins, then run the whole test suite\n  \
-                 demo            build plugins, then run the ETL demo\n  \
+                 demo [--serve]  build plugins, then run the ETL demo (--serve: on the dashboard)\n  \
                  bench [--quick] build plugins, then run the benchmarks (target/bench/results.json)"
             );
             std::process::exit(2);

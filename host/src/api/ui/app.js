@@ -523,12 +523,11 @@
     const [plugins, tools] = await Promise.all([api("GET", "/v1/plugins"), api("GET", "/v1/tools")]);
     view.append(el("h1", {}, "Plugins"));
     const rows = (plugins.plugins || []).map((p) => {
-      const info = p.info || {};
       return el("tr", { "data-plugin-id": p.id },
         el("td", {}, p.name + "@" + p.version),
         el("td", {}, p.world || "-"),
-        el("td", { class: "hide-narrow" }, el("code", {}, (p.digest || "").slice(0, 19))),
-        el("td", {}, el("pre", {}, pretty(p.grants || info.grants || p.manifest || {}))));
+        el("td", { class: "hide-narrow" }, el("code", { title: p.digest }, (p.digest || "").slice(0, 19))),
+        el("td", {}, p.manifest ? el("pre", {}, pretty(p.manifest)) : el("span", { class: "muted" }, "none")));
     });
     view.append(el("div", { class: "table-wrap" }, el("table", { id: "plugins" },
       el("thead", {}, el("tr", {}, el("th", {}, "Plugin"), el("th", {}, "World"), el("th", { class: "hide-narrow" }, "Digest"), el("th", {}, "Grants"))),
