@@ -179,6 +179,40 @@ fn a_bad_pipeline_file_exits_2_naming_the_field() {
 }
 
 #[test]
+fn a_missing_plugin_file_or_grant_exits_2_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |body: &str| {
+        let pipeline = pipeline_file(dir.path(), body);
+        let out = corral(&dir.path().join("data"))
+            .arg("run")
+            .arg(&pipeline)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (pipeline.display().to_string(), err)
+    };
+    let (file, err) = run(
+        "name = \"p\"\n[[steps]]\nname = \"a\"\nplugin = \"PLUGINS/echo.wasm\"\n\
+         [[steps]]\nname = \"b\"\nplugin = \"nope/x.wasm\"\n",
+    );
+    assert!(
+        err.starts_with(&format!(
+            "INVALID_PIPELINE: {file}:7: steps[1].plugin: step `b` (`x.wasm`): INVALID_COMPONENT: cannot read"
+        )),
+        "{err}"
+    );
+    // echo's manifest grants no tools.
+    let (file, err) = run("name = \"p\"\n[tools]\nt = \"PLUGINS/text_tools.wasm\"\n\
+         [[steps]]\nname = \"a\"\nplugin = \"PLUGINS/echo.wasm\"\ntools = [\"t\"]\n");
+    assert!(
+        err.starts_with(&format!("INVALID_PIPELINE: {file}:7: steps[0].tools[0]: ")),
+        "{err}"
+    );
+    assert!(err.contains("missing grant `tools = [\"t\"]`"), "{err}");
+}
+
+#[test]
 fn runs_list_show_answer_and_cancel_work_from_another_process() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -527,9 +527,9 @@ fn bad_tokens_servers_and_roles_are_refused() {
     let (code, _, err) = remote.run(&["run", &not_wasm]);
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.starts_with(
-            "INVALID_PIPELINE: steps[0].plugin: step `a` (`bad.toml`): INVALID_COMPONENT: "
-        ),
+        err.starts_with(&format!(
+            "INVALID_PIPELINE: {not_wasm}:4: steps[0].plugin: step `a` (`bad.toml`): INVALID_COMPONENT: "
+        )),
         "{err}"
     );
     remote.assert_no_local_database();

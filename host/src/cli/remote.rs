@@ -376,8 +376,8 @@ impl Client {
 
     /// The pipeline as the API's inline JSON form: each local plugin file uploaded (once)
     /// and its path replaced by `name@version`.
-    pub(super) async fn inline_pipeline(&self, pipeline: &Pipeline) -> Result<Value, RemoteError> {
-        let mut pipeline = pipeline.clone();
+    pub(super) async fn inline_pipeline(&self, written: &Pipeline) -> Result<Value, RemoteError> {
+        let mut pipeline = written.clone();
         let mut uploaded: HashMap<PathBuf, PluginRef> = HashMap::new();
         let mut known = None;
         for (i, step) in pipeline.steps.iter_mut().enumerate() {
@@ -389,34 +389,39 @@ impl Client {
                 Some(named) => named.clone(),
                 None => {
                     // A file that is not a usable plugin is a bad pipeline, as embedded.
-                    let named = self
-                        .ensure_plugin(&path, &mut known)
-                        .await
-                        .map_err(|e| match e {
-                            RemoteError::Refused {
-                                status,
-                                code,
-                                message,
-                            } if matches!(
-                                code.as_str(),
-                                "INVALID_COMPONENT" | "BODY_TOO_LARGE"
-                            ) =>
-                            {
-                                let file = path.file_name().map_or_else(
-                                    || path.display().to_string(),
-                                    |n| n.to_string_lossy().into_owned(),
-                                );
+                    let named =
+                        self.ensure_plugin(&path, &mut known)
+                            .await
+                            .map_err(|e| match e {
                                 RemoteError::Refused {
                                     status,
-                                    code: "INVALID_PIPELINE".into(),
-                                    message: format!(
-                                        "steps[{i}].plugin: step `{}` (`{file}`): {code}: {message}",
-                                        step.name
-                                    ),
+                                    code,
+                                    message,
+                                } if matches!(
+                                    code.as_str(),
+                                    "INVALID_COMPONENT" | "BODY_TOO_LARGE"
+                                ) =>
+                                {
+                                    let file = path.file_name().map_or_else(
+                                        || path.display().to_string(),
+                                        |n| n.to_string_lossy().into_owned(),
+                                    );
+                                    RemoteError::Refused {
+                                        status,
+                                        code: "INVALID_PIPELINE".into(),
+                                        message: written
+                                            .field_error(
+                                                &format!("steps[{i}].plugin"),
+                                                format!(
+                                                    "step `{}` (`{file}`): {code}: {message}",
+                                                    step.name
+                                                ),
+                                            )
+                                            .to_string(),
+                                    }
                                 }
-                            }
-                            other => other,
-                        })?;
+                                other => other,
+                            })?;
                     uploaded.insert(path, named.clone());
                     named
                 }
