@@ -514,6 +514,26 @@ async fn session_of_tenant_a_gets_404_on_tenant_b_run(postgres: bool) {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{run}");
     let run = run["run_id"].as_str().unwrap().to_string();
+    // Wait until B's run asks its question, so A's answer below would have somewhere to go.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, detail) = bearer(
+            &server.url,
+            Method::GET,
+            &format!("/v1/runs/{run}"),
+            &b_token,
+            None,
+        )
+        .await;
+        if detail["run"]["status"] == "waiting" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B's run never started waiting: {detail}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let session_a = Browser::login(&server, &a).await;
     assert_eq!(session_a.login["tenant"], "default");
