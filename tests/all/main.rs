@@ -17,6 +17,7 @@ mod engine;
 mod hostile;
 mod remote;
 mod runs;
+mod sdks;
 mod server;
 mod streams;
 mod util;
