@@ -19,6 +19,7 @@ mod engine;
 mod hostile;
 mod remote;
 mod runs;
+mod sdks;
 mod server;
 mod sessions;
 mod streams;

@@ -2,7 +2,8 @@
 //!
 //! - `build-plugins`: builds every plugin and hostile fixture to `target/plugins/<name>.wasm`
 //!   (Rust crates for `wasm32-wasip2`; Python plugins with componentize-py from a
-//!   project-local `.venv`, created on first use).
+//!   project-local `.venv`, created on first use; JavaScript plugins with componentize-js
+//!   from `sdk/js/node_modules`, see `js.rs`).
 //! - `test [ARGS]`: `build-plugins`, installs Debian's `chromium` for the browser tests
 //!   when it is missing (see `chromium.rs`), then the whole test suite (`cargo test` ARGS).
 //! - `demo [--serve]`: `build-plugins`, then runs the ETL demo with the release `corral` binary
@@ -11,6 +12,7 @@
 
 mod chromium;
 mod demo_serve;
+mod js;
 
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -191,17 +193,22 @@ fn build_plugins(root: &Path) -> Result<()> {
                 .unwrap_or_else(|| "agent-plugin".into());
             let target = out.join(format!("{name}.wasm"));
             // componentize-py is slow (it snapshots a CPython); skip when nothing changed.
-            if is_fresh(&target, &[dir.as_path(), &root.join("wit")])? {
+            let sdk = root.join("sdk/python");
+            if is_fresh(&target, &[dir.as_path(), &root.join("wit"), &sdk])? {
                 continue;
             }
+            // The plugin's own directory first, then the Python SDK (`corral_sdk`).
             run(Command::new(&tool)
                 .current_dir(dir)
                 .arg("-d")
                 .arg(root.join("wit"))
-                .args(["-w", &world, "componentize", "app", "-o"])
+                .args(["-w", &world, "componentize", "app", "-p", ".", "-p"])
+                .arg(&sdk)
+                .arg("-o")
                 .arg(&target))?;
         }
     }
+    js::build_plugins(root, &dirs, &out)?;
     println!("plugins built in {}", out.display());
     Ok(())
 }

@@ -1,4 +1,6 @@
-//! `corral plugin ...`: inspect plugin files.
+//! `corral plugin ...`: inspect plugin files, start plugin projects.
+
+mod new;
 
 use super::{Cli, exit_code_for};
 use crate::engine::{Failure, Output, ToolSpec};
@@ -19,11 +21,15 @@ pub(super) enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Start a plugin project from a template: `corral plugin new hello --lang python`.
+    /// The project's README.md says how to build it and `corral call` it.
+    New(new::NewArgs),
 }
 
 pub(super) async fn run(cli: &Cli, cmd: &PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginCommand::Inspect { file, json } => inspect(cli, file, *json).await,
+        PluginCommand::New(args) => Ok(new::run(args)),
     }
 }
 

@@ -1,0 +1,2 @@
+import { register } from "node:module";
+register("./fake-host.mjs", import.meta.url);
