@@ -339,28 +339,35 @@ pub(super) struct Session {
     pub value: String,
 }
 
+/// The session the request's cookie stands for: `None` when no session cookie was sent;
+/// a malformed, unknown, expired or revoked one is refused (and counted by the bad-token
+/// throttle), and a request that fails the origin or CSRF checks is refused.
+async fn session_from_cookie(parts: &Parts, state: &AppState) -> Result<Option<Session>, ApiError> {
+    let ip = client_ip(parts);
+    let value = match session_cookie(&parts.headers) {
+        SessionCookie::Absent => return Ok(None),
+        SessionCookie::Bad => return Err(state.auth_failures.refuse(ip, SESSION_INVALID)),
+        SessionCookie::One(value) => value,
+    };
+    let Some(record) = state.runner.store().session(&value).await? else {
+        return Err(state.auth_failures.refuse(ip, SESSION_INVALID));
+    };
+    check_csrf(parts, state, &value)?;
+    Ok(Some(Session { record, value }))
+}
+
 impl FromRequestParts<AppState> for Session {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let ip = client_ip(parts);
-        let value = match session_cookie(&parts.headers) {
-            // Nothing was presented, so nothing is guessed: a plain 401, not counted.
-            SessionCookie::Absent => {
-                return Err(ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "UNAUTHORIZED",
-                    "no session: log in with POST /v1/session",
-                ));
-            }
-            SessionCookie::Bad => return Err(state.auth_failures.refuse(ip, SESSION_INVALID)),
-            SessionCookie::One(value) => value,
-        };
-        let Some(record) = state.runner.store().session(&value).await? else {
-            return Err(state.auth_failures.refuse(ip, SESSION_INVALID));
-        };
-        check_csrf(parts, state, &value)?;
-        Ok(Session { record, value })
+        // Nothing was presented, so nothing is guessed: a plain 401, not counted.
+        session_from_cookie(parts, state).await?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "no session: log in with POST /v1/session",
+            )
+        })
     }
 }
 
@@ -372,18 +379,10 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let ip = client_ip(parts);
-        if !parts.headers.contains_key(header::AUTHORIZATION) {
-            match session_cookie(&parts.headers) {
-                SessionCookie::Absent => {}
-                SessionCookie::Bad => return Err(state.auth_failures.refuse(ip, SESSION_INVALID)),
-                SessionCookie::One(value) => {
-                    let Some(record) = state.runner.store().session(&value).await? else {
-                        return Err(state.auth_failures.refuse(ip, SESSION_INVALID));
-                    };
-                    check_csrf(parts, state, &value)?;
-                    return Ok(session_caller(&record));
-                }
-            }
+        if !parts.headers.contains_key(header::AUTHORIZATION)
+            && let Some(session) = session_from_cookie(parts, state).await?
+        {
+            return Ok(session_caller(&session.record));
         }
         let token = parts
             .headers
