@@ -10,6 +10,7 @@ pub mod cli;
 pub mod engine;
 pub mod events;
 pub mod metrics;
+pub mod models;
 pub mod runs;
 pub mod secrets;
 pub mod store;

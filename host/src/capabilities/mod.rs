@@ -38,6 +38,18 @@ pub trait RunServices: Send + Sync {
         let _ = name;
         None
     }
+    /// Sends a chat request to the model behind `alias` (`corral:plugin/model`), after
+    /// checking the step's model grants and token budgets; streams the answer's text to
+    /// `deltas`. Without a run (or a model gateway) every alias is not granted.
+    async fn model(
+        &self,
+        alias: &str,
+        request: &crate::models::ChatRequest,
+        deltas: crate::models::DeltaSink<'_>,
+    ) -> Result<crate::models::ChatResponse, types::PluginError> {
+        let _ = (request, deltas);
+        Err(not_granted(&format!("model `{alias}`")))
+    }
 }
 
 /// A host file or directory a plugin may read, at `/work/in/<name>` (read-only).
