@@ -14,8 +14,8 @@ use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use reqwest_tls::header::{ACCEPT, CONTENT_TYPE};
+use reqwest_tls::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -235,7 +235,7 @@ fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// The certificates of a `--ca-cert` PEM file.
-fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, RemoteError> {
+fn ca_certificates(path: &Path) -> Result<Vec<reqwest_tls::Certificate>, RemoteError> {
     let invalid = |why: String| {
         RemoteError::refused(400, "INVALID_CA_CERT", format!("{}: {why}", path.display()))
     };
@@ -244,7 +244,7 @@ fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, RemoteError
         return Err(invalid("larger than 4 MiB".into()));
     }
     let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+    let certs = reqwest_tls::Certificate::from_pem_bundle(&pem)
         .map_err(|e| invalid(format!("not PEM certificates: {}", chain(&e))))?;
     if certs.is_empty() {
         return Err(invalid(
@@ -257,7 +257,7 @@ fn ca_certificates(path: &Path) -> Result<Vec<reqwest::Certificate>, RemoteError
 /// A client of one server, with one token.
 #[derive(Debug, Clone)]
 pub(super) struct Client {
-    http: reqwest::Client,
+    http: reqwest_tls::Client,
     base: Url,
     token: String,
 }
@@ -282,15 +282,15 @@ impl Client {
         }
         base.set_query(None);
         base.set_fragment(None);
-        // reqwest takes rustls's process-wide provider: ring, as the rest of the host uses
-        // (an error only says one is installed already).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut builder = reqwest::Client::builder()
+        // rustls on ring (as the rest of the host), the system's roots and webpki-roots.
+        let mut builder = reqwest_tls::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
             .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = ca_cert {
-            builder = builder.tls_certs_merge(ca_certificates(path)?);
+            for cert in ca_certificates(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         let http = builder.build().map_err(|e| {
             RemoteError::Transport(format!("cannot make an HTTP client: {}", chain(&e)))
@@ -325,7 +325,7 @@ impl Client {
             .bearer_auth(&self.token))
     }
 
-    fn transport(&self, e: &reqwest::Error) -> RemoteError {
+    fn transport(&self, e: &reqwest_tls::Error) -> RemoteError {
         let text = chain(e);
         if untrusted_certificate(e) {
             return RemoteError::Unreachable(format!(
@@ -764,7 +764,7 @@ pub(super) struct EventStream {
     quiet_stop: Option<Duration>,
     /// When the last event came (or the stream was opened): heartbeats do not count.
     quiet_since: tokio::time::Instant,
-    body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    body: Option<BoxStream<'static, reqwest_tls::Result<Bytes>>>,
     parser: SseParser,
     /// The data of complete SSE events not delivered yet.
     frames: VecDeque<String>,
