@@ -143,8 +143,9 @@ impl Runner {
         }
     }
 
-    /// The id of every run [`Runner::work`] claims from now on (`corral worker` reports
-    /// what it executed). One receiver at a time: a new call replaces the previous one.
+    /// The id of every run [`Runner::work`] claims from now on (`corral worker
+    /// --until-idle` reports what it executed). One receiver at a time: a new call replaces
+    /// the previous one. Unbounded: for a `work` that ends, not for a server's.
     pub fn claims(&self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *self
