@@ -83,7 +83,8 @@ pub(super) struct DbArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(super) enum OutputFormat {
-    /// Live progress bars, logs, retries, the final status and fuel.
+    /// Live progress bars, logs and retries on stderr; then the artifacts written, the
+    /// final status and fuel, and the output (pretty JSON) on stdout.
     Human,
     /// Exactly the event JSON, one per line.
     Jsonl,
