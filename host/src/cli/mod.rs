@@ -1,5 +1,4 @@
-//! The `corral` command line: one file per command. Exit codes: 0 ok, 1 the plugin
-//! failed, 2 bad usage or bad input (including a file that is not a valid plugin).
+//! The `corral` command line: one file per command. Exit codes: see [`runs::EXIT_CODES`].
 
 mod call;
 mod plugin;
@@ -15,7 +14,7 @@ use std::process::ExitCode;
 
 /// Corral: a WebAssembly plugin host for pluggable agents.
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about, long_about = None)]
+#[command(name = "corral", version, about, long_about = None, after_help = runs::EXIT_CODES)]
 pub struct Cli {
     /// Where Corral keeps its data (compiled-code cache, and later its database).
     /// Default: $XDG_DATA_HOME/corral or ~/.local/share/corral.

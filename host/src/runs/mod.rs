@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     /// Runs executing in this process.
     pub(crate) live: Mutex<HashMap<String, Live>>,
     wake: Notify,
+    /// Where [`Runner::work`] reports the id of each run it claims (see [`Runner::claims`]).
+    claims: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 /// Handles to a run executing in this process.
@@ -136,8 +138,22 @@ impl Runner {
                 owner: crate::store::new_id("host"),
                 live: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                claims: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The id of every run [`Runner::work`] claims from now on (`corral worker
+    /// --until-idle` reports what it executed). One receiver at a time: a new call replaces
+    /// the previous one. Unbounded: for a `work` that ends, not for a server's.
+    pub fn claims(&self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        rx
     }
 
     /// The store.
@@ -496,6 +512,14 @@ impl Runner {
                 Ok(runs) if !runs.is_empty() => {
                     for run in runs {
                         let Some(permit) = permits.pop() else { break };
+                        if let Some(tx) = &*self
+                            .inner
+                            .claims
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        {
+                            let _ = tx.send(run.id.clone());
+                        }
                         let runner = self.clone();
                         tokio::spawn(async move {
                             executor::execute(runner, run).await;
