@@ -530,3 +530,58 @@ async fn text_logs_are_plain_when_redirected_and_rust_log_overrides_the_default_
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_with_only_the_local_tenant_creates_default_and_prints_its_admin_token_once() {
+    let data = tempfile::tempdir().unwrap();
+    // The embedded commands' tenant, as `corral run` (or `./x demo`) leaves it.
+    offline(data.path(), &["secret", "list", "--tenant", "local"]);
+    assert!(offline(data.path(), &["tenant", "list"]).contains("local"));
+
+    let server = LoggedServer::start(data.path(), &[], &[]);
+    let url = server.url.clone();
+    let log = std::fs::read_to_string(&server.log).unwrap();
+    let token = log
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("crl_"))
+        .unwrap_or_else(|| panic!("no token printed:\n{log}"))
+        .to_string();
+    assert!(
+        log.contains("created tenant `default` and its admin token")
+            && log.contains("shown only this once"),
+        "{log}"
+    );
+    assert!(
+        log.contains("Authorization: Bearer <token>") && log.contains(&format!("{url}/")),
+        "it says how to use it: {log}"
+    );
+    let (status, body) = call(&url, Method::GET, "/v1/tokens", &token, None).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "an admin token of `default`: {body}"
+    );
+    let log = server.stop();
+    assert_eq!(
+        log.matches(&token).count(),
+        1,
+        "printed once, never logged:\n{log}"
+    );
+    assert!(!log.contains("\x1b["), "{log}");
+    let tenants = offline(data.path(), &["tenant", "list"]);
+    assert!(
+        tenants.contains("default") && tenants.contains("local"),
+        "{tenants}"
+    );
+
+    // The next start prints no token, and says how to get one.
+    let server = LoggedServer::start(data.path(), &[], &[]);
+    let log = server.stop();
+    assert!(!log.contains("crl_"), "{log}");
+    assert!(
+        log.contains("no token is printed")
+            && log.contains("corral token create --tenant default --role admin"),
+        "{log}"
+    );
+}

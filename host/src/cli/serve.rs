@@ -113,6 +113,8 @@ impl std::fmt::Display for ConfigError {
     }
 }
 
+impl std::error::Error for ConfigError {}
+
 /// The config file and where it is (`None` when no file was given and ./corral.toml is
 /// absent).
 fn load_file_config(path: Option<&PathBuf>) -> Result<(FileConfig, Option<PathBuf>), ConfigError> {
@@ -189,8 +191,6 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
     }
 }
 
-impl std::error::Error for ConfigError {}
-
 async fn serve_checked(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let (file, file_path) = load_file_config(args.config.as_ref())?;
     let file_path = file_path.as_deref();
@@ -241,8 +241,10 @@ async fn serve_checked(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> 
     // error (the file's key wins over the variable).
     let file_sealer = match &file.secrets_key {
         Some(key) => Some(crate::secrets::Sealer::from_base64(key).map_err(|e| {
-            let from = source(file_path, "secrets_key", "", "", false);
-            ConfigError(format!("{from}: {e}"))
+            let file = file_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            ConfigError(format!("config file {file}: secrets_key: {e}"))
         })?),
         None => {
             crate::secrets::Sealer::from_env().map_err(ConfigError)?;

@@ -526,7 +526,7 @@ impl Walk<'_> {
                         from_step = %step.name,
                         code = code_str(failure.code),
                         generation,
-                        "step sent back (feedback loop)"
+                        "step sent back"
                     );
                     self.steps = self.runner.store().steps(&self.run.id).await?;
                     idx = target;
@@ -1215,7 +1215,8 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
                 step = step.map(tracing::field::display),
                 status = "cancelled",
                 code = "CANCELLED",
-                "run finished (cancelled while its host was down)"
+                note = "cancelled while its host was down",
+                "run finished"
             );
         }
         return Ok(ended);
@@ -1230,7 +1231,8 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
             tracing::info!(
                 run_id = %run.id,
                 tenant = %run.tenant_id,
-                "run queued again (its host stopped before a step started)"
+                note = "its host stopped before a step started",
+                "run queued again"
             );
         }
         return Ok(requeued);
@@ -1297,7 +1299,8 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
             attempt = step.attempts,
             status = "failed",
             code = HOST_CRASH,
-            "run finished (its host stopped and the step is out of attempts)"
+            note = "its host stopped and the step is out of attempts",
+            "run finished"
         );
     } else if committed {
         tracing::info!(
@@ -1306,7 +1309,8 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
             step = %step.name,
             attempt = step.attempts,
             code = HOST_CRASH,
-            "run queued again (its host stopped during the step; it gets another attempt)"
+            note = "its host stopped during the step; it gets another attempt",
+            "run queued again"
         );
     }
     Ok(committed)

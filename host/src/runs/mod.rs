@@ -335,7 +335,8 @@ impl Runner {
                         tenant = %tenant_id,
                         status = "cancelled",
                         code = "CANCELLED",
-                        "run finished (cancelled while queued)"
+                        note = "cancelled while queued",
+                        "run finished"
                     );
                 }
                 Ok(())
@@ -368,6 +369,14 @@ impl Runner {
         let mut n = 0;
         for run in &runs {
             if executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await? {
+                tracing::info!(
+                    run_id = %run.id,
+                    tenant = %run.tenant_id,
+                    status = "cancelled",
+                    code = "CANCELLED",
+                    note = "cancelled while queued",
+                    "run finished"
+                );
                 n += 1;
             }
         }
