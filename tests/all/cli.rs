@@ -579,3 +579,93 @@ fn offline_commands_take_tenant_and_every_exit_code_is_documented() {
         assert!(out.contains(line), "{line}: {out}");
     }
 }
+
+#[test]
+fn serve_config_errors_exit_2_naming_the_file_or_flag_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("corral.toml");
+    let serve = |args: &[&str], file: Option<&str>| {
+        let mut cmd = corral();
+        cmd.env("CORRAL_DATA_DIR", dir.path())
+            .env_remove("CORRAL_DATABASE_URL")
+            .env_remove("CORRAL_SECRETS_KEY")
+            .env_remove("CORRAL_CONFIG")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args);
+        if let Some(text) = file {
+            std::fs::write(&config, text).unwrap();
+            cmd.arg("--config").arg(&config);
+        }
+        run(&mut cmd)
+    };
+    let file = config.display().to_string();
+    for (text, field) in [
+        ("max_concurrent_runs = \"eight\"\n", "max_concurrent_runs"),
+        ("listen = \"127.0.0.1:0\"\nno_such_key = 1\n", "no_such_key"),
+        ("secrets_key = \"not base64!\"\n", "secrets_key"),
+        ("cors_origins = [\"app.example\"]\n", "cors_origins"),
+        ("log_format = \"xml\"\n", "log_format"),
+        ("database_url = \"mysql://db\"\n", "database_url"),
+    ] {
+        let (code, _, err) = serve(&[], Some(text));
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(err.contains(&file) && err.contains(field), "{text}: {err}");
+    }
+    let missing = dir.path().join("absent.toml");
+    let (code, _, err) = run(corral()
+        .env("CORRAL_DATA_DIR", dir.path())
+        .args(["serve", "--config"])
+        .arg(&missing));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("absent.toml"), "{err}");
+    for (args, field) in [
+        (&["--listen", "not-an-address"][..], "--listen"),
+        (&["--database-url", "mysql://db"][..], "--database-url"),
+        (&["--cors-origin", "app.example"][..], "--cors-origin"),
+    ] {
+        let (code, _, err) = serve(args, None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(field), "{args:?}: {err}");
+    }
+    let (code, _, err) = run(corral()
+        .env("CORRAL_DATA_DIR", dir.path())
+        .env("CORRAL_SECRETS_KEY", "short")
+        .args(["serve", "--listen", "127.0.0.1:0"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("CORRAL_SECRETS_KEY"), "{err}");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_are_printed_and_know_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(corral().args(["completions", shell]));
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.len() > 500, "{shell}: {out}");
+        for word in ["serve", "token", "log-format"] {
+            assert!(out.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let (code, _, _) = run(corral().args(["completions", "tcsh"]));
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn scratch_dir_is_a_flag_of_the_commands_that_run_plugins_only() {
+    for cmd in ["call", "run", "worker", "serve"] {
+        let (code, out, err) = run(corral().args([cmd, "--help"]));
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("--scratch-dir"), "{cmd}: {out}");
+    }
+    for cmd in [
+        &["tenant", "list"][..],
+        &["token", "list"],
+        &["secret", "list"],
+        &["runs", "list"],
+    ] {
+        let (code, out, err) = run(corral().args(cmd).arg("--help"));
+        assert_eq!(code, 0, "{err}");
+        assert!(!out.contains("--scratch-dir"), "{cmd:?}: {out}");
+        let (code, _, err) = run(corral().args(cmd).args(["--scratch-dir", "/tmp"]));
+        assert_eq!(code, 2, "{cmd:?}: {err}");
+    }
+}

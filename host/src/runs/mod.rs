@@ -269,8 +269,19 @@ impl Runner {
             .create_run_linked(&new, max_queued, &registry.used())
             .await?;
         let Some((run, event)) = created else {
+            tracing::warn!(
+                tenant = %tenant_id,
+                max_queued = max_queued.unwrap_or(0),
+                "run refused: the tenant's queue is full (429)"
+            );
             return Err(RunError::TooManyQueued(max_queued.unwrap_or(0)));
         };
+        tracing::info!(
+            run_id = %run.id,
+            tenant = %tenant_id,
+            pipeline = %run.pipeline_name,
+            "run queued"
+        );
         self.inner.bus.publish(event);
         self.inner.wake.notify_one();
         Ok(run)
@@ -325,6 +336,7 @@ impl Runner {
             return Err(RunError::AlreadyFinished(run.id, run.status));
         }
         let status = store.request_cancel(run_id).await?.unwrap_or_default();
+        tracing::info!(run_id = %run_id, tenant = %tenant_id, status = %status, "run cancel requested");
         if let Some(live) = self.live(run_id) {
             live.cancel.cancel();
             return Ok(());
@@ -333,7 +345,16 @@ impl Runner {
             // Nobody is executing it, and with the flag set nobody will claim it: end it
             // here (guarded, so it still ends exactly once whoever else tries).
             "queued" => {
-                executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await?;
+                if executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await? {
+                    tracing::info!(
+                        run_id = %run_id,
+                        tenant = %tenant_id,
+                        status = "cancelled",
+                        code = "CANCELLED",
+                        note = "cancelled while queued",
+                        "run finished"
+                    );
+                }
                 Ok(())
             }
             s if crate::store::TERMINAL.contains(&s) => {
@@ -364,6 +385,14 @@ impl Runner {
         let mut n = 0;
         for run in &runs {
             if executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await? {
+                tracing::info!(
+                    run_id = %run.id,
+                    tenant = %run.tenant_id,
+                    status = "cancelled",
+                    code = "CANCELLED",
+                    note = "cancelled while queued",
+                    "run finished"
+                );
                 n += 1;
             }
         }
@@ -396,6 +425,7 @@ impl Runner {
         if !store.answer(&question, answer).await? {
             return Err(RunError::NotWaiting(run_id.to_string()));
         }
+        tracing::info!(run_id = %run_id, tenant = %tenant_id, "run answered");
         if let Some(live) = self.live(run_id) {
             live.answered.notify_waiters();
         }
