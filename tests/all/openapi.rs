@@ -567,6 +567,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     }
     std::fs::write(&config, toml).unwrap();
     let report = root().join("target/schemathesis");
+    // A longer hunt: CORRAL_SCHEMATHESIS_EXAMPLES=500.
+    let examples = std::env::var("CORRAL_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "30".into());
     let mut child = tokio::process::Command::new(&st)
         .arg("--config-file")
         .arg(&config)
@@ -583,7 +585,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
             "--exclude-path",
             "/v1/events",
             "--max-examples",
-            "30",
+            &examples,
             "--request-timeout",
             "20",
             "--workers",

@@ -11,7 +11,7 @@ use super::auth::{Admin, Caller, ClientIp, Operator, Session};
 use super::error::ApiError;
 use super::extract::{Path, Query};
 use super::handlers::Body;
-use super::types::Reply;
+use super::types::{NoContent, Reply};
 use axum::Json;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -200,6 +200,11 @@ impl AnswerDoc for Response {
     }
 }
 impl AnswerDoc for StatusCode {
+    fn answer() -> Answer {
+        Answer::Empty
+    }
+}
+impl AnswerDoc for NoContent {
     fn answer() -> Answer {
         Answer::Empty
     }

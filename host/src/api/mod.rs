@@ -846,3 +846,57 @@ fn code_header_type(code: u16) -> &'static str {
 pub fn method_of(r: &Route) -> Method {
     Method::from_bytes(r.method.as_bytes()).unwrap_or(Method::GET)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each row agrees with its handler's signature: the body kind with a `Body<T>`
+    /// argument (or the row's own request schema), the role with the caller extractor,
+    /// the success status with the answer type.
+    #[test]
+    fn every_row_agrees_with_its_handler() {
+        for r in ROUTES {
+            let (_, op) = (r.handler)();
+            let name = format!("{} {}", r.method, r.path);
+            match r.body {
+                BodyKind::Json => assert!(
+                    op.request.is_some() != r.request.is_some(),
+                    "{name}: a JSON body needs one schema, from Body<T> or the row"
+                ),
+                BodyKind::Wasm | BodyKind::None => assert!(
+                    op.request.is_none() && r.request.is_none(),
+                    "{name}: no JSON body"
+                ),
+            }
+            assert_eq!(op.role, r.role, "{name}: the row's role is the extractor's");
+            match op.answer {
+                doc::Answer::Json(_) => assert!(r.media.is_empty(), "{name}"),
+                doc::Answer::Empty => assert_eq!(r.ok, 204, "{name}"),
+                doc::Answer::Raw => assert!(!r.media.is_empty(), "{name}: say its media"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_defines_each_schema_once() {
+        let (mut requests, mut responses) = doc::generators();
+        for r in ROUTES {
+            let (_, op) = (r.handler)();
+            if let Some(f) = op.request.or(r.request) {
+                f(&mut requests);
+            }
+            if let Some(f) = op.query {
+                f(&mut requests);
+            }
+            if let doc::Answer::Json(f) = op.answer {
+                f(&mut responses);
+            }
+        }
+        responses.subschema_for::<types::ErrorBody>();
+        types::sse_event_schema(&mut responses);
+        let (schemas, conflicts) = doc::merge_definitions(&mut requests, &mut responses);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        assert!(schemas.contains_key("Error") && schemas.contains_key("RunRecord"));
+    }
+}

@@ -9,11 +9,10 @@ use super::auth::{
 };
 use super::error::ApiError;
 use super::handlers::Body;
-use super::types::{Login, Reply, SessionInfo};
+use super::types::{Login, NoContent, Reply, SessionInfo};
 use crate::store::SessionRecord;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// What the session routes answer: who the session is and its CSRF token.
@@ -95,11 +94,13 @@ pub(super) async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
     session: Session,
-) -> Result<Response, ApiError> {
+) -> Result<NoContent, ApiError> {
     state.runner.store().delete_session(&session.value).await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    if let Some(c) = cookie("", 0, over_tls(&headers, &state)) {
-        response.headers_mut().insert(header::SET_COOKIE, c);
-    }
-    Ok(response)
+    let cleared = cookie("", 0, over_tls(&headers, &state));
+    Ok(NoContent(
+        cleared
+            .map(|c| (header::SET_COOKIE, c))
+            .into_iter()
+            .collect(),
+    ))
 }

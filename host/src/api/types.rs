@@ -57,6 +57,19 @@ impl<T: Serialize> IntoResponse for Reply<T> {
     }
 }
 
+/// `204 No Content`, with extra headers.
+pub(super) struct NoContent(pub Vec<(HeaderName, HeaderValue)>);
+
+impl IntoResponse for NoContent {
+    fn into_response(self) -> Response {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        for (name, value) in self.0 {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
 /// Every error: `{"error": {"code", "message"}}`.
 #[derive(Debug, Serialize, JsonSchema)]
 #[schemars(rename = "Error")]
