@@ -18,6 +18,7 @@ mod egress;
 mod engine;
 mod hostile;
 mod logs;
+mod openapi;
 mod remote;
 mod runs;
 mod sdks;
