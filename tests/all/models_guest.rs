@@ -124,6 +124,45 @@ async fn model_chat_without_services_is_not_granted() {
     );
 }
 
+/// `corral call --json` on a fixture: its exit code and its JSON document.
+fn corral_call(name: &str, input: &Value) -> (i32, Value) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+        .env("CORRAL_DATA_DIR", root().join("target/test-data"))
+        .env_remove("RUST_LOG")
+        .arg("call")
+        .arg(plugin_path(name))
+        .args(["--json", "--input", &input.to_string()])
+        .output()
+        .unwrap();
+    let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), doc)
+}
+
+#[test]
+fn corral_call_runs_a_0_1_0_component_and_refuses_an_ungranted_model() {
+    let (code, doc) = corral_call("echo_v0_1", &json!({"hi": 1}));
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(doc["output"]["contract"], "0.1.0", "{doc:#}");
+
+    // Nothing configured: every alias is not granted, and the plugin sees why.
+    let (code, doc) = corral_call("model_prober", &json!({"alias": "fast"}));
+    assert_eq!(code, 0, "{doc:#}");
+    assert_eq!(doc["output"]["error"]["kind"], "permanent", "{doc:#}");
+    assert!(
+        doc["output"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("not granted: model `fast`"),
+        "{doc:#}"
+    );
+}
+
 #[tokio::test]
 async fn res_09_oversize_model_requests_are_invalid_input_before_conversion() {
     // A service that would answer: none of these requests may reach it.
