@@ -17,6 +17,7 @@ mod durability;
 mod egress;
 mod engine;
 mod hostile;
+mod logs;
 mod models_guest;
 mod remote;
 mod runs;

@@ -9,6 +9,7 @@ pub mod cors;
 pub mod error;
 mod extract;
 mod handlers;
+mod logging;
 pub mod metrics;
 pub mod server;
 mod session;
@@ -522,6 +523,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             cors::cors,
         ))
+        .layer(axum::middleware::from_fn(logging::log_requests))
         .with_state(state)
 }
 
