@@ -1,7 +1,7 @@
 //! Bare wasmtime: the baseline Corral is divided by.
 //!
 //! Same wasmtime settings as Corral's engine, same imports linked (WASI 0.2, `wasi:http`
-//! with every request refused, and `corral:plugin/host`, with do-nothing host
+//! with every request refused, and `corral:plugin/host` and `model`, with do-nothing host
 //! functions), a minimal Store. What is left
 //! between a bare figure and Corral's is Corral's own per-call work: its sandbox set-up
 //! (scratch directory, WASI context with a preopen and captured stdio, limiter, fuel,
@@ -205,6 +205,19 @@ impl host::Host for BareState {
         _key: String,
         _value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), types::PluginError>> {
+        Ok(Err(refused()))
+    }
+}
+
+/// `corral:plugin/model` (0.2.0), refused like the rest: the benchmarked plugins make no
+/// model calls.
+impl bindings::corral::plugin::model::Host for BareState {
+    async fn chat(
+        &mut self,
+        _alias: String,
+        _request: bindings::corral::plugin::model::ChatRequest,
+    ) -> wasmtime::Result<Result<bindings::corral::plugin::model::ChatResponse, types::PluginError>>
+    {
         Ok(Err(refused()))
     }
 }

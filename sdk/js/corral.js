@@ -34,8 +34,15 @@
 //   `callTool`, `putArtifact`, `ask`, `waitForWebhook`, `state` (`get` / `set` /
 //   `getJson` / `setJson`) and `connectorConfig`; host errors are thrown as the
 //   exceptions above.
-// Not covered: outbound HTTP (the Rust SDK's `http` feature) and model calls (no such
-// capability yet).
+// - Language models through the host (contract 0.2.0):
+//   `model("fast").chat(messages, { tools, maxTokens, temperature, stop, responseSchema })`
+//   returns `{ content, toolCalls, finishReason, usage: { inputTokens, outputTokens },
+//   cached }`. The alias must be granted (`[grants] models = ["fast"]` in corral.toml);
+//   otherwise it throws `Permanent("not granted: model `fast` ...")`. A request over the
+//   host's bounds (256 messages, 1 MiB of text, 64 tools, 64 KiB a schema, 4 stop
+//   sequences, temperature 0 to 2) throws `InvalidInput` and nothing is sent; one that
+//   cannot fit the token budget is refused with `BUDGET_EXHAUSTED`. See `wit/model.wit`.
+// Not covered: outbound HTTP (the Rust SDK's `http` feature).
 
 import {
   log as hostLog,
@@ -45,7 +52,8 @@ import {
   ask as hostAsk,
   stateGet,
   stateSet,
-} from "corral:plugin/host@0.1.0";
+} from "corral:plugin/host@0.2.0";
+import { chat as modelChat } from "corral:plugin/model@0.2.0";
 
 export const VERSION = "0.1.0";
 const DIALECT = "https://json-schema.org/draft/2020-12/schema";
@@ -469,3 +477,96 @@ export const state = {
     this.set(key, new TextEncoder().encode(dump(value, `state ${key}`)));
   },
 };
+
+// ---- language models (corral:plugin/model) ----
+
+const ROLES = new Set(["system", "user", "assistant", "tool"]);
+
+function witCall(c) {
+  const args = c.arguments === undefined ? "{}" : c.arguments;
+  return {
+    id: String(c.id ?? ""),
+    name: String(c.name ?? ""),
+    arguments: typeof args === "string" ? args : dump(args, "tool-call arguments"),
+  };
+}
+
+function witMessage(m, i) {
+  const role = String(m.role ?? "user");
+  if (!ROLES.has(role)) {
+    throw new InvalidInput(`message ${i}: role must be one of system, user, assistant, tool, not ${role}`);
+  }
+  return {
+    role,
+    content: String(m.content ?? ""),
+    toolCalls: (m.toolCalls || []).map(witCall),
+    toolCallId: m.toolCallId === undefined || m.toolCallId === null ? undefined : String(m.toolCallId),
+  };
+}
+
+function witTool(t) {
+  const params = t.parameters ?? { type: "object" };
+  return {
+    name: String(t.name ?? ""),
+    description: String(t.description ?? ""),
+    parameters: typeof params === "string" ? params : dump(params, "tool parameters"),
+  };
+}
+
+/** A model alias (`fast`, `smart`) the operator maps to a provider; see `model`. */
+export class Model {
+  constructor(alias) {
+    this.alias = String(alias);
+  }
+
+  /**
+   * Sends the conversation and waits for the whole answer. `messages` are
+   * `{ role, content, toolCalls?, toolCallId? }` (role system, user, assistant or tool);
+   * `tools` are `{ name, description, parameters }` (a JSON Schema object). Returns
+   * `{ content, toolCalls: [{ id, name, arguments, parseArguments() }], finishReason
+   * ("stop", "length", "tool-calls", "content-filter", "other"), usage: { inputTokens,
+   * outputTokens }, cached, message() }`; `message()` is the answer as an assistant
+   * message to append before the tool results. Host errors are thrown as `Transient`,
+   * `Permanent` or `InvalidInput`.
+   */
+  chat(messages, options = {}) {
+    const { tools = [], maxTokens, temperature, stop = [], responseSchema } = options;
+    const request = {
+      messages: messages.map(witMessage),
+      tools: tools.map(witTool),
+      maxTokens: maxTokens === undefined || maxTokens === null ? undefined : Number(maxTokens),
+      temperature: temperature === undefined || temperature === null ? undefined : Number(temperature),
+      stop: stop.map(String),
+      responseSchema:
+        responseSchema === undefined || responseSchema === null
+          ? undefined
+          : typeof responseSchema === "string"
+            ? responseSchema
+            : dump(responseSchema, "the response schema"),
+    };
+    const r = hostCall(modelChat, this.alias, request);
+    const toolCalls = r.toolCalls.map((c) => ({
+      id: c.id,
+      name: c.name,
+      arguments: c.arguments,
+      parseArguments() {
+        return parse(c.arguments, `the model's arguments for ${c.name}`);
+      },
+    }));
+    return {
+      content: r.content,
+      toolCalls,
+      finishReason: r.finishReason,
+      usage: { inputTokens: Number(r.usage.inputTokens), outputTokens: Number(r.usage.outputTokens) },
+      cached: Boolean(r.cached),
+      message() {
+        return { role: "assistant", content: r.content, toolCalls: toolCalls.map(witCall) };
+      },
+    };
+  }
+}
+
+/** The model the operator maps to `alias`: `model("fast").chat(messages)`. */
+export function model(alias) {
+  return new Model(alias);
+}

@@ -44,7 +44,8 @@
 //!
 //! ## What a plugin may do
 //! Everything a plugin reaches goes through the host and is deny-by-default: logging and
-//! progress always work; [`call_tool`], [`put_artifact`], [`ask`] and [`state`] work when
+//! progress always work; [`call_tool`], [`put_artifact`], [`ask`], [`state`] and
+//! [`model()`] (language models, see [`mod@model`]) work when
 //! the host grants them and otherwise fail with [`Error::Permanent`] naming the missing
 //! grant. Plugins have no network, no environment variables and no files outside the
 //! scratch directory `/work`, which is empty at the start of each call and private to it.
@@ -84,8 +85,9 @@ pub mod __bindings {
             default_bindings_module: "::corral_sdk::__bindings::tool",
             runtime_path: "::corral_sdk::__bindings::wit_bindgen::rt",
             with: {
-                "corral:plugin/types@0.1.0": super::agent::corral::plugin::types,
-                "corral:plugin/host@0.1.0": super::agent::corral::plugin::host,
+                "corral:plugin/types@0.2.0": super::agent::corral::plugin::types,
+                "corral:plugin/host@0.2.0": super::agent::corral::plugin::host,
+                "corral:plugin/model@0.2.0": super::agent::corral::plugin::model,
             },
         });
     }
@@ -99,13 +101,15 @@ pub mod __bindings {
             default_bindings_module: "::corral_sdk::__bindings::connector",
             runtime_path: "::corral_sdk::__bindings::wit_bindgen::rt",
             with: {
-                "corral:plugin/types@0.1.0": super::agent::corral::plugin::types,
-                "corral:plugin/host@0.1.0": super::agent::corral::plugin::host,
+                "corral:plugin/types@0.2.0": super::agent::corral::plugin::types,
+                "corral:plugin/host@0.2.0": super::agent::corral::plugin::host,
+                "corral:plugin/model@0.2.0": super::agent::corral::plugin::model,
             },
         });
     }
 
     pub use agent::corral::plugin::host;
+    pub use agent::corral::plugin::model;
     pub use agent::corral::plugin::types;
 }
 
@@ -449,6 +453,14 @@ pub fn connector_config<T: DeserializeOwned>() -> Result<T> {
 
 #[cfg(feature = "http")]
 pub mod http;
+
+pub mod model;
+
+/// The model the operator maps to `alias` (`fast`, `smart`), for [`model::Model::chat`].
+/// See [`mod@model`] for grants, budgets, the cache and the bounds of a request.
+pub fn model(alias: &str) -> model::Model {
+    model::Model::new(alias)
+}
 
 /// Per-run state shared by all steps of a run.
 pub mod state {

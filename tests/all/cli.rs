@@ -40,11 +40,11 @@ fn inspect_echo_reports_the_agent_world_as_json() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|i| i == "corral:plugin/host@0.1.0")
+            .any(|i| i == "corral:plugin/host@0.2.0")
     );
     assert_eq!(
         doc["exports"],
-        serde_json::json!(["corral:plugin/agent@0.1.0"])
+        serde_json::json!(["corral:plugin/agent@0.2.0"])
     );
     assert_eq!(
         doc["grants"]["tools"],

@@ -18,6 +18,7 @@ mod egress;
 mod engine;
 mod hostile;
 mod logs;
+mod models_guest;
 mod openapi;
 mod remote;
 mod runs;

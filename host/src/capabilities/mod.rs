@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod log;
+pub mod model;
 pub mod scratch;
 
 use crate::engine::bindings::{host, types};
@@ -210,5 +211,53 @@ impl host::Host for HostState {
             Ok(s) => s.state_set(&key, &value).await,
             Err(e) => Err(e),
         })
+    }
+}
+
+/// The 0.1.0 `host` interface: the same functions, the same behaviour.
+impl crate::engine::bindings::v0_1::host::Host for HostState {
+    async fn log(&mut self, level: types::Level, message: String) -> wasmtime::Result<()> {
+        host::Host::log(self, level, message).await
+    }
+
+    async fn progress(&mut self, percent: u8, label: String) -> wasmtime::Result<()> {
+        host::Host::progress(self, percent, label).await
+    }
+
+    async fn call_tool(
+        &mut self,
+        name: String,
+        arguments: String,
+    ) -> wasmtime::Result<Result<String, types::PluginError>> {
+        host::Host::call_tool(self, name, arguments).await
+    }
+
+    async fn put_artifact(
+        &mut self,
+        name: String,
+        media_type: String,
+        content: Vec<u8>,
+    ) -> wasmtime::Result<Result<String, types::PluginError>> {
+        host::Host::put_artifact(self, name, media_type, content).await
+    }
+
+    async fn ask(
+        &mut self,
+        question: String,
+        answer_schema: Option<String>,
+    ) -> wasmtime::Result<Result<String, types::PluginError>> {
+        host::Host::ask(self, question, answer_schema).await
+    }
+
+    async fn state_get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        host::Host::state_get(self, key).await
+    }
+
+    async fn state_set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> wasmtime::Result<Result<(), types::PluginError>> {
+        host::Host::state_set(self, key, value).await
     }
 }

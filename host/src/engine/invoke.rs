@@ -1,7 +1,7 @@
 //! One invocation: a fresh Store with its limits, one call into the guest, and a typed
 //! outcome, whatever the guest does.
 
-use super::bindings::{agent, connector, types};
+use super::bindings::{agent, connector, types, v0_1};
 use super::failure::{ErrorCode, Failure};
 use super::json;
 use super::limits::{Limiter, Limits};
@@ -525,106 +525,129 @@ fn guest_error(e: types::PluginError) -> Stopped {
     })
 }
 
+/// An agent world's calls; `$m` is the generated module of its contract version.
+macro_rules! call_agent {
+    ($pre:expr, $store:expr, $call:expr, $($m:ident)::+) => {{
+        let store = $store;
+        let plugin = $pre.instantiate_async(&mut *store).await?;
+        let guest = plugin.corral_plugin_agent();
+        match $call {
+            Call::Describe => {
+                let info = guest.call_describe(&mut *store).await?;
+                Ok(Output::AgentInfo(AgentInfo {
+                    name: info.name,
+                    version: info.version,
+                    description: info.description,
+                    input_schema: parse_schema(info.input_schema)?,
+                    output_schema: parse_schema(info.output_schema)?,
+                }))
+            }
+            Call::Run { ctx, input } => {
+                let ctx = $($m)::+::exports::corral::plugin::agent::Context {
+                    run_id: ctx.run_id,
+                    step: ctx.step,
+                    attempt: ctx.attempt,
+                    config: ctx.config,
+                    feedback: ctx.feedback,
+                };
+                let out = guest.call_run(&mut *store, &ctx, &input).await?;
+                out.map(Output::Json).map_err(guest_error)
+            }
+            _ => Err(wrong_world()),
+        }
+    }};
+}
+
+/// A tool world's calls.
+macro_rules! call_tool {
+    ($pre:expr, $store:expr, $call:expr) => {{
+        let store = $store;
+        let plugin = $pre.instantiate_async(&mut *store).await?;
+        let guest = plugin.corral_plugin_tool();
+        match $call {
+            Call::ListTools => {
+                let specs = guest.call_list_tools(&mut *store).await?;
+                let mut tools = Vec::with_capacity(specs.len());
+                for s in specs {
+                    let schema = serde_json::from_str(&s.input_schema).map_err(|e| {
+                        Stopped::Guest(Failure::new(
+                            ErrorCode::PluginError,
+                            format!("tool `{}` has an invalid input schema: {e}", s.name),
+                        ))
+                    })?;
+                    tools.push(ToolSpec {
+                        name: s.name,
+                        description: s.description,
+                        input_schema: schema,
+                    });
+                }
+                Ok(Output::Tools(tools))
+            }
+            Call::CallTool { name, arguments } => {
+                let out = guest.call_call(&mut *store, &name, &arguments).await?;
+                out.map(Output::Json).map_err(guest_error)
+            }
+            _ => Err(wrong_world()),
+        }
+    }};
+}
+
+/// A connector world's calls; `$m` is the generated module of its contract version.
+macro_rules! call_connector {
+    ($pre:expr, $store:expr, $call:expr, $($m:ident)::+) => {{
+        let store = $store;
+        let plugin = $pre.instantiate_async(&mut *store).await?;
+        let guest = plugin.corral_plugin_connector();
+        match $call {
+            Call::ConnectorDescribe => {
+                let i = guest.call_describe(&mut *store).await?;
+                Ok(Output::ConnectorInfo(ConnectorInfo {
+                    name: i.name,
+                    version: i.version,
+                    description: i.description,
+                }))
+            }
+            Call::Pull { query, cursor } => {
+                let page = guest
+                    .call_pull(&mut *store, &query, cursor.as_deref())
+                    .await?
+                    .map_err(guest_error)?;
+                Ok(Output::Page {
+                    items: page.items,
+                    next_cursor: page.next_cursor,
+                })
+            }
+            Call::Push { items } => {
+                let n = guest.call_push(&mut *store, &items).await?;
+                n.map(Output::Count).map_err(guest_error)
+            }
+            Call::Webhook { headers, body } => {
+                let req = $($m)::+::exports::corral::plugin::connector::WebhookRequest {
+                    headers,
+                    body,
+                };
+                let items = guest.call_handle_webhook(&mut *store, &req).await?;
+                items.map(Output::Items).map_err(guest_error)
+            }
+            _ => Err(wrong_world()),
+        }
+    }};
+}
+
 async fn call_guest(
     pre: &WorldPre,
     store: &mut Store<HostState>,
     call: Call,
 ) -> Result<Output, Stopped> {
-    match (pre, call) {
-        (WorldPre::Agent(pre), call) => {
-            let plugin = pre.instantiate_async(&mut *store).await?;
-            let guest = plugin.corral_plugin_agent();
-            match call {
-                Call::Describe => {
-                    let info = guest.call_describe(&mut *store).await?;
-                    Ok(Output::AgentInfo(AgentInfo {
-                        name: info.name,
-                        version: info.version,
-                        description: info.description,
-                        input_schema: parse_schema(info.input_schema)?,
-                        output_schema: parse_schema(info.output_schema)?,
-                    }))
-                }
-                Call::Run { ctx, input } => {
-                    let ctx = agent::exports::corral::plugin::agent::Context {
-                        run_id: ctx.run_id,
-                        step: ctx.step,
-                        attempt: ctx.attempt,
-                        config: ctx.config,
-                        feedback: ctx.feedback,
-                    };
-                    let out = guest.call_run(&mut *store, &ctx, &input).await?;
-                    out.map(Output::Json).map_err(guest_error)
-                }
-                _ => Err(wrong_world()),
-            }
-        }
-        (WorldPre::Tool(pre), call) => {
-            let plugin = pre.instantiate_async(&mut *store).await?;
-            let guest = plugin.corral_plugin_tool();
-            match call {
-                Call::ListTools => {
-                    let specs = guest.call_list_tools(&mut *store).await?;
-                    let mut tools = Vec::with_capacity(specs.len());
-                    for s in specs {
-                        let schema = serde_json::from_str(&s.input_schema).map_err(|e| {
-                            Stopped::Guest(Failure::new(
-                                ErrorCode::PluginError,
-                                format!("tool `{}` has an invalid input schema: {e}", s.name),
-                            ))
-                        })?;
-                        tools.push(ToolSpec {
-                            name: s.name,
-                            description: s.description,
-                            input_schema: schema,
-                        });
-                    }
-                    Ok(Output::Tools(tools))
-                }
-                Call::CallTool { name, arguments } => {
-                    let out = guest.call_call(&mut *store, &name, &arguments).await?;
-                    out.map(Output::Json).map_err(guest_error)
-                }
-                _ => Err(wrong_world()),
-            }
-        }
-        (WorldPre::Connector(pre), call) => {
-            let plugin = pre.instantiate_async(&mut *store).await?;
-            let guest = plugin.corral_plugin_connector();
-            match call {
-                Call::ConnectorDescribe => {
-                    let i = guest.call_describe(&mut *store).await?;
-                    Ok(Output::ConnectorInfo(ConnectorInfo {
-                        name: i.name,
-                        version: i.version,
-                        description: i.description,
-                    }))
-                }
-                Call::Pull { query, cursor } => {
-                    let page = guest
-                        .call_pull(&mut *store, &query, cursor.as_deref())
-                        .await?
-                        .map_err(guest_error)?;
-                    Ok(Output::Page {
-                        items: page.items,
-                        next_cursor: page.next_cursor,
-                    })
-                }
-                Call::Push { items } => {
-                    let n = guest.call_push(&mut *store, &items).await?;
-                    n.map(Output::Count).map_err(guest_error)
-                }
-                Call::Webhook { headers, body } => {
-                    let req = connector::exports::corral::plugin::connector::WebhookRequest {
-                        headers,
-                        body,
-                    };
-                    let items = guest.call_handle_webhook(&mut *store, &req).await?;
-                    items.map(Output::Items).map_err(guest_error)
-                }
-                _ => Err(wrong_world()),
-            }
-        }
+    // The same calls for both contract versions: their exports are the same, in
+    // different generated modules.
+    match pre {
+        WorldPre::Agent(pre) => call_agent!(pre, store, call, agent),
+        WorldPre::AgentV0_1(pre) => call_agent!(pre, store, call, v0_1::agent),
+        WorldPre::Tool(pre) => call_tool!(pre, store, call),
+        WorldPre::ToolV0_1(pre) => call_tool!(pre, store, call),
+        WorldPre::Connector(pre) => call_connector!(pre, store, call, connector),
+        WorldPre::ConnectorV0_1(pre) => call_connector!(pre, store, call, v0_1::connector),
     }
 }
 

@@ -4,7 +4,7 @@
 //! not a component, a disabled proposal, an unknown world, a missing export, an import
 //! the host does not provide.
 
-use super::bindings::{agent, connector, tool};
+use super::bindings::{agent, connector, tool, v0_1};
 use super::cache::FileIdent;
 use super::{Engine, ErrorCode, Failure};
 use crate::capabilities::HostState;
@@ -15,9 +15,29 @@ use std::sync::atomic::Ordering;
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre};
 
-/// The contract's package and the versions of it this host speaks.
+/// The contract's package and the versions of it this host speaks: 0.2 (current) and
+/// 0.1 (frozen in `wit/archive/0.1.0/`).
 const PACKAGE: &str = "corral:plugin";
-const VERSION_PREFIX: &str = "0.1.";
+const VERSION_PREFIXES: [&str; 2] = ["0.2.", "0.1."];
+
+/// Which version of the contract a component's world export is of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Contract {
+    V0_1,
+    V0_2,
+}
+
+impl Contract {
+    fn of(version: &str) -> Option<Contract> {
+        if version.starts_with("0.2.") {
+            Some(Contract::V0_2)
+        } else if version.starts_with("0.1.") {
+            Some(Contract::V0_1)
+        } else {
+            None
+        }
+    }
+}
 
 /// Which plugin world a component implements, told by what it exports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,7 +80,11 @@ fn import_allowed(name: &str) -> bool {
         return false;
     };
     match path.split_once('/') {
-        Some((PACKAGE, "host" | "types")) => version.starts_with(VERSION_PREFIX),
+        Some((PACKAGE, "host" | "types")) => {
+            VERSION_PREFIXES.iter().any(|p| version.starts_with(p))
+        }
+        // Language models came with 0.2.
+        Some((PACKAGE, "model")) => version.starts_with("0.2."),
         Some((
             "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:cli" | "wasi:filesystem"
             | "wasi:sockets" | "wasi:http",
@@ -74,6 +98,10 @@ pub(super) enum WorldPre {
     Agent(agent::AgentPluginPre<HostState>),
     Tool(tool::ToolPluginPre<HostState>),
     Connector(connector::ConnectorPluginPre<HostState>),
+    /// The same worlds, built against corral:plugin@0.1.0.
+    AgentV0_1(v0_1::agent::AgentPluginPre<HostState>),
+    ToolV0_1(v0_1::tool::ToolPluginPre<HostState>),
+    ConnectorV0_1(v0_1::connector::ConnectorPluginPre<HostState>),
 }
 
 /// A loaded plugin: checked, compiled, and ready to instantiate many times.
@@ -123,28 +151,29 @@ fn check_imports(imports: &[String]) -> Result<(), Failure> {
     match imports.iter().find(|n| !import_allowed(n)) {
         Some(bad) => Err(Failure::invalid_component(format!(
             "imports `{bad}`, which this host does not provide (a plugin may import \
-             {PACKAGE}/host@0.1 and WASI 0.2: io, clocks, random, cli, filesystem, sockets, http)"
+             {PACKAGE}/host@0.2 or @0.1, {PACKAGE}/model@0.2, and WASI 0.2: io, clocks, random, \
+             cli, filesystem, sockets, http)"
         ))),
         None => Ok(()),
     }
 }
 
 /// The one world a component's exports (name, whether an instance) implement.
-fn world_of(exports: &[(String, bool)]) -> Result<World, Failure> {
-    let worlds: Vec<World> = exports
+fn world_of(exports: &[(String, bool)]) -> Result<(World, Contract), Failure> {
+    let worlds: Vec<(World, Contract)> = exports
         .iter()
         .filter(|(_, instance)| *instance)
         .filter_map(|(name, _)| {
-            name.split_once('@')
-                .filter(|(_, v)| v.starts_with(VERSION_PREFIX))
-                .and_then(|(path, _)| path.strip_prefix("corral:plugin/"))
-                .and_then(World::from_interface)
+            let (path, version) = name.split_once('@')?;
+            let contract = Contract::of(version)?;
+            let world = World::from_interface(path.strip_prefix("corral:plugin/")?)?;
+            Some((world, contract))
         })
         .collect();
     match worlds.as_slice() {
         [world] => Ok(*world),
         [] => Err(Failure::invalid_component(format!(
-            "exports none of corral:plugin/agent, tool or connector @0.1 (it exports: {})",
+            "exports none of corral:plugin/agent, tool or connector @0.2 or @0.1 (it exports: {})",
             if exports.is_empty() {
                 "nothing".to_string()
             } else {
@@ -423,7 +452,7 @@ impl Engine {
                 (name.to_string(), instance)
             })
             .collect();
-        let world = world_of(&exports)?;
+        let (world, contract) = world_of(&exports)?;
         let exports: Vec<String> = exports.into_iter().map(|(name, _)| name).collect();
 
         let pre: InstancePre<HostState> = self
@@ -438,12 +467,25 @@ impl Engine {
                 describe_error(&e)
             ))
         };
-        let pre = match world {
-            World::Agent => WorldPre::Agent(agent::AgentPluginPre::new(pre).map_err(missing)?),
-            World::Tool => WorldPre::Tool(tool::ToolPluginPre::new(pre).map_err(missing)?),
-            World::Connector => {
+        let pre = match (world, contract) {
+            (World::Agent, Contract::V0_2) => {
+                WorldPre::Agent(agent::AgentPluginPre::new(pre).map_err(missing)?)
+            }
+            (World::Tool, Contract::V0_2) => {
+                WorldPre::Tool(tool::ToolPluginPre::new(pre).map_err(missing)?)
+            }
+            (World::Connector, Contract::V0_2) => {
                 WorldPre::Connector(connector::ConnectorPluginPre::new(pre).map_err(missing)?)
             }
+            (World::Agent, Contract::V0_1) => {
+                WorldPre::AgentV0_1(v0_1::agent::AgentPluginPre::new(pre).map_err(missing)?)
+            }
+            (World::Tool, Contract::V0_1) => {
+                WorldPre::ToolV0_1(v0_1::tool::ToolPluginPre::new(pre).map_err(missing)?)
+            }
+            (World::Connector, Contract::V0_1) => WorldPre::ConnectorV0_1(
+                v0_1::connector::ConnectorPluginPre::new(pre).map_err(missing)?,
+            ),
         };
         Ok(Plugin {
             digest: digest(digest_hex),
@@ -467,7 +509,10 @@ mod tests {
     fn imports_outside_the_contract_and_wasi_02_are_refused() {
         assert!(import_allowed("corral:plugin/host@0.1.0"));
         assert!(import_allowed("wasi:cli/environment@0.2.6"));
-        assert!(!import_allowed("corral:plugin/host@0.2.0"));
+        assert!(import_allowed("corral:plugin/host@0.2.0"));
+        assert!(import_allowed("corral:plugin/model@0.2.0"));
+        assert!(!import_allowed("corral:plugin/model@0.1.0"));
+        assert!(!import_allowed("corral:plugin/host@0.3.0"));
         // wasi:http is linked; each request is checked against the plugin's grants.
         assert!(import_allowed("wasi:http/outgoing-handler@0.2.0"));
         assert!(!import_allowed("wasi:http/outgoing-handler@0.3.0"));

@@ -275,7 +275,8 @@ pub fn wasmtime_config(config: &EngineConfig) -> anyhow::Result<wasmtime::Config
     Ok(cfg)
 }
 
-/// The one linker: Corral's `host` interface plus WASI 0.2. Sockets are linked so
+/// The one linker: Corral's `host` and `model` interfaces (0.2.0, and 0.1.0's `host`)
+/// plus WASI 0.2. Sockets are linked so
 /// that language runtimes which import them still load, but the WASI context of
 /// every Store denies every address and name lookup.
 fn build_linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostState>> {
@@ -294,7 +295,14 @@ fn build_linker(engine: &wasmtime::Engine) -> anyhow::Result<Linker<HostState>> 
         &mut linker,
         |state| state,
     )
-    .map_err(|e| anyhow::anyhow!("linking corral:plugin/host: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("linking corral:plugin/host and model @0.2.0: {e}"))?;
+    // Components built against the frozen 0.1.0 contract keep running: its `host` is
+    // linked beside 0.2.0's (the two are not semver-compatible, so both are needed).
+    bindings::v0_1::host::add_to_linker::<_, wasmtime::component::HasSelf<HostState>>(
+        &mut linker,
+        |state| state,
+    )
+    .map_err(|e| anyhow::anyhow!("linking corral:plugin/host@0.1.0: {e}"))?;
     Ok(linker)
 }
 

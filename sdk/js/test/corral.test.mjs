@@ -101,3 +101,33 @@ test("host functions and their errors", () => {
   assert.throws(() => corral.callTool("t"), (e) => e instanceof corral.Permanent && e.message === "not granted: tool t");
   delete globalThis.hostErrors.callTool;
 });
+
+test("model().chat converts the request and the answer", () => {
+  const r = corral.model("fast").chat(
+    [{ role: "system", content: "be brief" }, { role: "user", content: "count" }],
+    { tools: [{ name: "word-count", description: "counts", parameters: { type: "object" } }], maxTokens: 64, temperature: 0 },
+  );
+  const [name, alias, req] = globalThis.hostCalls.at(-1);
+  assert.equal(name, "chat");
+  assert.equal(alias, "fast");
+  assert.deepEqual(req.messages.map((m) => m.role), ["system", "user"]);
+  assert.deepEqual(JSON.parse(req.tools[0].parameters), { type: "object" });
+  assert.equal(req.maxTokens, 64);
+  assert.equal(r.finishReason, "tool-calls");
+  assert.deepEqual(r.usage, { inputTokens: 12, outputTokens: 3 });
+  assert.deepEqual(r.toolCalls[0].parseArguments(), { text: "a b" });
+  corral.model("fast").chat([r.message(), { role: "tool", content: "2", toolCallId: "c1" }]);
+  const [, , again] = globalThis.hostCalls.at(-1);
+  assert.equal(again.messages[0].toolCalls[0].name, "word-count");
+  assert.equal(again.messages[1].toolCallId, "c1");
+});
+
+test("model errors are thrown as the SDK's exceptions", () => {
+  globalThis.hostErrors.chat = { tag: "permanent", val: "not granted: model `x`" };
+  try {
+    assert.throws(() => corral.model("x").chat([{ role: "user", content: "hi" }]), corral.Permanent);
+  } finally {
+    delete globalThis.hostErrors.chat;
+  }
+  assert.throws(() => corral.model("x").chat([{ role: "robot", content: "hi" }]), corral.InvalidInput);
+});

@@ -12,3 +12,10 @@ export const putArtifact = rec("putArtifact", "art_1");
 export const ask = rec("ask", '{"approved": true}');
 export const stateGet = rec("stateGet", (k) => (k === "k" ? new TextEncoder().encode('{"x":1}') : undefined));
 export const stateSet = rec("stateSet");
+export const chat = rec("chat", () => ({
+  content: "",
+  toolCalls: [{ id: "c1", name: "word-count", arguments: '{"text":"a b"}' }],
+  finishReason: "tool-calls",
+  usage: { inputTokens: 12n, outputTokens: 3n },
+  cached: false,
+}));

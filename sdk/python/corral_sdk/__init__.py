@@ -43,9 +43,19 @@ What the SDK covers:
   ``progress``, ``call_tool``, ``put_artifact``, ``ask``, ``wait_for_webhook``,
   ``state`` (``get``/``set``/``get_json``/``set_json``) and
   ``connector_config``. Host errors come back as the exceptions above.
+- Language models through the host (contract 0.2.0): ``model("fast").chat(
+  messages, tools=..., max_tokens=..., temperature=..., stop=...,
+  response_schema=...)`` returns a ``ChatResponse`` (``content``,
+  ``tool_calls``, ``finish_reason``, ``usage``, ``cached``). The alias must be
+  granted (``[grants] models = ["fast"]`` in ``corral.toml``); otherwise the
+  call raises ``Permanent("not granted: model `fast` ...")``. A request over
+  the host's bounds (256 messages, 1 MiB of text, 64 tools, 64 KiB a schema,
+  4 stop sequences, temperature 0 to 2) raises ``InvalidInput`` and nothing is
+  sent; one that cannot fit the token budget is refused with
+  ``BUDGET_EXHAUSTED``. See ``wit/model.wit``.
 
 Not covered: outbound HTTP (the Rust SDK's ``http`` feature; componentize-py
-would need the ``wasi:http`` bindings) and model calls (no such capability yet).
+would need the ``wasi:http`` bindings).
 
 Plain CPython can import this module (the bindings are imported only when a
 host function is called), so plugin logic can be unit tested without a build.
@@ -89,6 +99,11 @@ __all__ = [
     "wait_for_webhook",
     "connector_config",
     "state",
+    "model",
+    "Model",
+    "ChatResponse",
+    "ToolCall",
+    "Usage",
 ]
 
 __version__ = "0.1.0"
@@ -102,6 +117,10 @@ try:
     from wit_world.imports import types as _wit
 except ImportError:  # plain CPython
     _Err = _wit_host = _wit = None
+try:
+    from wit_world.imports import model as _wit_model
+except ImportError:  # plain CPython, or bindings of a contract without models
+    _wit_model = None
 
 
 def _bindings_missing(*_args, **_kwargs):
@@ -852,3 +871,136 @@ class _State:
 
 
 state = _State()
+
+
+# ---------------------------------------------------------------------------
+# Language models (corral:plugin/model)
+
+
+@dataclasses.dataclass
+class ToolCall:
+    """The model asking for a tool to be called. ``arguments`` is the text the
+    model wrote (meant to be a JSON object, not checked by the host)."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def parse_arguments(self) -> Any:
+        """The arguments as JSON; text that is not JSON raises ``InvalidInput``."""
+        return _loads(self.arguments, f"the model's arguments for {self.name}")
+
+
+@dataclasses.dataclass
+class Usage:
+    """Tokens one call used, as the provider reported them."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclasses.dataclass
+class ChatResponse:
+    """A model's answer. ``finish_reason`` is ``stop``, ``length``,
+    ``tool-calls``, ``content-filter`` or ``other``; ``cached`` says it came
+    from the host's cache (and cost no tokens)."""
+
+    content: str
+    tool_calls: list
+    finish_reason: str
+    usage: Usage
+    cached: bool = False
+
+    def message(self) -> dict:
+        """The answer as an assistant message, to append to the conversation
+        before the tool results."""
+        return {"role": "assistant", "content": self.content, "tool_calls": list(self.tool_calls)}
+
+
+_ROLES = ("system", "user", "assistant", "tool")
+
+
+def _field(value: Any, name: str, default: Any = None) -> Any:
+    if isinstance(value, dict):
+        return value.get(name, default)
+    return getattr(value, name, default)
+
+
+def _wit_message(m: Any, i: int):
+    role = str(_field(m, "role", "user"))
+    if role not in _ROLES:
+        raise InvalidInput(f"message {i}: role must be one of {', '.join(_ROLES)}, not {role!r}")
+    calls = [
+        _wit_model.ToolCall(
+            id=str(_field(c, "id", "")),
+            name=str(_field(c, "name", "")),
+            arguments=(lambda a: a if isinstance(a, str) else _dumps(a, "tool-call arguments"))(
+                _field(c, "arguments", "{}")
+            ),
+        )
+        for c in (_field(m, "tool_calls") or [])
+    ]
+    call_id = _field(m, "tool_call_id")
+    return _wit_model.Message(
+        role=getattr(_wit_model.Role, role.upper()),
+        content=str(_field(m, "content", "") or ""),
+        tool_calls=calls,
+        tool_call_id=None if call_id is None else str(call_id),
+    )
+
+
+def _wit_tool(t: Any):
+    params = _field(t, "parameters") or {"type": "object"}
+    return _wit_model.ToolDefinition(
+        name=str(_field(t, "name", "")),
+        description=str(_field(t, "description", "") or ""),
+        parameters=params if isinstance(params, str) else _dumps(params, "tool parameters"),
+    )
+
+
+class Model:
+    """A model alias (``fast``, ``smart``) the operator maps to a provider;
+    made by ``model(alias)``."""
+
+    def __init__(self, alias: str):
+        self.alias = str(alias)
+
+    def chat(self, messages: list, *, tools: Optional[list] = None,
+             max_tokens: Optional[int] = None, temperature: Optional[float] = None,
+             stop: Optional[list] = None, response_schema: Any = None) -> ChatResponse:
+        """Sends the conversation and waits for the whole answer.
+
+        ``messages`` are dicts (or objects) with ``role`` (system, user,
+        assistant, tool), ``content``, and for an assistant message
+        ``tool_calls`` (``ToolCall``s or dicts), for a tool message
+        ``tool_call_id``. ``tools`` are dicts with ``name``, ``description``
+        and ``parameters`` (a JSON Schema dict). Host errors raise
+        ``Transient``, ``Permanent`` or ``InvalidInput``.
+        """
+        if _wit_model is None:
+            _bindings_missing()
+        schema = response_schema
+        if schema is not None and not isinstance(schema, str):
+            schema = _dumps(schema, "the response schema")
+        request = _wit_model.ChatRequest(
+            messages=[_wit_message(m, i) for i, m in enumerate(messages)],
+            tools=[_wit_tool(t) for t in (tools or [])],
+            max_tokens=None if max_tokens is None else int(max_tokens),
+            temperature=None if temperature is None else float(temperature),
+            stop=[str(s) for s in (stop or [])],
+            response_schema=schema,
+        )
+        r = _host_call(_wit_model.chat, self.alias, request)
+        reason = getattr(r.finish_reason, "name", str(r.finish_reason))
+        return ChatResponse(
+            content=r.content,
+            tool_calls=[ToolCall(c.id, c.name, c.arguments) for c in r.tool_calls],
+            finish_reason=str(reason).lower().replace("_", "-"),
+            usage=Usage(r.usage.input_tokens, r.usage.output_tokens),
+            cached=bool(r.cached),
+        )
+
+
+def model(alias: str) -> Model:
+    """The model the operator maps to ``alias``: ``model("fast").chat(messages)``."""
+    return Model(alias)

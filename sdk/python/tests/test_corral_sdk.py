@@ -289,5 +289,76 @@ class HostFunctions(Fakes):
         self.assertEqual(e.exception.message, "not granted: tool t")
 
 
+class _Role(enum.Enum):
+    SYSTEM = 0
+    USER = 1
+    ASSISTANT = 2
+    TOOL = 3
+
+
+class _Finish(enum.Enum):
+    STOP = 0
+    LENGTH = 1
+    TOOL_CALLS = 2
+    CONTENT_FILTER = 3
+    OTHER = 4
+
+
+class Models(Fakes):
+    """`model(alias).chat(...)` against a fake `wit_world.imports.model`."""
+
+    def setUp(self):
+        super().setUp()
+        m = types.ModuleType("wit_world.imports.model")
+        m.Role, m.FinishReason = _Role, _Finish
+        for name in ["ToolCall", "Message", "ToolDefinition", "ChatRequest"]:
+            setattr(m, name, _Record)
+        self.requests = []
+        self.reply = _Record(
+            content="", finish_reason=_Finish.TOOL_CALLS, cached=False,
+            tool_calls=[_Record(id="c1", name="word-count", arguments='{"text": "a b"}')],
+            usage=_Record(input_tokens=12, output_tokens=3),
+        )
+
+        def chat(alias, request):
+            self.requests.append((alias, request))
+            if isinstance(self.reply, Exception):
+                raise self.reply
+            return self.reply
+
+        m.chat = chat
+        self.sdk._wit_model = m
+
+    def test_chat_converts_the_request_and_the_answer(self):
+        sdk = self.sdk
+        r = sdk.model("fast").chat(
+            [{"role": "system", "content": "be brief"}, {"role": "user", "content": "count"}],
+            tools=[{"name": "word-count", "description": "counts", "parameters": {"type": "object"}}],
+            max_tokens=64, temperature=0,
+        )
+        alias, req = self.requests[-1]
+        self.assertEqual(alias, "fast")
+        self.assertEqual([m.role for m in req.messages], [_Role.SYSTEM, _Role.USER])
+        self.assertEqual(json.loads(req.tools[0].parameters), {"type": "object"})
+        self.assertEqual((req.max_tokens, req.temperature, req.stop), (64, 0.0, []))
+        self.assertEqual(r.finish_reason, "tool-calls")
+        self.assertEqual(r.usage, sdk.Usage(12, 3))
+        call = r.tool_calls[0]
+        self.assertEqual(call.parse_arguments(), {"text": "a b"})
+        history = [r.message(), {"role": "tool", "content": "2", "tool_call_id": call.id}]
+        sdk.model("fast").chat(history)
+        _, req = self.requests[-1]
+        self.assertEqual(req.messages[0].tool_calls[0].name, "word-count")
+        self.assertEqual(req.messages[1].tool_call_id, "c1")
+
+    def test_errors_become_exceptions(self):
+        self.reply = _Err(self.wit.PluginError_Permanent("not granted: model `x`"))
+        with self.assertRaises(self.sdk.Permanent) as e:
+            self.sdk.model("x").chat([{"role": "user", "content": "hi"}])
+        self.assertIn("not granted", e.exception.message)
+        with self.assertRaises(self.sdk.InvalidInput):
+            self.sdk.model("x").chat([{"role": "robot", "content": "hi"}])
+
+
 if __name__ == "__main__":
     unittest.main()

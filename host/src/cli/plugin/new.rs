@@ -73,6 +73,7 @@ const WIT: &[(&str, &str)] = &[
         include_str!("../../../../wit/connector.wit"),
     ),
     ("wit/host.wit", include_str!("../../../../wit/host.wit")),
+    ("wit/model.wit", include_str!("../../../../wit/model.wit")),
     ("wit/tool.wit", include_str!("../../../../wit/tool.wit")),
     ("wit/types.wit", include_str!("../../../../wit/types.wit")),
     ("wit/worlds.wit", include_str!("../../../../wit/worlds.wit")),
