@@ -5,7 +5,6 @@
 //! protocol has no response-format field: a response schema is sent as an instruction
 //! appended to the system prompt (the answer is not validated against it by the host).
 
-
 // Only serde_json::Value is indexed here, and reading `value[key]` or `value[n]` never
 // panics (a missing key, index or a value of another type reads as null).
 #![allow(clippy::indexing_slicing)]

@@ -1,7 +1,6 @@
 //! The OpenAI-style chat completions protocol (`POST {base_url}/chat/completions`), as
 //! OpenAI, vLLM, llama.cpp's server, Ollama and many hosted services speak it.
 
-
 // Only serde_json::Value is indexed here, and reading `value[key]` or `value[n]` never
 // panics (a missing key, index or a value of another type reads as null).
 #![allow(clippy::indexing_slicing)]

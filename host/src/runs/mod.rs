@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     /// Runs executing in this process.
     pub(crate) live: Mutex<HashMap<String, Live>>,
     wake: Notify,
+    /// The operator's models (`corral:plugin/model`), when any are configured.
+    pub(crate) models: std::sync::OnceLock<Arc<dyn crate::models::ModelGateway>>,
 }
 
 /// Handles to a run executing in this process.
@@ -136,6 +138,7 @@ impl Runner {
                 owner: crate::store::new_id("host"),
                 live: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                models: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -143,6 +146,17 @@ impl Runner {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Gives the runner its model gateway (once; a second call changes nothing and
+    /// answers false).
+    pub fn set_models(&self, gateway: Arc<dyn crate::models::ModelGateway>) -> bool {
+        self.inner.models.set(gateway).is_ok()
+    }
+
+    /// The model gateway, if one was set.
+    pub fn models(&self) -> Option<&Arc<dyn crate::models::ModelGateway>> {
+        self.inner.models.get()
     }
 
     /// The event bus.
