@@ -122,6 +122,8 @@ pub(crate) struct Live {
     /// The run's fuel total as committed (from its claim, plus every charge since), so
     /// budgets and the final event need no read of the run.
     pub(crate) fuel: Arc<std::sync::atomic::AtomicI64>,
+    /// Model tokens this process has charged to the run (for its `[budget] tokens`).
+    pub(crate) tokens: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Runner {
@@ -152,6 +154,13 @@ impl Runner {
     /// answers false).
     pub fn set_models(&self, gateway: Arc<dyn crate::models::ModelGateway>) -> bool {
         self.inner.models.set(gateway).is_ok()
+    }
+
+    /// The model aliases configured for `tenant_id` (none without a gateway).
+    pub fn model_aliases(&self, tenant_id: &str) -> Vec<String> {
+        self.models()
+            .map(|g| g.aliases(tenant_id))
+            .unwrap_or_default()
     }
 
     /// The model gateway, if one was set.
@@ -294,6 +303,9 @@ impl Runner {
         pipeline
             .load_tools(&self.inner.engine, Some(&registry), &manifests)
             .await
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        pipeline
+            .check_models(&manifests, &self.model_aliases(tenant_id))
             .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
         Ok(registry)
     }

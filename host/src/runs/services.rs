@@ -34,6 +34,30 @@ pub(crate) struct ToolGrant {
     pub(crate) fuel: u64,
     pub(crate) timeout: Duration,
     pub(crate) run_budget: Option<u64>,
+    /// The model aliases the step may use (checked against the manifest and the
+    /// operator's configuration at load).
+    pub(crate) models: Vec<String>,
+    /// Model tokens per attempt (`None`: unlimited).
+    pub(crate) tokens: Option<u64>,
+    /// Model tokens for the whole run (`None`: unlimited).
+    pub(crate) run_tokens: Option<u64>,
+}
+
+/// The fewest answer tokens a clamped call is still sent with; below that the call is
+/// refused with `BUDGET_EXHAUSTED`.
+pub const MIN_ANSWER_TOKENS: u64 = 16;
+/// Most bytes of streamed text in one `model` event.
+const MAX_DELTA_EVENT: usize = 16 << 10;
+/// Least time between two `model` delta events of one call.
+const DELTA_INTERVAL: Duration = Duration::from_millis(300);
+
+/// The prompt-token estimate a call is checked with before it is sent: the request's
+/// messages, tools and schema as JSON, in bytes, divided by 4 and rounded up.
+pub fn estimate_prompt_tokens(request: &crate::models::ChatRequest) -> u64 {
+    let bytes = serde_json::to_vec(&(&request.messages, &request.tools, &request.response_schema))
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX)
 }
 
 /// The services of one step attempt.
@@ -53,6 +77,11 @@ pub(crate) struct StepServices {
     config: Option<String>,
     /// The attempt's queued guest events, committed before each event of the services'.
     guest_events: Option<super::guest_events::GuestEvents>,
+    /// Model tokens this attempt used (the provider's reported usage).
+    tokens_used: std::sync::atomic::AtomicU64,
+    /// A model call was refused, or charged past a token budget: the attempt fails with
+    /// `BUDGET_EXHAUSTED`.
+    tokens_exhausted: std::sync::atomic::AtomicBool,
 }
 
 /// The reserved state key under which a connector step reads its config.
@@ -83,6 +112,8 @@ impl StepServices {
             last_artifact: Mutex::new(None),
             config: None,
             guest_events: None,
+            tokens_used: Default::default(),
+            tokens_exhausted: Default::default(),
         }
     }
 
@@ -104,6 +135,16 @@ impl StepServices {
     pub(crate) fn with_config(mut self, config: String) -> Self {
         self.config = Some(config);
         self
+    }
+
+    /// Model tokens this attempt used.
+    pub(crate) fn tokens_used(&self) -> u64 {
+        self.tokens_used.load(Ordering::Relaxed)
+    }
+
+    /// Whether a token budget stopped (or was overrun by) a model call of this attempt.
+    pub(crate) fn tokens_exhausted(&self) -> bool {
+        self.tokens_exhausted.load(Ordering::Relaxed)
     }
 
     /// The last artifact this attempt stored, for the step's `complete` event.
@@ -162,6 +203,15 @@ impl RunServices for StepServices {
 
     async fn call_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
         self.call_granted_tool(name, arguments).await
+    }
+
+    async fn model(
+        &self,
+        alias: &str,
+        request: &crate::models::ChatRequest,
+        deltas: crate::models::DeltaSink<'_>,
+    ) -> Result<crate::models::ChatResponse, PluginError> {
+        self.call_model(alias, request, deltas).await
     }
 
     async fn put_artifact(
@@ -369,6 +419,199 @@ impl RunServices for StepServices {
 }
 
 impl StepServices {
+    /// What is left of the attempt's and the run's token budgets (`None`: unlimited).
+    fn tokens_left(&self) -> Option<u64> {
+        let attempt = self
+            .grant
+            .tokens
+            .map(|t| t.saturating_sub(self.tokens_used.load(Ordering::Relaxed)));
+        let run = self
+            .grant
+            .run_tokens
+            .map(|t| t.saturating_sub(self.live.tokens.load(Ordering::Relaxed)));
+        match (attempt, run) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
+    }
+
+    fn budget_refusal(&self, message: String) -> PluginError {
+        self.tokens_exhausted.store(true, Ordering::Relaxed);
+        PluginError::Permanent(format!("BUDGET_EXHAUSTED: {message}"))
+    }
+
+    /// `model.complete`: a granted alias, under the token budgets (see
+    /// [`estimate_prompt_tokens`]; a call that does not fit is clamped to what is left, or
+    /// refused when fewer than [`MIN_ANSWER_TOKENS`] answer tokens would be left), charged
+    /// with the provider's usage, with an event per call and throttled delta events.
+    async fn call_model(
+        &self,
+        alias: &str,
+        request: &crate::models::ChatRequest,
+        deltas: crate::models::DeltaSink<'_>,
+    ) -> Result<crate::models::ChatResponse, PluginError> {
+        if !self.grant.models.iter().any(|a| a == alias) {
+            let granted = if self.grant.models.is_empty() {
+                "no models".to_string()
+            } else {
+                self.grant.models.join(", ")
+            };
+            return Err(not_granted(&format!(
+                "model `{}` (this step may use: {granted})",
+                crate::capabilities::log::neutralise(alias, 64)
+            )));
+        }
+        let Some(gateway) = self.runner.models().cloned() else {
+            return Err(not_granted(&format!("model `{alias}`")));
+        };
+        let tenant = &self.run.tenant_id;
+        let info = gateway.describe(tenant, alias).unwrap_or_default();
+        let mut request = request.clone();
+        let max_tokens = request
+            .max_tokens
+            .or_else(|| gateway.default_max_tokens(tenant, alias))
+            .unwrap_or(crate::models::config::DEFAULT_MAX_TOKENS);
+        let estimate = estimate_prompt_tokens(&request);
+        let mut clamped = false;
+        if let Some(left) = self.tokens_left() {
+            let room = left.saturating_sub(estimate);
+            if room < MIN_ANSWER_TOKENS.min(u64::from(max_tokens)) {
+                return Err(self.budget_refusal(format!(
+                    "model `{alias}`: the prompt (about {estimate} tokens) and an answer do not \
+                     fit in the {left} tokens left of the token budget"
+                )));
+            }
+            if room < u64::from(max_tokens) {
+                clamped = true;
+            }
+            request.max_tokens =
+                Some(u32::try_from(room.min(u64::from(max_tokens))).unwrap_or(max_tokens));
+        } else {
+            request.max_tokens = Some(max_tokens);
+        }
+
+        self.flush_guest_events().await;
+        // Deltas gather here; a ticker commits them as `model` events at most every
+        // DELTA_INTERVAL, and what is left when the answer is complete goes last.
+        let pending = std::sync::Arc::new(Mutex::new(String::new()));
+        let sink_pending = pending.clone();
+        let sink = move |d: &str| {
+            deltas(d);
+            let mut p = sink_pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if p.len().saturating_add(d.len()) <= MAX_DELTA_EVENT {
+                p.push_str(d);
+            }
+        };
+        let ctx = crate::models::CallContext {
+            tenant: tenant.clone(),
+            run_id: Some(self.run.id.clone()),
+        };
+        let started = std::time::Instant::now();
+        let call = gateway.complete(&ctx, alias, &request, &sink);
+        tokio::pin!(call);
+        let result = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                _ = tokio::time::sleep(DELTA_INTERVAL) => self.flush_deltas(alias, &pending).await,
+            }
+        };
+        self.flush_deltas(alias, &pending).await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+        let usage = result.as_ref().map(|r| r.usage).unwrap_or_default();
+        let used = usage.total();
+        let step_total = self
+            .tokens_used
+            .fetch_add(used, Ordering::Relaxed)
+            .saturating_add(used);
+        let run_total = self
+            .live
+            .tokens
+            .fetch_add(used, Ordering::Relaxed)
+            .saturating_add(used);
+        crate::metrics::global().add_model_usage(
+            &usage,
+            result.as_ref().is_ok_and(|r| r.cached),
+            info.cost(&usage),
+        );
+        let over = self.grant.tokens.is_some_and(|t| step_total > t)
+            || self.grant.run_tokens.is_some_and(|t| run_total > t);
+        let mut payload = json!({
+            "step_id": self.step,
+            "alias": alias,
+            "provider": info.provider,
+            "model": info.model,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "tokens": used,
+            "cached": result.as_ref().is_ok_and(|r| r.cached),
+            "latency_ms": latency_ms,
+            "max_tokens": request.max_tokens,
+            "clamped": clamped,
+            "status": if result.is_ok() { "ok" } else { "failed" },
+        });
+        if let Some(obj) = payload.as_object_mut() {
+            if let Some(cost) = info.cost(&usage) {
+                obj.insert("cost".into(), json!(cost));
+            }
+            if let Err(e) = &result {
+                obj.insert(
+                    "error".into(),
+                    json!(crate::capabilities::log::neutralise(&e.to_string(), 300)),
+                );
+            }
+            if info.log_prompts {
+                obj.insert(
+                    "prompt".into(),
+                    json!(crate::capabilities::log::neutralise(
+                        &serde_json::to_string(&request.messages).unwrap_or_default(),
+                        MAX_DELTA_EVENT
+                    )),
+                );
+            }
+        }
+        self.commit_event("model_call", payload).await;
+        let answer = result.map_err(|e| match e {
+            crate::models::ModelError::Transient(m) => PluginError::Transient(m),
+            crate::models::ModelError::InvalidRequest(m) => PluginError::InvalidInput(m),
+            crate::models::ModelError::UnknownAlias(a) => {
+                not_granted(&format!("model `{a}` (not configured for this tenant)"))
+            }
+            crate::models::ModelError::Permanent(m) => PluginError::Permanent(m),
+        })?;
+        if over {
+            return Err(self.budget_refusal(format!(
+                "model `{alias}`: the call used {used} tokens, past the token budget"
+            )));
+        }
+        Ok(answer)
+    }
+
+    /// Commits the text streamed since the last `model` event, if any.
+    async fn flush_deltas(&self, alias: &str, pending: &Mutex<String>) {
+        let text = std::mem::take(&mut *pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if text.is_empty() {
+            return;
+        }
+        self.commit_event(
+            "model",
+            json!({"step_id": self.step, "alias": alias, "delta": text}),
+        )
+        .await;
+    }
+
+    /// Commits and publishes an event of the services'.
+    async fn commit_event(&self, kind: &'static str, payload: serde_json::Value) {
+        self.flush_guest_events().await;
+        if let Err(e) = self
+            .runner
+            .commit(&self.run, &[], Some((kind, payload)))
+            .await
+        {
+            tracing::warn!("could not record a {kind} event: {e}");
+        }
+    }
+
     /// `host.call-tool`: a granted tool, arguments checked against its schema before it
     /// runs, in its own fresh sandbox, its fuel charged to the run.
     async fn call_granted_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {

@@ -26,6 +26,7 @@ pub(super) struct RawPipeline {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
     pub(super) fuel: Option<u64>,
+    pub(super) tokens: Option<u64>,
     pub(super) timeout: Option<Dur>,
     pub(super) memory: Option<Size>,
     pub(super) max_attempts: Option<u32>,
@@ -37,6 +38,7 @@ pub(super) struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBudget {
     pub(super) fuel: Option<u64>,
+    pub(super) tokens: Option<u64>,
     pub(super) timeout: Option<Dur>,
 }
 
@@ -50,10 +52,12 @@ pub(super) struct RawStep {
     pub(super) on_failure: Option<Table<RawFeedback>>,
     pub(super) input_from: Option<String>,
     pub(super) http: Option<Capped<String, MAX_TOOLS>>,
+    pub(super) models: Option<Capped<String, MAX_TOOLS>>,
     pub(super) connector: Option<String>,
     pub(super) max_pages: Option<u32>,
     pub(super) max_items: Option<u32>,
     pub(super) fuel: Option<u64>,
+    pub(super) tokens: Option<u64>,
     pub(super) timeout: Option<Dur>,
     pub(super) memory: Option<Size>,
     pub(super) max_attempts: Option<u32>,
