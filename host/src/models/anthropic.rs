@@ -154,8 +154,10 @@ pub async fn complete(
         req = req.header("x-api-key", key);
     }
     let resp = wire::send(NAME, req, ep.limits, ep.key).await?;
+    // A server that ignores `stream` and answers with one JSON body is read as such.
+    let streamed = ep.stream && !wire::is_json(&resp);
     let work = async {
-        if ep.stream {
+        if streamed {
             read_stream(resp, deltas).await
         } else {
             let body = wire::read_body(NAME, resp).await?;

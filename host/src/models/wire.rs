@@ -229,3 +229,15 @@ pub fn json_value(what: &str, text: &str) -> Result<serde_json::Value, ModelErro
     serde_json::from_str(text)
         .map_err(|e| ModelError::InvalidRequest(format!("{what} is not valid JSON: {e}")))
 }
+
+/// Whether a response says its body is JSON (not an event stream).
+pub fn is_json(resp: &reqwest::Response) -> bool {
+    resp.headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}

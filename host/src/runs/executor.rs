@@ -74,6 +74,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
     let mut last_step = Transition::default();
     let result = drive(&runner, &run, &live, &mut last_step).await;
     let fuel = live.fuel.load(Ordering::Relaxed);
+    let tokens = live.tokens.load(Ordering::Relaxed);
     // The end is retried while the database is unreachable: giving up would leave the run
     // live under this host, whose lease keeps being renewed.
     let mut delay = Duration::from_millis(250);
@@ -87,7 +88,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
                     "succeeded",
                     Some(output.clone()),
                     None,
-                    fuel,
+                    (fuel, tokens),
                 )
                 .await
             }
@@ -100,7 +101,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
                     "failed",
                     None,
                     Some((code.clone(), message.clone())),
-                    fuel,
+                    (fuel, tokens),
                 )
                 .await
             }
@@ -241,9 +242,15 @@ async fn finish(
     status: &'static str,
     output: Option<String>,
     error: Option<(String, String)>,
-    fuel: i64,
+    (fuel, tokens): (i64, u64),
 ) -> Result<bool, StoreError> {
-    let complete = ("complete", final_payload(run, status, error.as_ref(), fuel));
+    let mut payload = final_payload(run, status, error.as_ref(), fuel);
+    // Model tokens charged to the run by this host (a run recovered after a crash
+    // counts those since its recovery).
+    if let Some(obj) = payload.as_object_mut() {
+        obj.insert("tokens_used".into(), json!(tokens));
+    }
+    let complete = ("complete", payload);
     before
         .commit_with(
             runner,

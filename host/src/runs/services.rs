@@ -788,6 +788,173 @@ fn check_artifact_name(name: &str) -> Result<(), PluginError> {
 mod tests {
     use super::check_artifact_name;
 
+    /// An OpenAI-style provider on loopback that always reports 50 input and 10 output
+    /// tokens, and counts the calls it got.
+    async fn provider() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    axum::Json(serde_json::json!({
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant",
+                                "content": format!("max {}", body["max_tokens"])}}],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 10},
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}/v1"), calls)
+    }
+
+    /// RES-20: a step's model calls are granted by alias, estimated and clamped before
+    /// they are sent, charged with the provider's usage after, refused with
+    /// BUDGET_EXHAUSTED once the budget cannot fit another; the key stays out of the
+    /// events and the database.
+    #[tokio::test]
+    async fn res_20_model_calls_are_granted_budgeted_and_charged() {
+        use crate::capabilities::RunServices;
+        use crate::models::{ChatRequest, Message, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let key = "sk-unit-secret-0123456789abcdef";
+        let store = crate::store::Store::open_in_dir(dir.path()).await.unwrap();
+        let tenant = store.ensure_tenant("t").await.unwrap();
+        store.put_secret(&tenant, "llm", key).await.unwrap();
+        let engine = crate::engine::Engine::new(crate::engine::EngineConfig {
+            scratch_root: dir.path().join("scratch"),
+            ..Default::default()
+        })
+        .unwrap();
+        let runner = super::Runner::new(engine, store.clone(), Default::default());
+        let (url, calls) = provider().await;
+        let mut aliases = std::collections::BTreeMap::new();
+        aliases.insert(
+            "fast".to_string(),
+            toml::from_str::<crate::models::ModelConfig>(&format!(
+                "provider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"m\"\n\
+                 key_secret = \"llm\"\nmax_tokens = 500\ninput_price_per_million = 1.0\n"
+            ))
+            .unwrap(),
+        );
+        let gateway = crate::models::HttpGateway::new(
+            crate::models::ModelsConfig {
+                aliases,
+                ..Default::default()
+            },
+            std::sync::Arc::new(store.clone()),
+        )
+        .unwrap();
+        assert!(runner.set_models(std::sync::Arc::new(gateway)));
+        assert_eq!(runner.model_aliases(&tenant), ["fast"]);
+        let (run, _) = store
+            .create_run(&crate::store::NewRun {
+                tenant_id: tenant.clone(),
+                pipeline_id: None,
+                pipeline_name: "p".into(),
+                spec: "{}".into(),
+                input: "{}".into(),
+                steps: vec![("a".into(), "x".into())],
+            })
+            .await
+            .unwrap();
+        let live = super::Live {
+            cancel: Default::default(),
+            answered: Default::default(),
+            fuel: Default::default(),
+            tokens: Default::default(),
+        };
+        let services = super::StepServices::new(
+            runner.clone(),
+            run.as_ref(),
+            "a".into(),
+            0,
+            0,
+            crate::engine::Deadline::after(std::time::Duration::from_secs(60)),
+            live.clone(),
+            super::ToolGrant {
+                tools: vec![],
+                fuel: 1,
+                timeout: std::time::Duration::from_secs(1),
+                run_budget: None,
+                models: vec!["fast".into()],
+                tokens: Some(100),
+                run_tokens: None,
+            },
+        );
+        let request = ChatRequest {
+            messages: vec![Message {
+                role: Role::User,
+                content: "the prompt text".into(),
+                tool_calls: vec![],
+                tool_call_id: None,
+            }],
+            ..Default::default()
+        };
+        let estimate = super::estimate_prompt_tokens(&request);
+        assert!(estimate > 0 && estimate < 30, "{estimate}");
+
+        // Not granted: refused, nothing sent.
+        let e = services
+            .model("smart", &request, &|_| {})
+            .await
+            .unwrap_err();
+        assert!(format!("{e:?}").contains("not granted"), "{e:?}");
+        // 100 tokens left: max_tokens 500 is clamped to what fits after the estimate.
+        let got = services.model("fast", &request, &|_| {}).await.unwrap();
+        assert_eq!(got.content, format!("max {}", 100 - estimate));
+        assert_eq!(services.tokens_used(), 60);
+        assert!(!services.tokens_exhausted());
+        // 40 left: sent clamped, charged 60, over the budget: BUDGET_EXHAUSTED.
+        let e = services.model("fast", &request, &|_| {}).await.unwrap_err();
+        assert!(format!("{e:?}").contains("BUDGET_EXHAUSTED"), "{e:?}");
+        assert!(services.tokens_exhausted());
+        assert_eq!(services.tokens_used(), 120);
+        // Nothing left: refused before sending.
+        let e = services.model("fast", &request, &|_| {}).await.unwrap_err();
+        assert!(format!("{e:?}").contains("BUDGET_EXHAUSTED"), "{e:?}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(live.tokens.load(std::sync::atomic::Ordering::Relaxed), 120);
+
+        let events = store.events_after(&run.id, 0, 1000).await.unwrap();
+        let model_calls: Vec<_> = events.iter().filter(|e| e.kind == "model_call").collect();
+        assert_eq!(model_calls.len(), 2, "{events:?}");
+        let first = &model_calls[0].payload;
+        assert_eq!(first["alias"], "fast");
+        assert_eq!(first["provider"], "openai");
+        assert_eq!(first["model"], "m");
+        assert_eq!(first["tokens"], 60);
+        assert_eq!(first["cached"], false);
+        assert_eq!(first["clamped"], true);
+        assert_eq!(first["cost"], 50.0 / 1e6);
+        assert!(events.iter().any(|e| e.kind == "model"), "delta events");
+        let all = serde_json::to_string(&events).unwrap();
+        assert!(
+            !all.contains("the prompt text"),
+            "no prompt without log_prompts"
+        );
+        assert!(!all.contains(key));
+        // The database holds the key only sealed.
+        drop(services);
+        drop(runner);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                    "{} holds the key in clear",
+                    path.display()
+                );
+            }
+        }
+    }
+
     #[test]
     fn res_17_artifact_names_cannot_traverse_or_hold_nul() {
         for bad in [
