@@ -12,6 +12,7 @@ mod anthropic;
 pub mod cache;
 pub mod config;
 pub mod gateway;
+pub mod local;
 mod openai;
 pub mod wire;
 
