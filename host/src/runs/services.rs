@@ -51,6 +51,23 @@ const MAX_DELTA_EVENT: usize = 16 << 10;
 /// Least time between two `model` delta events of one call.
 const DELTA_INTERVAL: Duration = Duration::from_millis(300);
 
+/// A call's identity for the per-step record: SHA-256 over the alias, its provider and
+/// model, and the request as sent (`max_tokens` resolved).
+fn request_hash(
+    alias: &str,
+    info: &crate::models::ModelInfo,
+    request: &crate::models::ChatRequest,
+) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [alias, &info.provider, &info.model] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(serde_json::to_vec(request).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
 /// The prompt-token estimate a call is checked with before it is sent: the request's
 /// messages, tools and schema as JSON, in bytes, divided by 4 and rounded up.
 pub fn estimate_prompt_tokens(request: &crate::models::ChatRequest) -> u64 {
@@ -82,6 +99,8 @@ pub(crate) struct StepServices {
     /// A model call was refused, or charged past a token budget: the attempt fails with
     /// `BUDGET_EXHAUSTED`.
     tokens_exhausted: std::sync::atomic::AtomicBool,
+    /// Model calls this attempt made, for the per-step record.
+    model_calls: AtomicI64,
 }
 
 /// The reserved state key under which a connector step reads its config.
@@ -114,6 +133,7 @@ impl StepServices {
             guest_events: None,
             tokens_used: Default::default(),
             tokens_exhausted: Default::default(),
+            model_calls: AtomicI64::new(0),
         }
     }
 
@@ -471,6 +491,8 @@ impl StepServices {
             .max_tokens
             .or_else(|| gateway.default_max_tokens(tenant, alias))
             .unwrap_or(crate::models::config::DEFAULT_MAX_TOKENS);
+        // The call as the plugin made it (before any clamp), for the per-step record.
+        let request_hash = request_hash(alias, &info, &request);
         let estimate = estimate_prompt_tokens(&request);
         let mut clamped = false;
         if let Some(left) = self.tokens_left() {
@@ -491,6 +513,25 @@ impl StepServices {
         }
 
         self.flush_guest_events().await;
+        // The step's n-th call, made before by an earlier attempt with the same request:
+        // replay the recorded answer (nothing is sent, nothing charged).
+        let call_no = self.model_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(answer) = self.replayed(call_no, &request_hash).await {
+            if !answer.content.is_empty() {
+                deltas(&answer.content);
+            }
+            self.commit_event(
+                "model_call",
+                json!({
+                    "step_id": self.step, "alias": alias, "provider": info.provider,
+                    "model": info.model, "input_tokens": 0, "output_tokens": 0, "tokens": 0,
+                    "cached": answer.cached, "replayed": true, "latency_ms": 0,
+                    "max_tokens": request.max_tokens, "clamped": clamped, "status": "ok",
+                }),
+            )
+            .await;
+            return Ok(answer);
+        }
         // Deltas gather here; a ticker commits them as `model` events at most every
         // DELTA_INTERVAL, and what is left when the answer is complete goes last.
         let pending = std::sync::Arc::new(Mutex::new(String::new()));
@@ -579,12 +620,62 @@ impl StepServices {
             }
             crate::models::ModelError::Permanent(m) => PluginError::Permanent(m),
         })?;
+        self.record(call_no, &request_hash, &answer).await;
         if over {
             return Err(self.budget_refusal(format!(
                 "model `{alias}`: the call used {used} tokens, past the token budget"
             )));
         }
         Ok(answer)
+    }
+
+    /// The recorded answer of this step's `call_no`-th call, if the request is the same.
+    async fn replayed(
+        &self,
+        call_no: i64,
+        request_hash: &str,
+    ) -> Option<crate::models::ChatResponse> {
+        let stored = match self
+            .runner
+            .store()
+            .model_call(
+                &self.run.id,
+                self.step_idx,
+                self.generation,
+                call_no,
+                request_hash,
+            )
+            .await
+        {
+            Ok(stored) => stored?,
+            Err(e) => {
+                tracing::warn!("cannot read a recorded model call: {e}");
+                return None;
+            }
+        };
+        let mut answer: crate::models::ChatResponse = serde_json::from_str(&stored).ok()?;
+        answer.usage = crate::models::Usage::default();
+        Some(answer)
+    }
+
+    /// Records this step's `call_no`-th call, for a later attempt to replay.
+    async fn record(&self, call_no: i64, request_hash: &str, answer: &crate::models::ChatResponse) {
+        let Ok(text) = serde_json::to_string(answer) else {
+            return;
+        };
+        if let Err(e) = self
+            .runner
+            .store()
+            .record_model_call(
+                &self.run.id,
+                (self.step_idx, self.generation, call_no),
+                request_hash,
+                &text,
+            )
+            .await
+        {
+            tracing::warn!("cannot record a model call: {e}");
+        }
     }
 
     /// Commits the text streamed since the last `model` event, if any.
@@ -921,9 +1012,42 @@ mod tests {
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(live.tokens.load(std::sync::atomic::Ordering::Relaxed), 120);
 
+        // A later attempt of the step making the same first call gets the recorded answer:
+        // nothing sent, nothing charged.
+        let again = super::StepServices::new(
+            runner.clone(),
+            run.as_ref(),
+            "a".into(),
+            0,
+            0,
+            crate::engine::Deadline::after(std::time::Duration::from_secs(60)),
+            live.clone(),
+            super::ToolGrant {
+                tools: vec![],
+                fuel: 1,
+                timeout: std::time::Duration::from_secs(1),
+                run_budget: None,
+                models: vec!["fast".into()],
+                tokens: None,
+                run_tokens: None,
+            },
+        );
+        let replayed = again.model("fast", &request, &|_| {}).await.unwrap();
+        assert_eq!(replayed.content, got.content);
+        assert_eq!(replayed.usage.total(), 0);
+        assert_eq!(again.tokens_used(), 0);
+        // Its second call differs from the recorded one: sent.
+        let mut other = request.clone();
+        other.temperature = Some(0.5);
+        again.model("fast", &other, &|_| {}).await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        drop(again);
+
         let events = store.events_after(&run.id, 0, 1000).await.unwrap();
         let model_calls: Vec<_> = events.iter().filter(|e| e.kind == "model_call").collect();
-        assert_eq!(model_calls.len(), 2, "{events:?}");
+        assert_eq!(model_calls.len(), 4, "{events:?}");
+        assert_eq!(model_calls[2].payload["replayed"], true);
+        assert_eq!(model_calls[2].payload["tokens"], 0);
         let first = &model_calls[0].payload;
         assert_eq!(first["alias"], "fast");
         assert_eq!(first["provider"], "openai");
