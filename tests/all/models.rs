@@ -311,6 +311,7 @@ async fn res_20_provider_failures_map_to_transient_or_permanent_and_never_quote_
 async fn res_20_bad_config_is_refused_before_any_call() {
     for (base_url, model) in [
         ("ftp://x/v1", "m"),
+        ("https://api.openai.com/v1", "m"),
         ("http://user:pw@127.0.0.1/v1", "m"),
         ("not a url", "m"),
         ("http://127.0.0.1/v1", ""),

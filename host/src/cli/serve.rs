@@ -567,7 +567,7 @@ mod tests {
 
             [tenants.acme.models.fast]
             provider = "anthropic"
-            base_url = "https://api.anthropic.com"
+            base_url = "http://127.0.0.1:8001"
             model = "claude-haiku"
             log_prompts = true
 

@@ -30,8 +30,7 @@ impl Provider {
 pub struct ModelConfig {
     /// `openai` or `anthropic`.
     pub provider: Provider,
-    /// e.g. `https://api.openai.com/v1`, `http://127.0.0.1:8000/v1`,
-    /// `https://api.anthropic.com`.
+    /// e.g. `http://127.0.0.1:8000/v1` (http only for now).
     pub base_url: String,
     /// The provider's model name.
     pub model: String,
@@ -68,10 +67,15 @@ impl ModelConfig {
     pub fn check(&self, alias: &str) -> Result<(), String> {
         let url = reqwest::Url::parse(&self.base_url)
             .map_err(|e| format!("models.{alias}.base_url: {e}"))?;
-        if !matches!(url.scheme(), "http" | "https") {
+        if url.scheme() == "https" {
             return Err(format!(
-                "models.{alias}.base_url must be http:// or https://"
+                "models.{alias}.base_url: https:// providers are not supported yet (this \
+                 build's model client has no TLS); use an http:// endpoint such as a local \
+                 vLLM, llama.cpp or Ollama server, or a TLS-terminating proxy on loopback"
             ));
+        }
+        if url.scheme() != "http" {
+            return Err(format!("models.{alias}.base_url must be http://"));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(

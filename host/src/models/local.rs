@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(m.model, "x");
         assert_eq!(m.max_tokens, Some(9));
         assert_eq!(key.as_deref(), Some("sk-1"));
-        let (_, m, key) = parse_spec("s=anthropic:https://api.anthropic.com", env).unwrap();
+        let (_, m, key) = parse_spec("s=anthropic:http://127.0.0.1:8001", env).unwrap();
         assert_eq!(m.provider, Provider::Anthropic);
         assert!(key.is_none() && m.key_secret.is_none());
         for bad in [

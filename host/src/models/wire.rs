@@ -24,8 +24,8 @@ pub struct CallLimits {
     pub timeout: Duration,
 }
 
-/// The HTTP client for every provider: plain HTTP and HTTPS (rustls with ring, the
-/// webpki roots), no proxies from the environment, no redirects (a provider that
+/// The HTTP client for every provider: plain HTTP (no TLS yet), no proxies from the
+/// environment, no redirects (a provider that
 /// redirects is misconfigured; following it could carry the key elsewhere).
 pub fn client() -> Result<reqwest::Client, ModelError> {
     reqwest::Client::builder()
