@@ -367,3 +367,305 @@ fn res_09_huge_buffer_requests_get_what_there_is_and_the_host_stays_small() {
         "peak RSS {peak_kib} KiB"
     );
 }
+
+/// `corral` on a database of its own (the compiled-code cache stays shared).
+fn corral_on(db: &std::path::Path) -> Command {
+    let mut cmd = corral();
+    cmd.env(
+        "CORRAL_DATABASE_URL",
+        format!("sqlite://{}", db.join("corral.db").display()),
+    )
+    .env_remove("CORRAL_SERVER")
+    .env_remove("CORRAL_TOKEN");
+    cmd
+}
+
+#[test]
+fn run_ends_with_its_output_and_json_mode_is_one_object_with_an_artifact_path_per_step() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two steps store an artifact of the same name.
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"two-reports\"\n\
+             [[steps]]\nname = \"first\"\nplugin = \"{0}\"\nconfig = {{ artifact_names = [\"report.txt\"] }}\n\
+             [[steps]]\nname = \"second\"\nplugin = \"{0}\"\nconfig = {{ artifact_names = [\"report.txt\"] }}\n",
+            plugin_path("flaky").display()
+        ),
+    )
+    .unwrap();
+
+    // The human view: progress on stderr; the artifacts' paths, the status line and the
+    // output's pretty JSON on stdout.
+    let (code, out, err) = run(corral_on(dir.path())
+        .arg("run")
+        .arg(&pipeline)
+        .args(["-i", r#"{"n": 1}"#]));
+    assert_eq!(code, 0, "{err}");
+    let paths: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("artifact "))
+        .map(|l| l.rsplit_once(": ").unwrap().1)
+        .collect();
+    assert_eq!(paths.len(), 2, "{out}");
+    assert_ne!(paths[0], paths[1], "{out}");
+    assert!(paths[0].ends_with("/first/report.txt"), "{out}");
+    assert!(paths[1].ends_with("/second/report.txt"), "{out}");
+    for path in &paths {
+        assert_eq!(std::fs::read(path).unwrap(), b"x");
+    }
+    let (_, after) = out.split_once(" succeeded · fuel ").unwrap();
+    let output: serde_json::Value =
+        serde_json::from_str(after.split_once('\n').unwrap().1).unwrap();
+    assert_eq!(output["input"]["input"]["n"], 1, "{out}");
+
+    // -o json: one object on stdout, nothing else there; --output-file gets the output.
+    let out_file = dir.path().join("out.json");
+    let (code, out, err) = run(corral_on(dir.path())
+        .arg("run")
+        .arg(&pipeline)
+        .args(["-o", "json", "-i", r#"{"n": 2}"#, "--output-file"])
+        .arg(&out_file));
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["status"], "succeeded", "{doc:#}");
+    assert!(doc["run_id"].as_str().unwrap().starts_with("run_"));
+    assert_eq!(doc["output"]["input"]["input"]["n"], 2, "{doc:#}");
+    assert_eq!(doc["error"], serde_json::Value::Null);
+    assert_eq!(doc["steps"].as_array().unwrap().len(), 2);
+    assert_eq!(doc["steps"][0]["status"], "succeeded");
+    assert_eq!(doc["steps"][0]["tokens_used"], 0);
+    let artifacts = doc["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 2, "{doc:#}");
+    assert_eq!(artifacts[0]["name"], "report.txt");
+    assert_ne!(artifacts[0]["path"], artifacts[1]["path"]);
+    for a in artifacts {
+        assert_eq!(std::fs::read(a["path"].as_str().unwrap()).unwrap(), b"x");
+    }
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert_eq!(written, doc["output"]);
+    let run_id = doc["run_id"].as_str().unwrap();
+
+    // runs show: the output, timings, fuel and tokens per step.
+    let (code, out, err) = run(corral_on(dir.path()).args(["runs", "show", run_id, "--json"]));
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["output"], doc["output"]);
+    assert!(shown["run"]["duration_ms"].is_i64(), "{shown:#}");
+    for step in shown["steps"].as_array().unwrap() {
+        assert!(step["duration_ms"].is_i64(), "{step}");
+        assert!(step["started_at"].is_i64(), "{step}");
+        assert_eq!(step["tokens_used"], 0, "{step}");
+    }
+    let (code, out, err) = run(corral_on(dir.path()).args(["runs", "show", run_id]));
+    assert_eq!(code, 0, "{err}");
+    for needle in [
+        "  queued   20",
+        "  started  20",
+        "  finished 20",
+        "fuel ",
+        " tokens 0",
+        "step first",
+        "step second",
+        "output:\n{",
+        "first/report.txt",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
+}
+
+#[test]
+fn offline_commands_take_tenant_and_every_exit_code_is_documented() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"one\"\n[[steps]]\nname = \"a\"\nplugin = \"{}\"\n",
+            plugin_path("echo").display()
+        ),
+    )
+    .unwrap();
+    // An unknown tenant is bad input (exit 2), on every offline command.
+    for args in [
+        &["runs", "list"][..],
+        &["runs", "show", "run_x"],
+        &["events", "run_x"],
+        &["answer", "run_x", "{}"],
+        &["cancel", "run_x"],
+    ] {
+        let (code, _, err) = run(corral_on(dir.path()).args(args).args(["--tenant", "acme"]));
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.starts_with("TENANT_NOT_FOUND: "), "{args:?}: {err}");
+    }
+    let (code, _, err) = run(corral_on(dir.path())
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--tenant", "acme"]));
+    assert_eq!(code, 2, "{err}");
+    // Once the tenant exists, its runs are its own.
+    let (code, _, err) = run(corral_on(dir.path()).args(["tenant", "create", "acme"]));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(corral_on(dir.path())
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--tenant", "acme", "-o", "json"]));
+    assert_eq!(code, 0, "{err}");
+    let run_id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, out, _) = run(corral_on(dir.path()).args(["runs", "list", "--tenant", "acme"]));
+    assert_eq!(code, 0);
+    assert!(out.contains(&run_id), "{out}");
+    let (code, out, _) = run(corral_on(dir.path()).args(["runs", "list"]));
+    assert_eq!(
+        (code, out.as_str()),
+        (0, ""),
+        "local does not see acme's run"
+    );
+    let (code, _, err) = run(corral_on(dir.path()).args(["runs", "show", &run_id]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("RUN_NOT_FOUND"), "{err}");
+    let (code, out, _) = run(corral_on(dir.path()).args(["events", &run_id, "--tenant", "acme"]));
+    assert_eq!(code, 0);
+    assert!(out.lines().count() > 2, "{out}");
+
+    // Exit 1: a run that fails.
+    let failing = dir.path().join("fail.toml");
+    std::fs::write(
+        &failing,
+        format!(
+            "name = \"fails\"\n[[steps]]\nname = \"a\"\nplugin = \"{}\"\n\
+             config = {{ fail_until_attempt = 99, kind = \"permanent\" }}\n",
+            plugin_path("flaky").display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(corral_on(dir.path())
+        .arg("run")
+        .arg(&failing)
+        .args(["-o", "json"]));
+    assert_eq!(code, 1, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["status"], "failed");
+    assert_eq!(doc["output"], serde_json::Value::Null);
+    assert!(doc["error"]["code"].is_string(), "{doc:#}");
+    // Exit 2: bad usage (clap) and bad input; exit 3: a server nobody answers at.
+    let (code, _, _) = run(corral().args(["runs", "list", "--no-such-flag"]));
+    assert_eq!(code, 2);
+    let (code, _, err) = run(corral_on(dir.path())
+        .arg("run")
+        .arg(&pipeline)
+        .args(["-i", "{oops"]));
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run(corral().args([
+        "runs",
+        "show",
+        "run_x",
+        "--server",
+        "http://127.0.0.1:1",
+        "--token",
+        "t",
+    ]));
+    assert_eq!(code, 3, "{err}");
+    // The table is in --help.
+    let (code, out, _) = run(corral().arg("--help"));
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit codes:"), "{out}");
+    for line in ["  0 ", "  1 ", "  2 ", "  3 ", "  130 "] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+}
+
+#[test]
+fn serve_config_errors_exit_2_naming_the_file_or_flag_and_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("corral.toml");
+    let serve = |args: &[&str], file: Option<&str>| {
+        let mut cmd = corral();
+        cmd.env("CORRAL_DATA_DIR", dir.path())
+            .env_remove("CORRAL_DATABASE_URL")
+            .env_remove("CORRAL_SECRETS_KEY")
+            .env_remove("CORRAL_CONFIG")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args);
+        if let Some(text) = file {
+            std::fs::write(&config, text).unwrap();
+            cmd.arg("--config").arg(&config);
+        }
+        run(&mut cmd)
+    };
+    let file = config.display().to_string();
+    for (text, field) in [
+        ("max_concurrent_runs = \"eight\"\n", "max_concurrent_runs"),
+        ("listen = \"127.0.0.1:0\"\nno_such_key = 1\n", "no_such_key"),
+        ("secrets_key = \"not base64!\"\n", "secrets_key"),
+        ("cors_origins = [\"app.example\"]\n", "cors_origins"),
+        ("log_format = \"xml\"\n", "log_format"),
+        ("database_url = \"mysql://db\"\n", "database_url"),
+    ] {
+        let (code, _, err) = serve(&[], Some(text));
+        assert_eq!(code, 2, "{text}: {err}");
+        assert!(err.contains(&file) && err.contains(field), "{text}: {err}");
+    }
+    let missing = dir.path().join("absent.toml");
+    let (code, _, err) = run(corral()
+        .env("CORRAL_DATA_DIR", dir.path())
+        .args(["serve", "--config"])
+        .arg(&missing));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("absent.toml"), "{err}");
+    for (args, field) in [
+        (&["--listen", "not-an-address"][..], "--listen"),
+        (&["--database-url", "mysql://db"][..], "--database-url"),
+        (&["--cors-origin", "app.example"][..], "--cors-origin"),
+    ] {
+        let (code, _, err) = serve(args, None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(field), "{args:?}: {err}");
+    }
+    let (code, _, err) = run(corral()
+        .env("CORRAL_DATA_DIR", dir.path())
+        .env("CORRAL_SECRETS_KEY", "short")
+        .args(["serve", "--listen", "127.0.0.1:0"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("CORRAL_SECRETS_KEY"), "{err}");
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish_are_printed_and_know_the_subcommands() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = run(corral().args(["completions", shell]));
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.len() > 500, "{shell}: {out}");
+        for word in ["serve", "token", "log-format"] {
+            assert!(out.contains(word), "{shell} lacks {word}");
+        }
+    }
+    let (code, _, _) = run(corral().args(["completions", "tcsh"]));
+    assert_eq!(code, 2);
+}
+
+#[test]
+fn scratch_dir_is_a_flag_of_the_commands_that_run_plugins_only() {
+    for cmd in ["call", "run", "worker", "serve"] {
+        let (code, out, err) = run(corral().args([cmd, "--help"]));
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("--scratch-dir"), "{cmd}: {out}");
+    }
+    for cmd in [
+        &["tenant", "list"][..],
+        &["token", "list"],
+        &["secret", "list"],
+        &["runs", "list"],
+    ] {
+        let (code, out, err) = run(corral().args(cmd).arg("--help"));
+        assert_eq!(code, 0, "{err}");
+        assert!(!out.contains("--scratch-dir"), "{cmd:?}: {out}");
+        let (code, _, err) = run(corral().args(cmd).args(["--scratch-dir", "/tmp"]));
+        assert_eq!(code, 2, "{cmd:?}: {err}");
+    }
+}

@@ -92,6 +92,12 @@ plugin = "PLUGINS/echo.wasm"
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("recovered 1 run"));
+    // --until-idle says what it executed and how each run ended.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("executed 1 run(s): 1 succeeded\n") && stdout.contains(&run_id),
+        "{stdout}"
+    );
 
     let events = events_of(&data, &run_id);
     for (i, e) in events.iter().enumerate() {

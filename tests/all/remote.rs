@@ -266,6 +266,10 @@ fn run_over_a_server_streams_every_event_and_uploads_each_plugin_once() {
     assert_eq!(code, 0, "{err2}\n{out2}");
     assert!(err2.contains("pipeline `remote-two-steps`"), "{err2}");
     assert!(out2.contains(" succeeded · fuel "), "{out2}");
+    // The human view ends with the run's output (`{}`: the default input, echoed).
+    let (_, after) = out2.split_once(" succeeded · fuel ").unwrap();
+    let shown: Value = serde_json::from_str(after.split_once('\n').unwrap().1).unwrap();
+    assert!(shown.is_object(), "{out2}");
     let plugins = remote.get("/v1/plugins");
     let plugins = plugins["plugins"].as_array().unwrap();
     let mut names: Vec<String> = plugins
@@ -314,6 +318,12 @@ fn run_over_a_server_streams_every_event_and_uploads_each_plugin_once() {
         "{out}"
     );
     assert!(out.contains("attempts 2"), "{out}");
+    assert!(
+        out.contains("  queued   20") && out.contains("  finished 20") && out.contains(" took "),
+        "{out}"
+    );
+    assert!(out.contains("tokens 0"), "{out}");
+    assert!(out.contains("output:\n{"), "{out}");
     let (code, out, err) = remote.run(&["runs", "show", &run_id, "--json"]);
     assert_eq!(code, 0, "{err}");
     let doc: Value = serde_json::from_str(&out).unwrap();
@@ -321,6 +331,31 @@ fn run_over_a_server_streams_every_event_and_uploads_each_plugin_once() {
     assert_eq!(doc["steps"].as_array().unwrap().len(), 2);
     assert_eq!(doc["attempts"].as_array().unwrap().len(), 3);
     assert!(doc["artifacts"].is_array());
+    // The output (the last step's), timings, fuel and tokens per step.
+    assert_eq!(doc["output"]["input"]["n"], 1, "{doc:#}");
+    assert_eq!(doc["output"]["attempt"], 2, "{doc:#}");
+    assert!(doc["run"]["duration_ms"].is_i64(), "{doc:#}");
+    for step in doc["steps"].as_array().unwrap() {
+        assert!(step["duration_ms"].is_i64(), "{step}");
+        assert!(step["fuel_used"].as_i64().unwrap() > 0, "{step}");
+        assert_eq!(step["tokens_used"], 0, "{step}");
+    }
+
+    // Offline, the server's tenant is seen only with --tenant (same database file).
+    let server_data = remote.server.data.path();
+    let (code, out, err) =
+        output(corral(server_data).args(["runs", "list", "--json", "--tenant", "default"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(jsonl(&out).len(), 2, "{out}");
+    let (code, out, err) = output(corral(server_data).args(["runs", "list", "--json"]));
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let (code, out, err) = output(
+        corral(server_data).args(["runs", "show", &run_id, "--json", "--tenant", "default"]),
+    );
+    assert_eq!(code, 0, "{err}");
+    let offline: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(offline["output"], doc["output"]);
+    assert_eq!(offline["steps"], doc["steps"]);
 
     // events: the same lines `run -o jsonl` printed, with and without --follow.
     let (code, first_run_events, _) = remote.run(&["events", &run_id]);
@@ -460,31 +495,40 @@ fn bad_tokens_servers_and_roles_are_refused() {
     let (code, _, err) = output(corral(data).args(["runs", "list", "--server", &url]));
     assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("UNAUTHORIZED: "), "{err}");
-    // https is not spoken.
+    // Only http and https are spoken.
     let (code, _, err) = output(corral(data).args([
         "runs",
         "list",
         "--server",
-        "https://127.0.0.1:1",
+        "ftp://127.0.0.1:1",
         "--token",
         "t",
     ]));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("plain http"), "{err}");
-    // Nobody listening: a transport error, exit 1.
-    let (code, _, err) = output(corral(data).args([
-        "runs",
-        "list",
-        "--server",
-        "http://127.0.0.1:1",
-        "--token",
-        "t",
-    ]));
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.starts_with("error: cannot talk to http://127.0.0.1:1"),
-        "{err}"
-    );
+    assert!(err.starts_with("INVALID_SERVER: "), "{err}");
+    // Nobody listening: the server cannot be reached, exit 3 (every --server command).
+    for args in [
+        &["runs", "list"][..],
+        &["run", &file],
+        &["events", "run_x", "--follow"],
+        &["plugin", "list"],
+    ] {
+        let (code, _, err) = output(corral(data).args(args).args([
+            "--server",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+        ]));
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: cannot talk to http://127.0.0.1:1"),
+            "{args:?}: {err}"
+        );
+    }
+    // --tenant is for the local database.
+    let (code, _, err) = remote.run(&["runs", "list", "--tenant", "default"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tenant is for the local database"), "{err}");
 
     // A viewer may look but not run.
     let viewer = remote.server.token("default", "viewer");
@@ -675,4 +719,356 @@ fn heartbeats_are_skipped_and_events_without_follow_ends_during_a_quiet_run() {
     let (code, followed, stderr) = follow.finish();
     assert_eq!(code, 0, "{stderr:?}");
     assert_eq!(followed, stdout);
+}
+
+#[test]
+fn events_follow_stops_when_the_server_answers_204_after_the_final_event() {
+    // A fake server: the run looks unfinished, and the stream after event 4 answers 204
+    // (what a server says when the final event was read already).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (heads_tx, heads) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let mut stream = stream.unwrap();
+            let head = read_head(&mut stream);
+            let _ = heads_tx.send(head.clone());
+            if head.starts_with("GET /v1/runs/run_fake ") {
+                let doc = json!({"run": {"id": "run_fake", "status": "running"},
+                                 "output": null, "steps": [], "attempts": []})
+                .to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                    doc.len()
+                );
+            } else {
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n"
+                );
+            }
+        }
+    });
+    let data = tempfile::tempdir().unwrap();
+    let (code, out, err) = output(corral(data.path()).args([
+        "events", "run_fake", "--follow", "--after", "4", "--server", &url, "--token", "t",
+    ]));
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    let heads: Vec<String> = heads.try_iter().collect();
+    assert_eq!(heads.len(), 2, "no reconnection after the 204: {heads:#?}");
+    assert!(
+        heads[1].to_ascii_lowercase().contains("last-event-id: 4"),
+        "{heads:#?}"
+    );
+}
+
+/// A TLS-terminating proxy on loopback in front of `backend` (`http://127.0.0.1:PORT`),
+/// serving a certificate for 127.0.0.1 issued by a CA made here: its URL and the CA's PEM.
+fn tls_proxy(backend: &str) -> (String, String) {
+    use std::sync::Arc;
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "corral test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(leaf_key.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone()], key.into())
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let backend = backend.strip_prefix("http://").unwrap().to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, backend) = (acceptor.clone(), backend.clone());
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate ends the handshake.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(&backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut upstream).await;
+                });
+            }
+        });
+    });
+    (url, ca_cert.pem())
+}
+
+#[test]
+fn https_servers_are_trusted_with_ca_cert_and_an_untrusted_certificate_exits_3() {
+    let remote = Remote::start(&[]);
+    let (url, ca_pem) = tls_proxy(&remote.server.url);
+    let ca = remote.files.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let file = remote.pipeline("two.toml", &two_step_pipeline());
+    let https = |args: &[&str], ca: Option<&Path>| {
+        let mut cmd = corral(remote.client_data.path());
+        cmd.args(args)
+            .args(["--server", &url, "--token", &remote.token]);
+        if let Some(ca) = ca {
+            cmd.arg("--ca-cert").arg(ca);
+        }
+        output(&mut cmd)
+    };
+
+    // A run over https, -o json: one object on stdout, the output in --output-file too.
+    let out_file = remote.files.path().join("out.json");
+    let (code, out, err) = https(
+        &[
+            "run",
+            &file,
+            "-o",
+            "json",
+            "-i",
+            r#"{"n": 7}"#,
+            "--output-file",
+            out_file.to_str().unwrap(),
+        ],
+        Some(&ca),
+    );
+    assert_eq!(code, 0, "{err}\n{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["status"], "succeeded", "{doc:#}");
+    assert_eq!(doc["pipeline"], "remote-two-steps");
+    assert_eq!(doc["output"]["input"]["n"], 7, "{doc:#}");
+    assert_eq!(doc["error"], Value::Null);
+    assert!(doc["fuel_used"].as_i64().unwrap() > 0, "{doc:#}");
+    assert_eq!(doc["tokens_used"], 0);
+    assert!(doc["finished_at"].as_str().unwrap().starts_with("20"));
+    let steps = doc["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{doc:#}");
+    assert_eq!(steps[1]["name"], "second");
+    assert_eq!(steps[1]["attempts"], 2);
+    assert!(steps[1]["duration_ms"].is_i64(), "{doc:#}");
+    assert_eq!(doc["artifacts"], json!([]));
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&out_file).unwrap()).unwrap();
+    assert_eq!(written, doc["output"]);
+    let run_id = doc["run_id"].as_str().unwrap();
+
+    // The other commands over https.
+    let (code, out, err) = https(&["runs", "list", "--json"], Some(&ca));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(jsonl(&out).len(), 1, "{out}");
+    let (code, out, err) = https(&["runs", "show", run_id], Some(&ca));
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("succeeded"), "{out}");
+    let (code, out, err) = https(&["events", run_id, "--follow"], Some(&ca));
+    assert_eq!(code, 0, "{err}");
+    assert_complete_stream(&jsonl(&out), "succeeded");
+    let (code, out, err) = https(&["plugin", "list", "--json"], Some(&ca));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["plugins"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // CORRAL_CA_CERT works like the flag.
+    let (code, _, err) = output(
+        corral(remote.client_data.path())
+            .args(["runs", "list", "--server", &url, "--token", &remote.token])
+            .env("CORRAL_CA_CERT", &ca),
+    );
+    assert_eq!(code, 0, "{err}");
+
+    // Without the CA the certificate is not trusted: the server cannot be reached, exit 3.
+    for args in [&["runs", "list"][..], &["run", &file]] {
+        let (code, _, err) = https(args, None);
+        assert_eq!(code, 3, "{args:?}: {err}");
+        assert!(
+            err.contains("certificate is not trusted") && err.contains("--ca-cert"),
+            "{args:?}: {err}"
+        );
+    }
+    // A --ca-cert that holds no certificate is bad input, exit 2.
+    let (code, _, err) = https(&["runs", "list"], Some(Path::new(&file)));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("INVALID_CA_CERT: "), "{err}");
+    remote.assert_no_local_database();
+}
+
+#[test]
+fn plugin_upload_and_list_and_run_sends_the_manifest_beside_a_plugin_file() {
+    let remote = Remote::start(&[]);
+    let echo = plugin_path("echo").display().to_string();
+    let flaky = plugin_path("flaky").display().to_string();
+
+    // Named by what the plugin says about itself.
+    let (code, out, err) = remote.run(&["plugin", "upload", &echo]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("uploaded plugin echo@"), "{out}");
+    // Named by the flags, with a manifest; --json prints the server's answer.
+    let manifest = remote.files.path().join("grants.toml");
+    std::fs::write(&manifest, "[limits]\nhttp_requests = 5\n").unwrap();
+    let (code, out, err) = remote.run(&[
+        "plugin",
+        "upload",
+        &flaky,
+        "--name",
+        "flaky",
+        "--version",
+        "9.9.9",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["name"], "flaky");
+    assert_eq!(created["version"], "9.9.9");
+    assert!(
+        created["id"].as_str().unwrap().starts_with("plg_"),
+        "{created}"
+    );
+    assert_eq!(created["manifest"]["limits"]["http_requests"], 5);
+    // The same name@version again is refused (exit 2); so is a bad manifest, before
+    // anything is uploaded, and a file that is not a plugin.
+    let (code, _, err) = remote.run(&[
+        "plugin",
+        "upload",
+        &flaky,
+        "--name",
+        "flaky",
+        "--version",
+        "9.9.9",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("PLUGIN_EXISTS: "), "{err}");
+    std::fs::write(&manifest, "[limits]\nhttp_requests = \"many\"\n").unwrap();
+    let (code, _, err) = remote.run(&[
+        "plugin",
+        "upload",
+        &flaky,
+        "--name",
+        "other",
+        "--manifest",
+        manifest.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("INVALID_MANIFEST: "), "{err}");
+    let (code, _, err) = remote.run(&[
+        "plugin",
+        "upload",
+        manifest.to_str().unwrap(),
+        "--name",
+        "x",
+        "--version",
+        "1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("INVALID_COMPONENT: "), "{err}");
+
+    // list: a table, or JSON.
+    let (code, out, err) = remote.run(&["plugin", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with("ID ") && lines[0].contains("PLUGIN"),
+        "{out}"
+    );
+    let flaky_row = lines.iter().find(|l| l.contains("flaky@9.9.9")).unwrap();
+    assert!(
+        flaky_row.contains("agent-plugin") && flaky_row.contains(" yes "),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("echo@") && l.contains(" no ")),
+        "{out}"
+    );
+    let (code, out, err) = remote.run(&["plugin", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let plugins = serde_json::from_str::<Value>(&out).unwrap()["plugins"].clone();
+    assert_eq!(plugins.as_array().unwrap().len(), 2, "{plugins:#}");
+
+    // `run --server` uploads the manifest beside a local plugin file with it.
+    std::fs::copy(
+        plugin_path("echo"),
+        remote.files.path().join("granted.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        remote.files.path().join("granted.corral.toml"),
+        "[limits]\nhttp_requests = 3\n",
+    )
+    .unwrap();
+    let file = remote.pipeline(
+        "granted.toml",
+        &format!(
+            "name = \"granted\"\n[[steps]]\nname = \"a\"\nplugin = \"{}\"\n",
+            remote.files.path().join("granted.wasm").display()
+        ),
+    );
+    let (code, out, err) = remote.run(&["run", &file, "-o", "jsonl"]);
+    assert_eq!(code, 0, "{err}");
+    assert_complete_stream(&jsonl(&out), "succeeded");
+    let listed = remote.get("/v1/plugins");
+    let granted = listed["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "granted")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        granted["manifest"]["limits"]["http_requests"], 3,
+        "{granted}"
+    );
+
+    // A viewer may list but not upload; without --server there is nothing to work on.
+    let viewer = remote.server.token("default", "viewer");
+    let (code, _, err) = output(corral(remote.client_data.path()).args([
+        "plugin",
+        "upload",
+        &echo,
+        "--name",
+        "v",
+        "--server",
+        &remote.server.url,
+        "--token",
+        &viewer,
+    ]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.starts_with("FORBIDDEN: "), "{err}");
+    let (code, _, err) = output(corral(remote.client_data.path()).args(["plugin", "list"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--server"), "{err}");
+    remote.assert_no_local_database();
 }

@@ -144,18 +144,24 @@ impl Server {
         envs: &[(&str, &str)],
     ) -> Server {
         use std::io::BufRead;
+        // stdout and stderr on one pipe, in the order they were written: the first start's
+        // admin token (stderr) comes before the listening line (stdout).
+        let (reader, writer) = std::io::pipe().unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
         cmd.args(["serve", "--listen", listen])
             .env("CORRAL_DATA_DIR", data.path())
             .env_remove("CORRAL_DATABASE_URL")
+            .env_remove("CORRAL_LOG_FORMAT")
             .env_remove("RUST_LOG")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null());
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer);
         for (k, v) in envs {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let child = cmd.spawn().unwrap();
+        // The parent's copies of the write end go with `cmd`, so the pipe ends with the child.
+        drop(cmd);
+        let mut lines = std::io::BufReader::new(reader).lines();
         let (mut url, mut admin_token) = (String::new(), String::new());
         for line in lines.by_ref() {
             let line = line.unwrap();
@@ -169,7 +175,7 @@ impl Server {
             }
         }
         assert!(!url.is_empty(), "the server did not start");
-        // Keep draining stdout so the server never blocks on a full pipe.
+        // Keep draining the output so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server {
             child,

@@ -5,7 +5,8 @@
 //!   project-local `.venv`, created on first use; JavaScript plugins with componentize-js
 //!   from `sdk/js/node_modules`, see `js.rs`).
 //! - `test [ARGS]`: `build-plugins`, installs Debian's `chromium` for the browser tests
-//!   when it is missing (see `chromium.rs`), then the whole test suite (`cargo test` ARGS).
+//!   when it is missing (see `chromium.rs`) and schemathesis (pinned, into `.venv`) for
+//!   the API conformance test, then the whole test suite (`cargo test` ARGS).
 //! - `demo [--serve]`: `build-plugins`, then runs the ETL demo with the release `corral` binary
 //!   (`--serve`: on the web dashboard, see `demo_serve`).
 //! - `bench [--quick]`: `build-plugins`, then the benchmark harness (`bench/`).
@@ -22,6 +23,9 @@ use std::process::Command;
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// Validates the server's /openapi.json in the test suite.
 const OPENAPI_VALIDATOR: &str = "openapi-spec-validator==0.7.2";
+/// Tests a live `corral serve` against its /openapi.json in the test suite
+/// (tests/all/openapi.rs); `CORRAL_SKIP_SCHEMATHESIS=1` skips it.
+const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -33,6 +37,11 @@ fn main() -> Result<()> {
         "test" => {
             build_plugins(&root)?;
             python_tool(&root, "openapi-spec-validator", OPENAPI_VALIDATOR)?;
+            if std::env::var("CORRAL_SKIP_SCHEMATHESIS").is_ok_and(|v| v == "1") {
+                println!("CORRAL_SKIP_SCHEMATHESIS=1: the schemathesis test will not run");
+            } else {
+                python_tool(&root, "schemathesis", SCHEMATHESIS)?;
+            }
             chromium::ensure()?;
             run(Command::new(cargo())
                 .current_dir(&root)

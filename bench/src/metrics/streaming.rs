@@ -1188,7 +1188,7 @@ impl Node {
             .env("CORRAL_DATABASE_URL", db)
             .env_remove("RUST_LOG")
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", exe.display()))?;
@@ -1196,23 +1196,41 @@ impl Node {
             .stdout
             .take()
             .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        // Before it listens, the server prints on stderr either the first start's admin
+        // token or (logged at info) that it printed none.
+        let mut errors = BufReader::new(stderr).lines();
         let mut admin_token = None;
-        let url = loop {
-            let line = tokio::time::timeout(TIMEOUT, lines.next_line())
+        loop {
+            let line = tokio::time::timeout(TIMEOUT, errors.next_line())
                 .await
                 .map_err(|_| anyhow::anyhow!("corral serve did not start"))??
                 .ok_or_else(|| anyhow::anyhow!("corral serve exited"))?;
             let line = line.trim();
             if line.starts_with("crl_") {
                 admin_token = Some(line.to_string());
+                break;
             }
-            if let Some(url) = line.strip_prefix("corral listening on ") {
+            if line.contains("no token is printed") {
+                break;
+            }
+        }
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = tokio::time::timeout(TIMEOUT, lines.next_line())
+                .await
+                .map_err(|_| anyhow::anyhow!("corral serve did not start"))??
+                .ok_or_else(|| anyhow::anyhow!("corral serve exited"))?;
+            if let Some(url) = line.trim().strip_prefix("corral listening on ") {
                 break url.to_string();
             }
         };
-        // Keep draining stdout so the server never blocks on a full pipe.
+        // Keep draining both so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::spawn(async move { while let Ok(Some(_)) = errors.next_line().await {} });
         Ok(Node {
             url,
             admin_token,

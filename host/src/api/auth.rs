@@ -49,6 +49,14 @@ impl Role {
             Role::Viewer => "viewer",
         }
     }
+
+    /// `a` or `an`, for the role's name.
+    fn article(self) -> &'static str {
+        match self {
+            Role::Admin | Role::Operator => "an",
+            Role::Viewer => "a",
+        }
+    }
 }
 
 /// An authenticated caller.
@@ -72,7 +80,8 @@ impl Caller {
                 StatusCode::FORBIDDEN,
                 "FORBIDDEN",
                 format!(
-                    "this needs a {} token; yours is {}",
+                    "this needs {} {} token; yours is {}",
+                    needed.article(),
                     needed.as_str(),
                     self.role.as_str()
                 ),
@@ -129,8 +138,18 @@ impl AuthFailures {
     /// The answer to a failed authentication from `ip`: 429 while the address is
     /// throttled, else 401, counted. Only the address is logged, never the credential.
     pub(super) fn refuse(&self, ip: IpAddr, message: &'static str) -> ApiError {
+        self.refuse_because(ip, "token not valid", message)
+    }
+
+    /// [`AuthFailures::refuse`], logging `reason` (what was wrong, never what was sent).
+    fn refuse_because(&self, ip: IpAddr, reason: &'static str, message: &'static str) -> ApiError {
         if self.blocked(ip) {
-            tracing::warn!(%ip, "authentication failure from a throttled address: 429");
+            tracing::warn!(
+                client = %ip,
+                reason,
+                status = 429,
+                "authentication failure from a throttled address"
+            );
             return ApiError::too_many(
                 "TOO_MANY_AUTH_FAILURES",
                 "too many requests with bad tokens from this address; wait and retry",
@@ -138,7 +157,7 @@ impl AuthFailures {
             );
         }
         self.record(ip);
-        tracing::warn!(%ip, "authentication failure: 401");
+        tracing::warn!(client = %ip, reason, status = 401, "authentication failure");
         ApiError::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
     }
 
@@ -346,13 +365,24 @@ async fn session_from_cookie(parts: &Parts, state: &AppState) -> Result<Option<S
     let ip = client_ip(parts);
     let value = match session_cookie(&parts.headers) {
         SessionCookie::Absent => return Ok(None),
-        SessionCookie::Bad => return Err(state.auth_failures.refuse(ip, SESSION_INVALID)),
+        SessionCookie::Bad => {
+            return Err(state.auth_failures.refuse_because(
+                ip,
+                "malformed or repeated session cookie",
+                SESSION_INVALID,
+            ));
+        }
         SessionCookie::One(value) => value,
     };
     let Some(record) = state.runner.store().session(&value).await? else {
-        return Err(state.auth_failures.refuse(ip, SESSION_INVALID));
+        return Err(state.auth_failures.refuse_because(
+            ip,
+            "session unknown, expired or revoked",
+            SESSION_INVALID,
+        ));
     };
     check_csrf(parts, state, &value)?;
+    super::logging::note_tenant(parts, &record.tenant_id);
     Ok(Some(Session { record, value }))
 }
 
@@ -404,17 +434,24 @@ impl FromRequestParts<AppState> for Caller {
             None => None,
         };
         if let Some(t) = found {
+            super::logging::note_tenant(parts, &t.tenant_id);
             return Ok(Caller {
                 role: Role::parse(&t.role).unwrap_or(Role::Viewer),
                 tenant_id: t.tenant_id,
                 token_id: t.id,
             });
         }
-        let message = if token.is_none() {
-            "send `Authorization: Bearer <token>` (or log in with POST /v1/session)"
+        let (reason, message) = if token.is_none() {
+            (
+                "no bearer token",
+                "send `Authorization: Bearer <token>` (or log in with POST /v1/session)",
+            )
         } else {
-            "the token is not valid (unknown or revoked)"
+            (
+                "token unknown or revoked",
+                "the token is not valid (unknown or revoked)",
+            )
         };
-        Err(state.auth_failures.refuse(ip, message))
+        Err(state.auth_failures.refuse_because(ip, reason, message))
     }
 }

@@ -5,14 +5,16 @@ use super::AppState;
 use super::auth::{Admin, Caller, Operator, Role};
 use super::error::{ApiError, from_rejection};
 use super::extract::{Path, Query};
+use super::types::*;
 use crate::engine::{Output, World};
 use crate::runs::pipeline;
+use crate::store::PipelineRecord;
+use crate::store::PluginRecord;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Instant;
 
@@ -54,21 +56,20 @@ pub(super) async fn method_not_allowed() -> ApiError {
     )
 }
 
-pub(super) async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+pub(super) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
-pub(super) async fn readyz(State(state): State<AppState>) -> Response {
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     match state.runner.store().ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => Ok(Json(Ready { status: "ready" })),
         Err(e) => {
             tracing::warn!("readiness check failed: {e}");
-            ApiError::new(
+            Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "NOT_READY",
                 "the database is not reachable",
-            )
-            .into_response()
+            ))
         }
     }
 }
@@ -93,18 +94,11 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-pub(super) async fn openapi() -> Json<Value> {
-    Json(super::openapi())
+pub(super) async fn openapi() -> Json<OpenApiDocument> {
+    Json(OpenApiDocument(super::openapi()))
 }
 
 // ---- plugins ----
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct UploadQuery {
-    name: Option<String>,
-    version: Option<String>,
-}
 
 fn valid_label(s: &str) -> bool {
     !s.is_empty()
@@ -119,7 +113,7 @@ pub(super) async fn upload_plugin(
     Query(q): Query<UploadQuery>,
     headers: HeaderMap,
     req: Request,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<PluginCreated>, ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -218,30 +212,29 @@ pub(super) async fn upload_plugin(
                 format!("plugin {name}@{version} already exists; upload a new version"),
             )
         })?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": record.id, "name": record.name, "version": record.version,
-            "digest": record.digest, "world": record.world,
-        })),
-    )
-        .into_response())
+    Ok(Reply::created(PluginCreated {
+        id: record.id,
+        name: record.name,
+        version: record.version,
+        digest: record.digest,
+        world: record.world,
+    }))
 }
 
 pub(super) async fn list_plugins(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PluginList>, ApiError> {
     let plugins = state.runner.store().plugins(&caller.tenant_id).await?;
-    Ok(Json(json!({ "plugins": plugins })))
+    Ok(Json(PluginList { plugins }))
 }
 
 pub(super) async fn list_tools(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ToolList>, ApiError> {
     let plugins = state.runner.store().plugins(&caller.tenant_id).await?;
-    let tools: Vec<Value> = plugins
+    let tools: Vec<ToolEntry> = plugins
         .iter()
         .filter(|p| p.world == World::Tool.as_str())
         .flat_map(|p| {
@@ -251,31 +244,33 @@ pub(super) async fn list_tools(
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            specs.into_iter().map(move |spec| {
-                json!({
-                    "name": spec.get("name"),
-                    "description": spec.get("description"),
-                    "inputSchema": spec.get("inputSchema"),
-                    "plugin": format!("{}@{}", p.name, p.version),
+            // Stored by the upload from the plugin's checked `list-tools`, so each parses.
+            specs.into_iter().filter_map(move |spec| {
+                let spec: StoredTool = serde_json::from_value(spec).ok()?;
+                Some(ToolEntry {
+                    name: spec.name,
+                    description: spec.description,
+                    input_schema: spec.input_schema,
+                    plugin: format!("{}@{}", p.name, p.version),
                 })
             })
         })
         .collect();
-    Ok(Json(json!({ "tools": tools })))
+    Ok(Json(ToolList { tools }))
 }
 
 pub(super) async fn get_plugin(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PluginRecord>, ApiError> {
     let plugin = state
         .runner
         .store()
         .plugin(&caller.tenant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("PLUGIN_NOT_FOUND", "plugin", &id))?;
-    Ok(Json(json!(plugin)))
+    Ok(Json(plugin))
 }
 
 pub(super) async fn delete_plugin(
@@ -325,41 +320,40 @@ fn parse_pipeline(doc: &Value) -> Result<pipeline::Pipeline, ApiError> {
 pub(super) async fn create_pipeline(
     State(state): State<AppState>,
     Operator(caller): Operator,
-    Body(doc): Body<Value>,
-) -> Result<Response, ApiError> {
+    Body(PipelineBody(doc)): Body<PipelineBody>,
+) -> Result<Reply<PipelineCreated>, ApiError> {
     let p = check_pipeline(&state, &caller.tenant_id, &doc).await?;
     let record = state
         .runner
         .store()
         .insert_pipeline(&caller.tenant_id, &p.name, &doc)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": record.id, "name": record.name})),
-    )
-        .into_response())
+    Ok(Reply::created(PipelineCreated {
+        id: record.id,
+        name: record.name,
+    }))
 }
 
 pub(super) async fn list_pipelines(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PipelineList>, ApiError> {
     let pipelines = state.runner.store().pipelines(&caller.tenant_id).await?;
-    Ok(Json(json!({ "pipelines": pipelines })))
+    Ok(Json(PipelineList { pipelines }))
 }
 
 pub(super) async fn get_pipeline(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PipelineRecord>, ApiError> {
     let p = state
         .runner
         .store()
         .pipeline(&caller.tenant_id, &id)
         .await?
         .ok_or_else(|| ApiError::not_found("PIPELINE_NOT_FOUND", "pipeline", &id))?;
-    Ok(Json(json!(p)))
+    Ok(Json(p))
 }
 
 pub(super) async fn delete_pipeline(
@@ -377,23 +371,11 @@ pub(super) async fn delete_pipeline(
 
 // ---- runs ----
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewRun {
-    pipeline: Value,
-    #[serde(default = "empty_object")]
-    input: Value,
-}
-
-fn empty_object() -> Value {
-    json!({})
-}
-
 pub(super) async fn create_run(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Body(new): Body<NewRun>,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<RunCreated>, ApiError> {
     let store = state.runner.store();
     // A cheap early refusal; the exact check is the one made with the insert.
     let queued = store.queued_count(&caller.tenant_id).await?;
@@ -431,26 +413,17 @@ pub(super) async fn create_run(
             Some(state.config.max_queued_per_tenant),
         )
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"run_id": run.id, "status": run.status})),
-    )
-        .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ListRuns {
-    status: Option<String>,
-    limit: Option<i64>,
-    cursor: Option<String>,
+    Ok(Reply::created(RunCreated {
+        run_id: run.id,
+        status: run.status,
+    }))
 }
 
 pub(super) async fn list_runs(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<ListRuns>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunList>, ApiError> {
     let limit = q.limit.unwrap_or(50);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::bad_request("limit: between 1 and 1000"));
@@ -490,7 +463,10 @@ pub(super) async fn list_runs(
     let next = (i64::try_from(runs.len()).unwrap_or(0) == limit)
         .then(|| runs.last().map(|r| format!("{}.{}", r.created_at, r.id)))
         .flatten();
-    Ok(Json(json!({"runs": runs, "next_cursor": next})))
+    Ok(Json(RunList {
+        runs,
+        next_cursor: next,
+    }))
 }
 
 async fn own_run(
@@ -510,7 +486,7 @@ pub(super) async fn get_run(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     let run = own_run(&state, &caller, &id).await?;
     let store = state.runner.store();
     let steps = store.steps(&id).await?;
@@ -519,22 +495,24 @@ pub(super) async fn get_run(
         .output
         .as_deref()
         .and_then(|o| serde_json::from_str(o).ok());
-    Ok(Json(
-        json!({"run": run, "output": output, "steps": steps, "attempts": attempts}),
-    ))
+    Ok(Json(RunDetail {
+        run,
+        output,
+        steps,
+        attempts,
+    }))
 }
 
 pub(super) async fn cancel_run(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<CancelRequested>, ApiError> {
     state.runner.cancel(&caller.tenant_id, &id).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"run_id": id, "cancel_requested": true})),
-    )
-        .into_response())
+    Ok(Reply::accepted(CancelRequested {
+        run_id: id,
+        cancel_requested: true,
+    }))
 }
 
 pub(super) async fn answer_run(
@@ -542,27 +520,26 @@ pub(super) async fn answer_run(
     Operator(caller): Operator,
     Path(id): Path<String>,
     req: Request,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<Answered>, ApiError> {
     let body = bytes(req).await?;
     let text =
         std::str::from_utf8(&body).map_err(|_| ApiError::bad_request("the answer is not UTF-8"))?;
     own_run(&state, &caller, &id).await?;
     state.runner.answer(&caller.tenant_id, &id, text).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"run_id": id, "answered": true})),
-    )
-        .into_response())
+    Ok(Reply::accepted(Answered {
+        run_id: id,
+        answered: true,
+    }))
 }
 
 pub(super) async fn list_artifacts(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ArtifactList>, ApiError> {
     own_run(&state, &caller, &id).await?;
     let artifacts = state.runner.store().artifacts(&id).await?;
-    Ok(Json(json!({ "artifacts": artifacts })))
+    Ok(Json(ArtifactList { artifacts }))
 }
 
 /// A guest-chosen media type, reduced to `type/subtype` characters.
@@ -617,19 +594,11 @@ pub(super) async fn get_artifact(
 
 // ---- tokens ----
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewToken {
-    role: String,
-    #[serde(default)]
-    name: String,
-}
-
 pub(super) async fn create_token(
     State(state): State<AppState>,
     Admin(caller): Admin,
     Body(new): Body<NewToken>,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<TokenCreated>, ApiError> {
     let role = Role::parse(&new.role)
         .ok_or_else(|| ApiError::bad_request("role: one of admin, operator, viewer"))?;
     if new.name.len() > 128 {
@@ -640,19 +609,20 @@ pub(super) async fn create_token(
         .store()
         .create_token(&caller.tenant_id, role.as_str(), &new.name)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": record.id, "role": record.role, "name": record.name, "token": secret})),
-    )
-        .into_response())
+    Ok(Reply::created(TokenCreated {
+        id: record.id,
+        role: record.role,
+        name: record.name,
+        token: secret,
+    }))
 }
 
 pub(super) async fn list_tokens(
     State(state): State<AppState>,
     Admin(caller): Admin,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TokenList>, ApiError> {
     let tokens = state.runner.store().tokens(&caller.tenant_id).await?;
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
 }
 
 pub(super) async fn revoke_token(
@@ -668,12 +638,6 @@ pub(super) async fn revoke_token(
     ApiError::deleted(found, "TOKEN_NOT_FOUND", "token", &id)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewSecret {
-    value: String,
-}
-
 fn checked_secret_name(name: &str) -> Result<(), ApiError> {
     crate::secrets::check_name(name).map_err(ApiError::bad_request)
 }
@@ -685,7 +649,7 @@ pub(super) async fn put_secret(
     Admin(caller): Admin,
     Path(name): Path<String>,
     Body(new): Body<NewSecret>,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<SecretStored>, ApiError> {
     checked_secret_name(&name)?;
     if new.value.is_empty() || new.value.len() > crate::secrets::MAX_VALUE {
         return Err(ApiError::bad_request(format!(
@@ -703,16 +667,16 @@ pub(super) async fn put_secret(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(json!({ "name": name, "created": created }))).into_response())
+    Ok(Reply::new(status, SecretStored { name, created }))
 }
 
 /// `GET /v1/secrets`: names and times, never values.
 pub(super) async fn list_secrets(
     State(state): State<AppState>,
     Admin(caller): Admin,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SecretList>, ApiError> {
     let secrets = state.runner.store().secrets(&caller.tenant_id).await?;
-    Ok(Json(json!({ "secrets": secrets })))
+    Ok(Json(SecretList { secrets }))
 }
 
 /// `DELETE /v1/secrets/{name}`.
@@ -737,8 +701,8 @@ pub(super) async fn put_plugin_manifest(
     State(state): State<AppState>,
     Admin(caller): Admin,
     Path(id): Path<String>,
-    Body(doc): Body<Value>,
-) -> Result<Json<Value>, ApiError> {
+    Body(ManifestBody(doc)): Body<ManifestBody>,
+) -> Result<Json<ManifestSet>, ApiError> {
     // Another tenant's plugin is not there, whatever the body says.
     if state
         .runner
@@ -759,5 +723,5 @@ pub(super) async fn put_plugin_manifest(
     {
         return Err(ApiError::not_found("PLUGIN_NOT_FOUND", "plugin", &id));
     }
-    Ok(Json(json!({ "id": id, "manifest": doc })))
+    Ok(Json(ManifestSet { id, manifest: doc }))
 }

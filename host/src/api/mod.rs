@@ -6,13 +6,16 @@
 
 mod auth;
 pub mod cors;
+pub(crate) mod doc;
 pub mod error;
 mod extract;
 mod handlers;
+mod logging;
 pub mod metrics;
 pub mod server;
 mod session;
 mod sse;
+mod types;
 mod ui;
 mod webhooks;
 
@@ -22,7 +25,7 @@ use crate::runs::Runner;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Method;
-use axum::routing::{MethodRouter, delete, get, post, put};
+use axum::routing::MethodRouter;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -107,7 +110,7 @@ pub enum BodyKind {
 }
 
 /// One route of the API.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Route {
     /// HTTP method.
     pub method: &'static str,
@@ -123,7 +126,28 @@ pub struct Route {
     pub stream: bool,
     /// Success status.
     pub ok: u16,
-    handler: fn() -> MethodRouter<AppState>,
+    /// Statuses it sends besides `ok` and those every route of its kind sends (401, 403
+    /// and 429 with a token; 400 and 404 with a path parameter; 400 and 413 with a body;
+    /// 415 with a JSON body; 500 under `/v1`).
+    pub also: &'static [u16],
+    /// The schema of a JSON body the handler reads as raw bytes (a `Body<T>` argument
+    /// says its own).
+    request: Option<doc::SchemaFn>,
+    /// The media types of a success body that is not JSON.
+    media: &'static [&'static str],
+    /// Header parameters: name and description.
+    headers: &'static [(&'static str, &'static str)],
+    /// The handler, and what its signature says for the document.
+    handler: fn() -> (MethodRouter<AppState>, doc::OpDoc),
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
 }
 
 const fn route(
@@ -133,7 +157,7 @@ const fn route(
     role: Option<Role>,
     body: BodyKind,
     ok: u16,
-    handler: fn() -> MethodRouter<AppState>,
+    handler: fn() -> (MethodRouter<AppState>, doc::OpDoc),
 ) -> Route {
     Route {
         method,
@@ -143,6 +167,10 @@ const fn route(
         body,
         stream: false,
         ok,
+        also: &[],
+        request: None,
+        media: &[],
+        headers: &[],
         handler,
     }
 }
@@ -150,22 +178,51 @@ const fn route(
 const fn stream(
     path: &'static str,
     summary: &'static str,
-    handler: fn() -> MethodRouter<AppState>,
+    handler: fn() -> (MethodRouter<AppState>, doc::OpDoc),
 ) -> Route {
     Route {
-        method: "GET",
-        path,
-        summary,
-        role: Some(Role::Viewer),
-        body: BodyKind::None,
         stream: true,
-        ok: 200,
-        handler,
+        media: &["text/event-stream"],
+        ..route(
+            "GET",
+            path,
+            summary,
+            Some(Role::Viewer),
+            BodyKind::None,
+            200,
+            handler,
+        )
+    }
+}
+
+impl Route {
+    /// With more statuses (see [`Route::also`]).
+    const fn also(self, also: &'static [u16]) -> Route {
+        Route { also, ..self }
+    }
+
+    /// With the schema of a JSON body its handler reads raw.
+    const fn request(self, request: doc::SchemaFn) -> Route {
+        Route {
+            request: Some(request),
+            ..self
+        }
+    }
+
+    /// With a success body of these media types (not JSON).
+    const fn media(self, media: &'static [&'static str]) -> Route {
+        Route { media, ..self }
+    }
+
+    /// With header parameters.
+    const fn headers(self, headers: &'static [(&'static str, &'static str)]) -> Route {
+        Route { headers, ..self }
     }
 }
 
 use BodyKind::{Json as J, None as N, Wasm as W};
 use Role::{Admin as A, Operator as O, Viewer as V};
+use doc::op;
 
 /// Every route. The router and `/openapi.json` are both built from this table.
 pub const ROUTES: &[Route] = &[
@@ -176,7 +233,7 @@ pub const ROUTES: &[Route] = &[
         None,
         N,
         200,
-        || get(handlers::healthz),
+        op!(get, handlers::healthz),
     ),
     route(
         "GET",
@@ -185,17 +242,19 @@ pub const ROUTES: &[Route] = &[
         None,
         N,
         200,
-        || get(handlers::readyz),
-    ),
+        op!(get, handlers::readyz),
+    )
+    .also(&[503]),
     route(
         "GET",
         "/metrics",
-        "Prometheus metrics.",
+        "Prometheus metrics (text exposition format 0.0.4).",
         None,
         N,
         200,
-        || get(handlers::metrics),
-    ),
+        op!(get, handlers::metrics),
+    )
+    .media(&["text/plain; version=0.0.4"]),
     route(
         "GET",
         "/openapi.json",
@@ -203,26 +262,25 @@ pub const ROUTES: &[Route] = &[
         None,
         N,
         200,
-        || get(handlers::openapi),
+        op!(get, handlers::openapi),
     ),
     route(
         "POST",
         "/v1/session",
-        "Log in a browser: {token} for an HttpOnly, SameSite=Strict session cookie; answers \
-         {tenant, role, token_id, csrf_token, expires_at}.",
+        "Log in a browser: a token for an HttpOnly, SameSite=Strict session cookie.",
         None,
         J,
         201,
-        || post(session::login),
+        op!(post, session::login),
     ),
     route(
         "GET",
         "/v1/session",
-        "The session of the cookie: {tenant, role, token_id, csrf_token, expires_at}.",
+        "The session of the cookie.",
         Some(V),
         N,
         200,
-        || get(session::current),
+        op!(get, session::current),
     ),
     route(
         "DELETE",
@@ -231,17 +289,19 @@ pub const ROUTES: &[Route] = &[
         Some(V),
         N,
         204,
-        || delete(session::logout),
+        op!(delete, session::logout),
     ),
     route(
         "POST",
         "/v1/plugins",
-        "Upload a plugin (raw component bytes, application/wasm). Query: name, version.",
+        "Upload a plugin (raw component bytes, application/wasm).",
         Some(O),
         W,
         201,
-        || post(handlers::upload_plugin),
-    ),
+        op!(post, handlers::upload_plugin),
+    )
+    // 415: not application/wasm; 422: not a component; 503: COMPILE_TIMEOUT.
+    .also(&[409, 415, 422, 503]),
     route(
         "GET",
         "/v1/plugins",
@@ -249,7 +309,7 @@ pub const ROUTES: &[Route] = &[
         Some(V),
         N,
         200,
-        || get(handlers::list_plugins),
+        op!(get, handlers::list_plugins),
     ),
     route(
         "GET",
@@ -258,7 +318,7 @@ pub const ROUTES: &[Route] = &[
         Some(V),
         N,
         200,
-        || get(handlers::list_tools),
+        op!(get, handlers::list_tools),
     ),
     route(
         "GET",
@@ -267,7 +327,7 @@ pub const ROUTES: &[Route] = &[
         Some(V),
         N,
         200,
-        || get(handlers::get_plugin),
+        op!(get, handlers::get_plugin),
     ),
     route(
         "DELETE",
@@ -276,8 +336,9 @@ pub const ROUTES: &[Route] = &[
         Some(O),
         N,
         204,
-        || delete(handlers::delete_plugin),
-    ),
+        op!(delete, handlers::delete_plugin),
+    )
+    .also(&[409]),
     route(
         "POST",
         "/v1/pipelines",
@@ -285,7 +346,7 @@ pub const ROUTES: &[Route] = &[
         Some(O),
         J,
         201,
-        || post(handlers::create_pipeline),
+        op!(post, handlers::create_pipeline),
     ),
     route(
         "GET",
@@ -294,7 +355,7 @@ pub const ROUTES: &[Route] = &[
         Some(V),
         N,
         200,
-        || get(handlers::list_pipelines),
+        op!(get, handlers::list_pipelines),
     ),
     route(
         "GET",
@@ -303,7 +364,7 @@ pub const ROUTES: &[Route] = &[
         Some(V),
         N,
         200,
-        || get(handlers::get_pipeline),
+        op!(get, handlers::get_pipeline),
     ),
     route(
         "DELETE",
@@ -312,25 +373,27 @@ pub const ROUTES: &[Route] = &[
         Some(O),
         N,
         204,
-        || delete(handlers::delete_pipeline),
+        op!(delete, handlers::delete_pipeline),
     ),
     route(
         "POST",
         "/v1/runs",
-        "Start a run: {pipeline: id or inline pipeline, input}.",
+        "Start a run of a stored or inline pipeline.",
         Some(O),
         J,
         201,
-        || post(handlers::create_run),
-    ),
+        op!(post, handlers::create_run),
+    )
+    // 404: no stored pipeline of that id.
+    .also(&[404]),
     route(
         "GET",
         "/v1/runs",
-        "List runs. Query: status, limit, cursor.",
+        "List runs, newest first, a page at a time.",
         Some(V),
         N,
         200,
-        || get(handlers::list_runs),
+        op!(get, handlers::list_runs),
     ),
     route(
         "GET",
@@ -339,7 +402,7 @@ pub const ROUTES: &[Route] = &[
         Some(V),
         N,
         200,
-        || get(handlers::get_run),
+        op!(get, handlers::get_run),
     ),
     route(
         "POST",
@@ -348,8 +411,9 @@ pub const ROUTES: &[Route] = &[
         Some(O),
         N,
         202,
-        || post(handlers::cancel_run),
-    ),
+        op!(post, handlers::cancel_run),
+    )
+    .also(&[409]),
     route(
         "POST",
         "/v1/runs/{id}/input",
@@ -357,8 +421,11 @@ pub const ROUTES: &[Route] = &[
         Some(O),
         J,
         202,
-        || post(handlers::answer_run),
-    ),
+        op!(post, handlers::answer_run),
+    )
+    .request(doc::schema_of::<types::AnswerBody>)
+    // 409: the run is not waiting; 422: the answer does not fit the question's schema.
+    .also(&[409, 422]),
     route(
         "GET",
         "/v1/runs/{id}/artifacts",
@@ -366,36 +433,45 @@ pub const ROUTES: &[Route] = &[
         Some(V),
         N,
         200,
-        || get(handlers::list_artifacts),
+        op!(get, handlers::list_artifacts),
     ),
     route(
         "GET",
         "/v1/artifacts/{id}",
-        "Download an artifact.",
+        "Download an artifact (as its stored media type, or application/octet-stream).",
         Some(V),
         N,
         200,
-        || get(handlers::get_artifact),
-    ),
+        op!(get, handlers::get_artifact),
+    )
+    .media(&["application/octet-stream", "*/*"]),
     stream(
         "/v1/runs/{id}/events",
-        "A run's events as SSE: replay (from Last-Event-ID) then live; closes after the final event.",
-        || get(sse::run_events),
-    ),
+        "A run's events as SSE: replay (after Last-Event-ID) then live; closes after the final \
+         event. 204 when the client already has the final event.",
+        op!(get, sse::run_events),
+    )
+    .headers(&[(
+        "Last-Event-ID",
+        "Resume after this event (its `seq`); wins over `last_event_id`.",
+    )])
+    .also(&[204]),
     stream(
         "/v1/events",
         "Live events of every run of the tenant, as SSE. A `{\"type\":\"resync\"}` frame (with \
          `missed` when the client fell behind) says events may be missing: re-read those runs' streams.",
-        || get(sse::tenant_events),
-    ),
+        op!(get, sse::tenant_events),
+    )
+    // 400: a Last-Event-ID (this stream is live only).
+    .also(&[400]),
     route(
         "POST",
         "/v1/tokens",
-        "Create a token: {role, name}. The secret is shown once.",
+        "Create a token. The secret is shown once.",
         Some(A),
         J,
         201,
-        || post(handlers::create_token),
+        op!(post, handlers::create_token),
     ),
     route(
         "GET",
@@ -404,7 +480,7 @@ pub const ROUTES: &[Route] = &[
         Some(A),
         N,
         200,
-        || get(handlers::list_tokens),
+        op!(get, handlers::list_tokens),
     ),
     route(
         "DELETE",
@@ -413,26 +489,28 @@ pub const ROUTES: &[Route] = &[
         Some(A),
         N,
         204,
-        || delete(handlers::revoke_token),
+        op!(delete, handlers::revoke_token),
     ),
     route(
         "PUT",
         "/v1/plugins/{id}/manifest",
-        "Set a registered plugin's permission manifest: {grants: {tools, http, secrets}, limits}.",
+        "Set a registered plugin's permission manifest.",
         Some(A),
         J,
         200,
-        || put(handlers::put_plugin_manifest),
+        op!(put, handlers::put_plugin_manifest),
     ),
     route(
         "PUT",
         "/v1/secrets/{name}",
-        "Create (201) or replace (200) a secret: {value}. Sealed at rest, never returned.",
+        "Create (201) or replace (200) a secret. Sealed at rest, never returned.",
         Some(A),
         J,
         201,
-        || put(handlers::put_secret),
-    ),
+        op!(put, handlers::put_secret),
+    )
+    // 503: SECRETS_DISABLED (the server has no secrets key).
+    .also(&[200, 503]),
     route(
         "GET",
         "/v1/secrets",
@@ -440,7 +518,7 @@ pub const ROUTES: &[Route] = &[
         Some(A),
         N,
         200,
-        || get(handlers::list_secrets),
+        op!(get, handlers::list_secrets),
     ),
     route(
         "DELETE",
@@ -449,17 +527,18 @@ pub const ROUTES: &[Route] = &[
         Some(A),
         N,
         204,
-        || delete(handlers::delete_secret),
+        op!(delete, handlers::delete_secret),
     ),
     route(
         "POST",
         "/v1/webhooks",
-        "Register a webhook: {name, plugin (a connector), signing_secrets, pipeline?, debounce?}.",
+        "Register a webhook for a connector plugin.",
         Some(A),
         J,
         201,
-        || post(webhooks::create_webhook),
-    ),
+        op!(post, webhooks::create_webhook),
+    )
+    .also(&[409]),
     route(
         "GET",
         "/v1/webhooks",
@@ -467,7 +546,7 @@ pub const ROUTES: &[Route] = &[
         Some(A),
         N,
         200,
-        || get(webhooks::list_webhooks),
+        op!(get, webhooks::list_webhooks),
     ),
     route(
         "DELETE",
@@ -476,7 +555,7 @@ pub const ROUTES: &[Route] = &[
         Some(A),
         N,
         204,
-        || delete(webhooks::delete_webhook),
+        op!(delete, webhooks::delete_webhook),
     ),
     route(
         "POST",
@@ -485,15 +564,19 @@ pub const ROUTES: &[Route] = &[
         None,
         J,
         202,
-        || post(webhooks::deliver),
-    ),
+        op!(post, webhooks::deliver),
+    )
+    .request(doc::schema_of::<types::DeliveryBody>)
+    // 401: bad signature; 409: a replay; 422: the connector failed; 429: too many queued
+    // runs; 503: SECRETS_DISABLED.
+    .also(&[401, 409, 422, 429, 503]),
 ];
 
 /// The router for `state`, built from [`ROUTES`].
 pub fn router(state: AppState) -> Router {
     let mut by_path: BTreeMap<&str, MethodRouter<AppState>> = BTreeMap::new();
     for r in ROUTES {
-        let mut method_router = (r.handler)();
+        let (mut method_router, _) = (r.handler)();
         // Every body is capped; uploads have their own, larger cap. A declared length over
         // the cap is refused before a byte is read; an undeclared one is cut at the cap.
         let cap = match r.body {
@@ -522,6 +605,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             cors::cors,
         ))
+        .layer(axum::middleware::from_fn(logging::log_requests))
         .with_state(state)
 }
 
@@ -546,27 +630,154 @@ async fn refuse_declared_oversize(
     next.run(req).await
 }
 
-/// The OpenAPI 3.1 document, generated from [`ROUTES`].
+/// The OpenAPI 3.1 document, generated from [`ROUTES`] and the Rust types their handlers
+/// take and answer (see [`doc`]). Built once.
 pub fn openapi() -> Value {
+    static DOC: std::sync::LazyLock<Value> = std::sync::LazyLock::new(build_openapi);
+    DOC.clone()
+}
+
+/// Why each status is sent, for the document.
+fn status_text(code: u16) -> &'static str {
+    match code {
+        200 => "OK.",
+        201 => "Created.",
+        202 => "Accepted.",
+        204 => "No content.",
+        400 => "The request is malformed: see the error's code and message.",
+        401 => "No valid credential (token, session or signature).",
+        403 => "The credential may not do this (role, origin or CSRF token).",
+        404 => "No such object in the caller's tenant.",
+        409 => "Conflicts with the object's state.",
+        413 => "The body is larger than this route's limit.",
+        415 => "The body's Content-Type is not one this route takes.",
+        422 => "Well-formed, but refused (see the error's code).",
+        429 => {
+            "Too many requests, queued runs, open streams or bad credentials: retry after Retry-After seconds."
+        }
+        500 => "An internal error (logged by the server).",
+        503 => "Not available now (see the error's code).",
+        _ => "See the error's code.",
+    }
+}
+
+/// The statuses a route sends besides its success status.
+fn statuses(r: &Route, op: &doc::OpDoc) -> std::collections::BTreeSet<u16> {
+    let mut codes: std::collections::BTreeSet<u16> = r.also.iter().copied().collect();
+    if r.role.is_some() || r.path == "/v1/session" {
+        codes.extend([401, 403, 429]);
+    }
+    if r.path.contains('{') {
+        // A path parameter with a control character is a 400.
+        codes.extend([400, 404]);
+    }
+    if r.body != BodyKind::None {
+        codes.extend([400, 413]);
+    }
+    if op.request.is_some() {
+        codes.insert(415);
+    }
+    if op.query.is_some() {
+        codes.insert(400);
+    }
+    if r.path.starts_with("/v1/") {
+        codes.insert(500);
+    }
+    codes.remove(&r.ok);
+    codes
+}
+
+fn build_openapi() -> Value {
+    let (mut requests, mut responses) = doc::generators();
+    let error = responses.subschema_for::<types::ErrorBody>();
     let mut paths = serde_json::Map::new();
     for r in ROUTES {
-        let params: Vec<Value> = r
+        let (_, op) = (r.handler)();
+        let mut params: Vec<Value> = r
             .path
             .split('/')
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                json!({"name": name, "in": "path", "required": true,
+                       "schema": {"type": "string", "minLength": 1}})
+            })
             .collect();
-        let mut op = json!({
+        if let Some(query) = op.query {
+            params.extend(doc::query_parameters(&query(&mut requests)));
+        }
+        for (name, description) in r.headers {
+            params.push(json!({"name": name, "in": "header", "required": false,
+                               "description": description, "schema": {"type": "string"}}));
+        }
+        // The success body: JSON of the handler's return type, or the row's media types.
+        let ok_content = match op.answer {
+            doc::Answer::Json(schema) => {
+                Some(json!({"application/json": {"schema": schema(&mut responses)}}))
+            }
+            doc::Answer::Empty => None,
+            doc::Answer::Raw => Some(Value::Object(
+                r.media
+                    .iter()
+                    .map(|m| {
+                        let schema = if r.stream {
+                            types::sse_event_schema(&mut responses).to_value()
+                        } else if m.starts_with("text/") {
+                            json!({"type": "string"})
+                        } else if *m == "*/*" {
+                            json!({"description": "The bytes, as their stored media type."})
+                        } else {
+                            json!({"type": "string", "format": "binary"})
+                        };
+                        ((*m).to_string(), json!({"schema": schema}))
+                    })
+                    .collect(),
+            )),
+        };
+        let mut answers = serde_json::Map::new();
+        let success = |code: u16| match (&ok_content, code) {
+            (Some(content), c) if c != 204 => {
+                json!({"description": status_text(c), "content": content})
+            }
+            _ => json!({"description": status_text(code)}),
+        };
+        answers.insert(r.ok.to_string(), success(r.ok));
+        for code in statuses(r, &op) {
+            let answer = if code < 300 {
+                success(code)
+            } else {
+                let mut a = json!({"description": status_text(code),
+                                   "content": {"application/json": {"schema": error}}});
+                let header = match code {
+                    401 => Some(("WWW-Authenticate", "The scheme to use (`Bearer`).", true)),
+                    429 => Some(("Retry-After", "Seconds to wait before retrying.", true)),
+                    503 => Some(("Retry-After", "Seconds to wait before retrying.", false)),
+                    _ => None,
+                };
+                if let (Some((name, description, required)), Some(obj)) =
+                    (header, a.as_object_mut())
+                {
+                    obj.insert(
+                        "headers".into(),
+                        json!({name: {"description": description, "required": required,
+                                      "schema": {"type": code_header_type(code)}}}),
+                    );
+                }
+                a
+            };
+            answers.insert(code.to_string(), answer);
+        }
+        let mut operation = json!({
             "summary": r.summary,
             "operationId": format!("{}_{}", r.method.to_lowercase(), r.path.trim_start_matches('/').replace(['/', '{', '}', '.'], "_")),
-            "responses": responses(r),
+            "responses": answers,
         });
-        if let Some(obj) = op.as_object_mut() {
+        let request = op.request.or(r.request);
+        if let Some(obj) = operation.as_object_mut() {
             if !params.is_empty() {
                 obj.insert("parameters".into(), Value::Array(params));
             }
             match r.role {
-                Some(_) if r.path == "/v1/session" => {
+                Some(_) if op.session => {
                     obj.insert("security".into(), json!([{"session": []}]));
                 }
                 Some(role) => {
@@ -577,23 +788,34 @@ pub fn openapi() -> Value {
                     obj.insert("security".into(), json!([]));
                 }
             }
-            match r.body {
-                BodyKind::Json => {
+            match (r.body, request) {
+                (BodyKind::Json, Some(schema)) => {
                     obj.insert(
                         "requestBody".into(),
-                        json!({"required": true, "content": {"application/json": {"schema": {}}}}),
+                        json!({"required": r.request.is_none(),
+                               "content": {"application/json": {"schema": schema(&mut requests)}}}),
                     );
                 }
-                BodyKind::Wasm => {
-                    obj.insert("requestBody".into(), json!({"required": true, "content": {"application/wasm": {"schema": {"type": "string", "format": "binary"}}}}));
+                (BodyKind::Wasm, _) => {
+                    obj.insert(
+                        "requestBody".into(),
+                        json!({"required": true, "content": {
+                            "application/wasm": {"schema": {"type": "string", "format": "binary"}},
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                        }}),
+                    );
                 }
-                BodyKind::None => {}
+                _ => {}
             }
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         if let Some(obj) = entry.as_object_mut() {
-            obj.insert(r.method.to_lowercase(), op);
+            obj.insert(r.method.to_lowercase(), operation);
         }
+    }
+    let (schemas, conflicts) = doc::merge_definitions(&mut requests, &mut responses);
+    if !conflicts.is_empty() {
+        tracing::error!("openapi: schemas defined twice, differently: {conflicts:?}");
     }
     json!({
         "openapi": "3.1.0",
@@ -601,7 +823,8 @@ pub fn openapi() -> Value {
             "title": "Corral API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "Run pipelines of sandboxed WebAssembly plugins and follow them live. \
-                            Every error is {\"error\": {\"code\", \"message\"}}.",
+                            Every error is {\"error\": {\"code\", \"message\"}} (the Error schema). \
+                            The schemas are generated from the server's own types.",
         },
         "paths": paths,
         "components": {
@@ -611,60 +834,71 @@ pub fn openapi() -> Value {
                     "description": "From POST /v1/session. Requests other than GET, HEAD and \
                                     OPTIONS must also send X-CSRF-Token."},
             },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "object", "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}
-                }
-            }
+            "schemas": schemas,
         }
     })
 }
 
-fn responses(r: &Route) -> Value {
-    let ok_content = if r.stream {
-        json!({"text/event-stream": {"schema": {"type": "string"}}})
-    } else {
-        json!({"application/json": {"schema": {}}})
-    };
-    let mut responses = serde_json::Map::new();
-    let ok = if r.ok == 204 {
-        json!({"description": "Done."})
-    } else {
-        json!({"description": "Success.", "content": ok_content})
-    };
-    responses.insert(r.ok.to_string(), ok);
-    let error = json!({"description": "See the error code.", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    let mut codes = vec![];
-    if r.role.is_some() || r.path == "/v1/session" {
-        codes.extend(["401", "403", "429"]);
-    }
-    if r.path.contains('{') {
-        codes.push("404");
-    }
-    // A path parameter with a control character, or a bad body, is a 400.
-    if r.path.contains('{') || r.body != BodyKind::None {
-        codes.push("400");
-    }
-    if r.body != BodyKind::None {
-        codes.push("413");
-    }
-    if r.body == BodyKind::Wasm {
-        // 503 COMPILE_TIMEOUT.
-        codes.extend(["422", "503"]);
-    } else if r.path.starts_with("/v1/secrets") {
-        // 503 SECRETS_DISABLED.
-        codes.push("503");
-    }
-    for code in codes {
-        responses.insert(code.to_string(), error.clone());
-    }
-    Value::Object(responses)
+/// The type of the header a status carries (`Retry-After` is seconds).
+fn code_header_type(code: u16) -> &'static str {
+    if code == 401 { "string" } else { "integer" }
 }
 
 /// The method of a route as an axum `Method`.
 pub fn method_of(r: &Route) -> Method {
     Method::from_bytes(r.method.as_bytes()).unwrap_or(Method::GET)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each row agrees with its handler's signature: the body kind with a `Body<T>`
+    /// argument (or the row's own request schema), the role with the caller extractor,
+    /// the success status with the answer type.
+    #[test]
+    fn every_row_agrees_with_its_handler() {
+        for r in ROUTES {
+            let (_, op) = (r.handler)();
+            let name = format!("{} {}", r.method, r.path);
+            match r.body {
+                BodyKind::Json => assert!(
+                    op.request.is_some() != r.request.is_some(),
+                    "{name}: a JSON body needs one schema, from Body<T> or the row"
+                ),
+                BodyKind::Wasm | BodyKind::None => assert!(
+                    op.request.is_none() && r.request.is_none(),
+                    "{name}: no JSON body"
+                ),
+            }
+            assert_eq!(op.role, r.role, "{name}: the row's role is the extractor's");
+            match op.answer {
+                doc::Answer::Json(_) => assert!(r.media.is_empty(), "{name}"),
+                doc::Answer::Empty => assert_eq!(r.ok, 204, "{name}"),
+                doc::Answer::Raw => assert!(!r.media.is_empty(), "{name}: say its media"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_document_defines_each_schema_once() {
+        let (mut requests, mut responses) = doc::generators();
+        for r in ROUTES {
+            let (_, op) = (r.handler)();
+            if let Some(f) = op.request.or(r.request) {
+                f(&mut requests);
+            }
+            if let Some(f) = op.query {
+                f(&mut requests);
+            }
+            if let doc::Answer::Json(f) = op.answer {
+                f(&mut responses);
+            }
+        }
+        responses.subschema_for::<types::ErrorBody>();
+        types::sse_event_schema(&mut responses);
+        let (schemas, conflicts) = doc::merge_definitions(&mut requests, &mut responses);
+        assert!(conflicts.is_empty(), "{conflicts:?}");
+        assert!(schemas.contains_key("Error") && schemas.contains_key("RunRecord"));
+    }
 }

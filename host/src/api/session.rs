@@ -9,31 +9,22 @@ use super::auth::{
 };
 use super::error::ApiError;
 use super::handlers::Body;
+use super::types::{Login, NoContent, Reply, SessionInfo};
 use crate::store::SessionRecord;
-use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::json;
 use std::time::{Duration, UNIX_EPOCH};
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Login {
-    token: String,
-}
-
 /// What the session routes answer: who the session is and its CSRF token.
-fn describe(record: &SessionRecord, value: &str) -> serde_json::Value {
+fn describe(record: &SessionRecord, value: &str) -> SessionInfo {
     let expires = UNIX_EPOCH + Duration::from_millis(u64::try_from(record.expires_at).unwrap_or(0));
-    json!({
-        "tenant": record.tenant_name,
-        "role": record.role,
-        "token_id": record.token_id,
-        "csrf_token": csrf_token(value),
-        "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
-    })
+    SessionInfo {
+        tenant: record.tenant_name.clone(),
+        role: record.role.clone(),
+        token_id: record.token_id.clone(),
+        csrf_token: csrf_token(value),
+        expires_at: humantime::format_rfc3339_seconds(expires).to_string(),
+    }
 }
 
 /// The `Set-Cookie` value for `value` living `max_age` seconds (0 clears it).
@@ -45,12 +36,9 @@ fn cookie(value: &str, max_age: u64, secure: bool) -> Option<HeaderValue> {
     .ok()
 }
 
-fn private(mut response: Response) -> Response {
+fn private<T>(reply: Reply<T>) -> Reply<T> {
     // The answer carries the CSRF token: no cache may keep it.
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
+    reply.header(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))
 }
 
 const BAD_TOKEN: &str = "the token is not valid (unknown or revoked)";
@@ -63,7 +51,7 @@ pub(super) async fn login(
     headers: HeaderMap,
     uri: Uri,
     Body(login): Body<Login>,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<SessionInfo>, ApiError> {
     // A page elsewhere must not log a browser in to an account of its choosing.
     check_origin(&headers, &uri, &state)?;
     let token = login.token.trim();
@@ -86,16 +74,19 @@ pub(super) async fn login(
     let Some(record) = store.session(&value).await? else {
         return Err(state.auth_failures.refuse(ip, BAD_TOKEN));
     };
-    let mut response = (StatusCode::CREATED, Json(describe(&record, &value))).into_response();
+    let mut reply = Reply::created(describe(&record, &value));
     if let Some(c) = cookie(&value, ttl, over_tls(&headers, &state)) {
-        response.headers_mut().insert(header::SET_COOKIE, c);
+        reply = reply.header(header::SET_COOKIE, c);
     }
-    Ok(private(response))
+    Ok(private(reply))
 }
 
 /// `GET /v1/session`: the session the cookie names, with the same CSRF token.
-pub(super) async fn current(session: Session) -> Response {
-    private(Json(describe(&session.record, &session.value)).into_response())
+pub(super) async fn current(session: Session) -> Reply<SessionInfo> {
+    private(Reply::new(
+        StatusCode::OK,
+        describe(&session.record, &session.value),
+    ))
 }
 
 /// `DELETE /v1/session`: logs out (needs the CSRF token); the cookie is cleared.
@@ -103,11 +94,13 @@ pub(super) async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
     session: Session,
-) -> Result<Response, ApiError> {
+) -> Result<NoContent, ApiError> {
     state.runner.store().delete_session(&session.value).await?;
-    let mut response = StatusCode::NO_CONTENT.into_response();
-    if let Some(c) = cookie("", 0, over_tls(&headers, &state)) {
-        response.headers_mut().insert(header::SET_COOKIE, c);
-    }
-    Ok(response)
+    let cleared = cookie("", 0, over_tls(&headers, &state));
+    Ok(NoContent(
+        cleared
+            .map(|c| (header::SET_COOKIE, c))
+            .into_iter()
+            .collect(),
+    ))
 }

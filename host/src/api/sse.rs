@@ -11,22 +11,16 @@ use super::AppState;
 use super::auth::Caller;
 use super::error::ApiError;
 use super::extract::{Path, Query};
+use super::types::{Notice, StreamQuery};
 use crate::events::{Follower, Subscription, TokenWatch};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::Stream;
-use serde::Deserialize;
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct StreamQuery {
-    last_event_id: Option<String>,
-}
 
 /// Counts a tenant's open streams; the count drops when the stream ends.
 struct StreamSlot {
@@ -76,7 +70,13 @@ impl Drop for StreamSlot {
 const RETRY: Duration = Duration::from_millis(3000);
 
 fn heartbeat() -> SseEvent {
-    SseEvent::default().data(r#"{"type":"heartbeat"}"#)
+    SseEvent::default().data(
+        Notice {
+            kind: "heartbeat",
+            missed: None,
+        }
+        .to_data(),
+    )
 }
 
 fn sse_response(live: Live) -> Response {
@@ -187,12 +187,11 @@ impl Source {
                 },
                 Err(RecvError::Lagged(n)) => {
                     // 0: the watcher of other hosts' commits lost track for a while.
-                    let note = if n == 0 {
-                        serde_json::json!({"type": "resync"})
-                    } else {
-                        serde_json::json!({"type": "resync", "missed": n})
+                    let note = Notice {
+                        kind: "resync",
+                        missed: (n > 0).then_some(n),
                     };
-                    Next::Frame(SseEvent::default().data(note.to_string()), false)
+                    Next::Frame(SseEvent::default().data(note.to_data()), false)
                 }
                 Err(RecvError::Closed) => Next::End,
             },

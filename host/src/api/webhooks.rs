@@ -5,6 +5,7 @@ use super::auth::Admin;
 use super::error::ApiError;
 use super::extract::Path;
 use super::handlers::Body;
+use super::types::{DeliveryAccepted, NewWebhookBody, Reply, WebhookCreated, WebhookList};
 use crate::engine::World;
 use crate::runs::pipeline;
 use crate::runs::webhooks::WebhookError;
@@ -12,21 +13,6 @@ use crate::store::NewWebhook;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewWebhookBody {
-    name: String,
-    plugin: String,
-    signing_secrets: Vec<String>,
-    #[serde(default)]
-    pipeline: Option<String>,
-    #[serde(default)]
-    debounce: Option<String>,
-}
 
 /// `POST /v1/webhooks`: registers a connector to receive signed deliveries, optionally
 /// starting a pipeline per delivery (or per debounce window).
@@ -34,7 +20,7 @@ pub(super) async fn create_webhook(
     State(state): State<AppState>,
     Admin(caller): Admin,
     Body(new): Body<NewWebhookBody>,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<WebhookCreated>, ApiError> {
     let store = state.runner.store();
     if new.name.is_empty() || new.name.len() > 128 {
         return Err(ApiError::bad_request("name: 1 to 128 bytes"));
@@ -118,20 +104,19 @@ pub(super) async fn create_webhook(
             )
         })?;
     let url = format!("/v1/webhooks/{}", record.id);
-    let mut body = serde_json::to_value(&record).unwrap_or(Value::Null);
-    if let Value::Object(map) = &mut body {
-        map.insert("url".into(), Value::String(url));
-    }
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok(Reply::created(WebhookCreated {
+        webhook: record,
+        url,
+    }))
 }
 
 /// `GET /v1/webhooks`.
 pub(super) async fn list_webhooks(
     State(state): State<AppState>,
     Admin(caller): Admin,
-) -> Result<Json<Value>, ApiError> {
-    let hooks = state.runner.store().webhooks(&caller.tenant_id).await?;
-    Ok(Json(json!({ "webhooks": hooks })))
+) -> Result<Json<WebhookList>, ApiError> {
+    let webhooks = state.runner.store().webhooks(&caller.tenant_id).await?;
+    Ok(Json(WebhookList { webhooks }))
 }
 
 /// `DELETE /v1/webhooks/{id}`.
@@ -155,7 +140,7 @@ pub(super) async fn deliver(
     Path(id): Path<String>,
     headers: HeaderMap,
     req: axum::extract::Request,
-) -> Result<Response, ApiError> {
+) -> Result<Reply<DeliveryAccepted>, ApiError> {
     // Read through our helper, so a body too large or too slow answers in our shape.
     let body = super::handlers::bytes(req).await?;
     let pairs: Vec<(String, String)> = headers
@@ -167,16 +152,12 @@ pub(super) async fn deliver(
         })
         .collect();
     match state.runner.deliver_webhook(&id, &pairs, &body).await {
-        Ok(accepted) => Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "items": accepted.items,
-                "run_id": accepted.run_id,
-                "batch_id": accepted.batch_id,
-                "woken": accepted.woken,
-            })),
-        )
-            .into_response()),
+        Ok(accepted) => Ok(Reply::accepted(DeliveryAccepted {
+            items: accepted.items,
+            run_id: accepted.run_id,
+            batch_id: accepted.batch_id,
+            woken: accepted.woken,
+        })),
         Err(e) => Err(match e {
             WebhookError::NotFound(id) => ApiError::not_found("WEBHOOK_NOT_FOUND", "webhook", &id),
             WebhookError::BadRequest(m) => {

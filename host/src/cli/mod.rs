@@ -1,5 +1,4 @@
-//! The `corral` command line: one file per command. Exit codes: 0 ok, 1 the plugin
-//! failed, 2 bad usage or bad input (including a file that is not a valid plugin).
+//! The `corral` command line: one file per command. Exit codes: see [`runs::EXIT_CODES`].
 
 mod call;
 mod plugin;
@@ -9,26 +8,61 @@ mod secret;
 mod serve;
 
 use crate::engine::{Engine, EngineConfig, ErrorCode, Failure};
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Corral: a WebAssembly plugin host for pluggable agents.
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about, long_about = None)]
+#[command(name = "corral", version, about, long_about = None, after_help = runs::EXIT_CODES)]
 pub struct Cli {
     /// Where Corral keeps its data (compiled-code cache, and later its database).
     /// Default: $XDG_DATA_HOME/corral or ~/.local/share/corral.
     #[arg(long, global = true, env = "CORRAL_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Where each invocation's fresh scratch directory (the guest's `/work`) is made.
-    /// Default: a `corral-scratch` folder in the system temp directory.
-    #[arg(long, global = true, env = "CORRAL_SCRATCH_DIR", value_name = "DIR")]
+    /// Log format on stderr: text, or one JSON object per line. Default: text (for
+    /// `serve`, its config file's `log_format`). `RUST_LOG` sets the level: `serve` and
+    /// `worker` log requests and run transitions at info, other commands only warnings.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CORRAL_LOG_FORMAT",
+        value_name = "FORMAT"
+    )]
+    pub log_format: Option<LogFormat>,
+
+    /// The scratch directory of the command that runs plugins (`--scratch-dir` of `call`,
+    /// `run`, `worker` and `serve`), taken from it after parsing.
+    #[arg(skip)]
     pub scratch_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, the event's fields at the top level.
+    Json,
+}
+
+/// A command that runs plugins: its own arguments, and where their scratch directories go.
+#[derive(Debug, Args)]
+pub(super) struct RunsPlugins<T: Args> {
+    #[command(flatten)]
+    args: T,
+    /// Where each invocation's fresh scratch directory (the guest's `/work`) is made.
+    /// Default: a `corral-scratch` folder in the system temp directory.
+    #[arg(long, env = "CORRAL_SCRATCH_DIR", value_name = "DIR")]
+    scratch_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,9 +71,9 @@ enum Command {
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Call a plugin once, for a plugin author's quick loop.
-    Call(call::CallArgs),
+    Call(RunsPlugins<call::CallArgs>),
     /// Run a pipeline to its end, showing its progress live.
-    Run(runs::RunArgs),
+    Run(RunsPlugins<runs::RunArgs>),
     /// List and show runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
@@ -50,9 +84,9 @@ enum Command {
     /// Cancel a queued, running or waiting run.
     Cancel(runs::CancelArgs),
     /// Execute queued runs (and recover runs of crashed hosts).
-    Worker(runs::WorkerArgs),
+    Worker(RunsPlugins<runs::WorkerArgs>),
     /// Serve the HTTP API (REST + SSE) and execute runs.
-    Serve(serve::ServeArgs),
+    Serve(RunsPlugins<serve::ServeArgs>),
     /// Manage tenants (offline, on the database).
     #[command(subcommand)]
     Tenant(serve::TenantCommand),
@@ -62,13 +96,47 @@ enum Command {
     /// Manage a tenant's secrets (offline, on the database; values from stdin).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
+    ///
+    /// For example `corral completions bash > ~/.local/share/bash-completion/completions/corral`,
+    /// `corral completions zsh > ~/.zfunc/_corral` (with `fpath+=~/.zfunc` before
+    /// `compinit`), or `corral completions fish > ~/.config/fish/completions/corral.fish`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Runs the CLI and returns the process exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let json_logs = matches!(&cli.command, Command::Serve(args) if serve::log_format(args) == serve::LogFormat::Json);
-    init_tracing(json_logs);
+    let mut cli = Cli::parse();
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "corral",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    cli.scratch_dir = match &cli.command {
+        Command::Call(c) => c.scratch_dir.clone(),
+        Command::Run(c) => c.scratch_dir.clone(),
+        Command::Worker(c) => c.scratch_dir.clone(),
+        Command::Serve(c) => c.scratch_dir.clone(),
+        _ => None,
+    };
+    let format = cli
+        .log_format
+        .or_else(|| match &cli.command {
+            Command::Serve(c) => serve::file_log_format(&c.args),
+            _ => None,
+        })
+        .unwrap_or(LogFormat::Text);
+    // The long-running commands log what they do; the others only what went wrong.
+    let verbose = matches!(&cli.command, Command::Serve(_) | Command::Worker(_));
+    init_tracing(format, verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -82,17 +150,18 @@ pub fn main() -> ExitCode {
     runtime.block_on(async move {
         let result = match &cli.command {
             Command::Plugin(cmd) => plugin::run(&cli, cmd).await,
-            Command::Call(args) => call::run(&cli, args).await,
-            Command::Run(args) => runs::run(&cli, args).await,
+            Command::Call(c) => call::run(&cli, &c.args).await,
+            Command::Run(c) => runs::run(&cli, &c.args).await,
             Command::Runs(cmd) => runs::runs(&cli, cmd).await,
             Command::Events(args) => runs::events(&cli, args).await,
             Command::Answer(args) => runs::answer(&cli, args).await,
             Command::Cancel(args) => runs::cancel(&cli, args).await,
-            Command::Worker(args) => runs::worker(&cli, args).await,
-            Command::Serve(args) => serve::serve(&cli, args).await,
+            Command::Worker(c) => runs::worker(&cli, &c.args).await,
+            Command::Serve(c) => serve::serve(&cli, &c.args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,
             Command::Token(cmd) => serve::token(&cli, cmd).await,
             Command::Secret(cmd) => secret::secret(&cli, cmd).await,
+            Command::Completions { .. } => Ok(ExitCode::SUCCESS),
         };
         match result {
             Ok(code) => code,
@@ -104,16 +173,33 @@ pub fn main() -> ExitCode {
     })
 }
 
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+/// Logs go to stderr, in `format`, at `RUST_LOG`'s levels when it is set; else warnings,
+/// and with `verbose` corral's own info lines too (requests, run and step transitions).
+/// Colours only when stderr is a terminal (and `NO_COLOR` is unset).
+fn init_tracing(format: LogFormat, verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose { "warn,corral=info" } else { "warn" };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG `{spec}` is not a valid filter ({e}); using `{default}`");
+            EnvFilter::new(default)
+        }),
+        _ => EnvFilter::new(default),
+    };
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
     };
 }
 

@@ -1,5 +1,6 @@
-//! `--server URL --token T`: the run commands against a Corral server, over its HTTP API,
-//! instead of the local database. Plain `http://` only: this build has no TLS.
+//! `--server URL --token T`: the run and plugin commands against a Corral server, over its
+//! HTTP API, instead of the local database. `http://` or `https://` (rustls with the ring
+//! provider; the system's trusted roots, plus `--ca-cert FILE` for a private CA).
 //!
 //! The client turns the API's `{"error": {"code", "message"}}` answers into refusals,
 //! uploads a pipeline's local plugin files named by their content (`STEM@sha-<12 hex>`, so
@@ -13,8 +14,8 @@ use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use reqwest::header::{ACCEPT, CONTENT_TYPE};
-use reqwest::{Method, RequestBuilder, Response, StatusCode, Url};
+use reqwest_tls::header::{ACCEPT, CONTENT_TYPE};
+use reqwest_tls::{Method, RequestBuilder, Response, StatusCode, Url};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};
@@ -22,6 +23,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
+
+/// The exit code of a command whose server cannot be reached.
+pub(super) const EXIT_UNREACHABLE: u8 = 3;
 
 /// How long a plain request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,9 +52,8 @@ const MAX_PAGE: i64 = 1000;
 /// `--server` and `--token`, on every command that can work against a server.
 #[derive(Debug, Clone, Args)]
 pub(super) struct ServerArgs {
-    /// Work against the Corral server at this URL (e.g. `http://127.0.0.1:8080`) instead of
-    /// the local database. Plain http only: this build has no TLS, so use it on a trusted
-    /// network or through a tunnel.
+    /// Work against the Corral server at this URL (e.g. `http://127.0.0.1:8080`, or
+    /// `https://corral.example` behind a TLS proxy) instead of the local database.
     #[arg(long, env = "CORRAL_SERVER", value_name = "URL")]
     pub server: Option<String>,
     /// The API token for --server (sent as `Authorization: Bearer TOKEN`).
@@ -61,6 +64,10 @@ pub(super) struct ServerArgs {
         hide_env_values = true
     )]
     pub token: Option<String>,
+    /// For an https --server: also trust the CA certificates in this PEM file (a private
+    /// CA, or a self-signed server certificate), besides the system's trusted roots.
+    #[arg(long, env = "CORRAL_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -86,7 +93,7 @@ impl ServerArgs {
                 "--server needs a token: pass --token or set CORRAL_TOKEN",
             ));
         };
-        Client::new(server, token).map(Some)
+        Client::new(server, token, self.ca_cert.as_deref()).map(Some)
     }
 }
 
@@ -102,8 +109,11 @@ pub(super) enum RemoteError {
         /// What went wrong.
         message: String,
     },
-    /// The server could not be reached, or answered something that is not the API.
+    /// The server answered something that is not the API, or the exchange broke midway.
     Transport(String),
+    /// The server could not be reached: connection refused, no such host, a TLS failure
+    /// (an untrusted certificate), a timeout.
+    Unreachable(String),
 }
 
 impl RemoteError {
@@ -119,13 +129,13 @@ impl RemoteError {
     pub(super) fn code(&self) -> Option<&str> {
         match self {
             RemoteError::Refused { code, .. } => Some(code),
-            RemoteError::Transport(_) => None,
+            RemoteError::Transport(_) | RemoteError::Unreachable(_) => None,
         }
     }
 
     /// Prints the error and returns the exit code: a refusal prints `CODE: message` and
-    /// exits 2 for the caller's mistakes (4xx), 1 for the server's (5xx); a transport
-    /// failure exits 1.
+    /// exits 2 for the caller's mistakes (4xx), 1 for the server's (5xx); a server that
+    /// cannot be reached exits 3; any other transport failure exits 1.
     pub(super) fn report(&self) -> ExitCode {
         match self {
             RemoteError::Refused { status, .. } => {
@@ -135,6 +145,10 @@ impl RemoteError {
             RemoteError::Transport(_) => {
                 eprintln!("error: {self}");
                 ExitCode::from(1)
+            }
+            RemoteError::Unreachable(_) => {
+                eprintln!("error: {self}");
+                ExitCode::from(EXIT_UNREACHABLE)
             }
         }
     }
@@ -174,7 +188,9 @@ impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RemoteError::Refused { code, message, .. } => write!(f, "{code}: {message}"),
-            RemoteError::Transport(message) => f.write_str(message),
+            RemoteError::Transport(message) | RemoteError::Unreachable(message) => {
+                f.write_str(message)
+            }
         }
     }
 }
@@ -196,16 +212,58 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Whether a TLS handshake failed because the server's certificate is not trusted
+/// (unknown issuer, expired, wrong name...): rustls says so in the error chain.
+fn untrusted_certificate(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(cause) = next {
+        let rustls_error = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(
+            rustls_error,
+            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented)
+        ) {
+            return true;
+        }
+        next = cause.source();
+    }
+    chain(e).contains("invalid peer certificate")
+}
+
+/// The certificates of a `--ca-cert` PEM file.
+fn ca_certificates(path: &Path) -> Result<Vec<reqwest_tls::Certificate>, RemoteError> {
+    let invalid = |why: String| {
+        RemoteError::refused(400, "INVALID_CA_CERT", format!("{}: {why}", path.display()))
+    };
+    let meta = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
+    if meta.len() > 4 << 20 {
+        return Err(invalid("larger than 4 MiB".into()));
+    }
+    let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+    let certs = reqwest_tls::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| invalid(format!("not PEM certificates: {}", chain(&e))))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            "no certificate in it (expected -----BEGIN CERTIFICATE----- blocks)".into(),
+        ));
+    }
+    Ok(certs)
+}
+
 /// A client of one server, with one token.
 #[derive(Debug, Clone)]
 pub(super) struct Client {
-    http: reqwest::Client,
+    http: reqwest_tls::Client,
     base: Url,
     token: String,
 }
 
 impl Client {
-    fn new(server: &str, token: &str) -> Result<Client, RemoteError> {
+    fn new(server: &str, token: &str, ca_cert: Option<&Path>) -> Result<Client, RemoteError> {
         let text = if server.contains("://") {
             server.to_string()
         } else {
@@ -214,9 +272,9 @@ impl Client {
         let invalid = |why: String| RemoteError::refused(400, "INVALID_SERVER", why);
         let mut base =
             Url::parse(&text).map_err(|e| invalid(format!("`{server}` is not a URL: {e}")))?;
-        if base.scheme() != "http" {
+        if !matches!(base.scheme(), "http" | "https") {
             return Err(invalid(format!(
-                "`{server}`: only plain http:// servers are supported (this build has no TLS)"
+                "`{server}`: only http:// and https:// servers are supported"
             )));
         }
         if base.host_str().is_none_or(str::is_empty) {
@@ -224,14 +282,19 @@ impl Client {
         }
         base.set_query(None);
         base.set_fragment(None);
-        let http = reqwest::Client::builder()
+        // rustls on ring (as the rest of the host), the system's roots and webpki-roots.
+        let mut builder = reqwest_tls::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .no_proxy()
-            .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| {
-                RemoteError::Transport(format!("cannot make an HTTP client: {}", chain(&e)))
-            })?;
+            .user_agent(concat!("corral/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = ca_cert {
+            for cert in ca_certificates(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build().map_err(|e| {
+            RemoteError::Transport(format!("cannot make an HTTP client: {}", chain(&e)))
+        })?;
         Ok(Client {
             http,
             base,
@@ -262,8 +325,19 @@ impl Client {
             .bearer_auth(&self.token))
     }
 
-    fn transport(&self, e: &reqwest::Error) -> RemoteError {
-        RemoteError::Transport(format!("cannot talk to {}: {}", self.server(), chain(e)))
+    fn transport(&self, e: &reqwest_tls::Error) -> RemoteError {
+        let text = chain(e);
+        if untrusted_certificate(e) {
+            return RemoteError::Unreachable(format!(
+                "cannot talk to {}: the server's TLS certificate is not trusted \
+                 (for a private CA, pass --ca-cert FILE): {text}",
+                self.server()
+            ));
+        }
+        if e.is_connect() || e.is_timeout() {
+            return RemoteError::Unreachable(format!("cannot talk to {}: {text}", self.server()));
+        }
+        RemoteError::Transport(format!("cannot talk to {}: {text}", self.server()))
     }
 
     /// Sends a request: a success answer, or the refusal in the answer.
@@ -314,21 +388,70 @@ impl Client {
     // ---- plugins ----
 
     /// `GET /v1/plugins`.
-    async fn plugins(&self) -> Result<Vec<Value>, RemoteError> {
+    pub(super) async fn plugins(&self) -> Result<Vec<Value>, RemoteError> {
         let doc = self
             .json(self.request(Method::GET, &["v1", "plugins"])?)
             .await?;
         self.array(&doc, "plugins")
     }
 
-    /// `POST /v1/plugins?name=&version=` with the component's bytes.
-    async fn upload(&self, name: &str, version: &str, bytes: Vec<u8>) -> Result<(), RemoteError> {
+    /// `POST /v1/plugins?name=&version=` with the component's bytes (without a name or a
+    /// version, the server takes what the plugin says about itself): the new plugin's
+    /// `{id, name, version, digest, world}`.
+    pub(super) async fn upload(
+        &self,
+        name: Option<&str>,
+        version: Option<&str>,
+        bytes: Vec<u8>,
+    ) -> Result<Value, RemoteError> {
+        let mut query = Vec::new();
+        if let Some(name) = name {
+            query.push(("name", name));
+        }
+        if let Some(version) = version {
+            query.push(("version", version));
+        }
         let request = self
             .request(Method::POST, &["v1", "plugins"])?
-            .query(&[("name", name), ("version", version)])
+            .query(&query)
             .header(CONTENT_TYPE, "application/wasm")
             .body(bytes);
-        self.send(request, UPLOAD_TIMEOUT).await.map(drop)
+        let response = self.send(request, UPLOAD_TIMEOUT).await?;
+        response.json::<Value>().await.map_err(|e| {
+            RemoteError::Transport(format!(
+                "{} answered something that is not JSON: {}",
+                self.server(),
+                chain(&e)
+            ))
+        })
+    }
+
+    /// `PUT /v1/plugins/{id}/manifest` (admin only).
+    pub(super) async fn set_manifest(
+        &self,
+        plugin_id: &str,
+        manifest: &Value,
+    ) -> Result<(), RemoteError> {
+        let request = self
+            .request(Method::PUT, &["v1", "plugins", plugin_id, "manifest"])?
+            .json(manifest);
+        self.send(request, REQUEST_TIMEOUT).await.map(drop)
+    }
+
+    /// Gives the plugin `plugin_id` (as registered: `found`) the manifest beside its local
+    /// file, unless it has exactly that one already.
+    async fn sync_manifest(&self, path: &Path, found: &Value) -> Result<(), RemoteError> {
+        let Some(manifest) = local_manifest(path)? else {
+            return Ok(());
+        };
+        if found.get("manifest") == Some(&manifest) {
+            return Ok(());
+        }
+        let id = found
+            .get("id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| self.unexpected("a plugin `id`"))?;
+        self.set_manifest(id, &manifest).await
     }
 
     /// Makes sure the server has the plugin file at `path`, as `STEM@sha-<12 hex>`, and
@@ -358,15 +481,20 @@ impl Client {
         }
         if let Some(found) = find_plugin(known.as_deref().unwrap_or_default(), &name, &version) {
             check_digest(found, &named, &digest)?;
+            self.sync_manifest(path, found).await?;
             return Ok(named);
         }
-        match self.upload(&name, &version, bytes).await {
-            Ok(()) => Ok(named),
+        match self.upload(Some(&name), Some(&version), bytes).await {
+            Ok(created) => {
+                self.sync_manifest(path, &created).await?;
+                Ok(named)
+            }
             // Uploaded by someone else since we looked: the same bytes are as good.
             Err(e) if e.code() == Some("PLUGIN_EXISTS") => {
                 let plugins = self.plugins().await?;
                 let found = find_plugin(&plugins, &name, &version).ok_or(e)?;
                 check_digest(found, &named, &digest)?;
+                self.sync_manifest(path, found).await?;
                 *known = Some(plugins);
                 Ok(named)
             }
@@ -545,6 +673,37 @@ impl Client {
     }
 }
 
+/// The permission manifest beside a local plugin file (`NAME.corral.toml`), as the API's
+/// JSON, or `None` when there is none.
+fn local_manifest(plugin: &Path) -> Result<Option<Value>, RemoteError> {
+    let Some(path) = crate::runs::manifest::path_for(&PluginRef::Path(plugin.to_path_buf())) else {
+        return Ok(None);
+    };
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_manifest(&path).map(Some)
+}
+
+/// A manifest file (TOML) as the API's JSON form, checked as `corral run` checks it.
+pub(super) fn read_manifest(path: &Path) -> Result<Value, RemoteError> {
+    let invalid = |why: String| {
+        RemoteError::refused(
+            400,
+            "INVALID_MANIFEST",
+            format!("{}: {why}", path.display()),
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(|e| invalid(e.to_string()))?;
+    if meta.len() > 64 << 10 {
+        return Err(invalid("larger than 64 KiB".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    let doc: Value = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+    crate::runs::manifest::Manifest::from_json(&doc).map_err(invalid)?;
+    Ok(doc)
+}
+
 /// A plugin file's name on the server: its stem, in the characters names may use.
 fn plugin_name(path: &Path) -> String {
     let stem = path
@@ -605,7 +764,7 @@ pub(super) struct EventStream {
     quiet_stop: Option<Duration>,
     /// When the last event came (or the stream was opened): heartbeats do not count.
     quiet_since: tokio::time::Instant,
-    body: Option<BoxStream<'static, reqwest::Result<Bytes>>>,
+    body: Option<BoxStream<'static, reqwest_tls::Result<Bytes>>>,
     parser: SseParser,
     /// The data of complete SSE events not delivered yet.
     frames: VecDeque<String>,
@@ -710,6 +869,13 @@ impl EventStream {
                 request = request.header("Last-Event-ID", self.last.to_string());
             }
             let error = match tokio::time::timeout(STREAM_STALL, request.send()).await {
+                // The server has nothing after `Last-Event-ID`: the run's final event was
+                // read already.
+                Ok(Ok(response)) if response.status() == StatusCode::NO_CONTENT => {
+                    self.done = true;
+                    self.body = None;
+                    return Ok(());
+                }
                 Ok(Ok(response)) if response.status().is_success() => {
                     self.body = Some(response.bytes_stream().boxed());
                     self.parser = SseParser::default();
@@ -725,7 +891,7 @@ impl EventStream {
                     error
                 }
                 Ok(Err(e)) => self.client.transport(&e),
-                Err(_) => RemoteError::Transport(format!(
+                Err(_) => RemoteError::Unreachable(format!(
                     "{} did not answer within {}s",
                     self.client.server(),
                     STREAM_STALL.as_secs()

@@ -18,8 +18,61 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// The tenant embedded commands act as.
+/// The tenant embedded commands act as unless `--tenant`.
 pub(super) const LOCAL_TENANT: &str = "local";
+
+/// The exit codes, for `corral --help` (the README's "Exit codes" table says the same).
+pub(super) const EXIT_CODES: &str = "\
+Exit codes:
+  0    ok (for `corral run`: the run succeeded)
+  1    the run or the plugin failed (or the server failed: a 5xx answer)
+  2    bad usage or bad input: flags, pipeline, input, answer, plugin or manifest file,
+       an unknown run or tenant, or a request the server refused (4xx)
+  3    the server cannot be reached: connection refused, unknown host, TLS failure
+       (an untrusted certificate: see --ca-cert), timeout
+  130  the run was cancelled (Ctrl-C, or `corral cancel`)";
+
+/// `--tenant`, on the commands that work on the local database.
+#[derive(Debug, Args)]
+pub(super) struct TenantArgs {
+    /// The tenant to act as on the local database (default `local`, the tenant embedded
+    /// runs use; a server's tenants are there too when it shares the database). With
+    /// --server, the token decides the tenant.
+    #[arg(long, value_name = "NAME")]
+    tenant: Option<String>,
+}
+
+impl TenantArgs {
+    /// Refuses `--tenant` with `--server` (exit 2).
+    fn check_remote(&self) -> Result<(), ExitCode> {
+        if self.tenant.is_some() {
+            eprintln!(
+                "INVALID_REQUEST: --tenant is for the local database; with --server the token decides the tenant"
+            );
+            return Err(ExitCode::from(2));
+        }
+        Ok(())
+    }
+
+    /// The tenant's id on the local database: `local` is made when missing, any other
+    /// must exist (else `TENANT_NOT_FOUND`, exit 2).
+    async fn resolve(&self, store: &Store) -> anyhow::Result<Result<String, ExitCode>> {
+        match &self.tenant {
+            None => Ok(Ok(store.ensure_tenant(LOCAL_TENANT).await?)),
+            Some(name) if name == LOCAL_TENANT => Ok(Ok(store.ensure_tenant(name).await?)),
+            Some(name) => match store.tenant_id(name).await? {
+                Some(id) => Ok(Ok(id)),
+                None => {
+                    eprintln!(
+                        "TENANT_NOT_FOUND: no tenant `{}` in this database (`corral tenant create NAME` makes one)",
+                        name.escape_debug()
+                    );
+                    Ok(Err(ExitCode::from(2)))
+                }
+            },
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 pub(super) struct DbArgs {
@@ -30,10 +83,14 @@ pub(super) struct DbArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(super) enum OutputFormat {
-    /// Live progress bars, logs, retries, the final status and fuel.
+    /// Live progress bars, logs and retries on stderr; then the artifacts written, the
+    /// final status and fuel, and the output (pretty JSON) on stdout.
     Human,
     /// Exactly the event JSON, one per line.
     Jsonl,
+    /// Progress on stderr, then one JSON object on stdout: run_id, status, output,
+    /// error, fuel_used, tokens_used, timings, steps, artifacts.
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -46,6 +103,12 @@ pub(super) struct RunArgs {
     /// How to show the run.
     #[arg(long, short, value_enum, default_value = "human")]
     output: OutputFormat,
+    /// Also write the run's output JSON (the last step's output; `null` when the run did
+    /// not succeed) to this file.
+    #[arg(long, value_name = "PATH")]
+    output_file: Option<PathBuf>,
+    #[command(flatten)]
+    tenant: TenantArgs,
     #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
@@ -66,17 +129,21 @@ pub(super) enum RunsCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        tenant: TenantArgs,
+        #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
         server: ServerArgs,
     },
-    /// Show a run: its steps, attempts, fuel and timings.
+    /// Show a run: its output, timings, steps, attempts, fuel, tokens and artifacts.
     Show {
         /// The run id.
         run_id: String,
-        /// Print JSON.
+        /// Print JSON: `{run, output, steps, attempts, artifacts}`.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tenant: TenantArgs,
         #[command(flatten)]
         db: DbArgs,
         #[command(flatten)]
@@ -95,6 +162,8 @@ pub(super) struct EventsArgs {
     #[arg(long, default_value_t = 0)]
     after: i64,
     #[command(flatten)]
+    tenant: TenantArgs,
+    #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
     server: ServerArgs,
@@ -107,6 +176,8 @@ pub(super) struct AnswerArgs {
     /// The answer: JSON, `@PATH`, or `@-`.
     answer: String,
     #[command(flatten)]
+    tenant: TenantArgs,
+    #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
     server: ServerArgs,
@@ -117,6 +188,8 @@ pub(super) struct CancelArgs {
     /// The run id.
     run_id: String,
     #[command(flatten)]
+    tenant: TenantArgs,
+    #[command(flatten)]
     db: DbArgs,
     #[command(flatten)]
     server: ServerArgs,
@@ -124,7 +197,8 @@ pub(super) struct CancelArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct WorkerArgs {
-    /// Exit once the queue is empty (after recovering runs of crashed hosts).
+    /// Exit once the queue is empty (after recovering runs of crashed hosts), printing
+    /// how many runs it executed and how each ended.
     #[arg(long)]
     until_idle: bool,
     /// Runs executed at once.
@@ -258,6 +332,11 @@ pub(super) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
         Ok(client) => client,
         Err(code) => return Ok(code),
     };
+    if client.is_some()
+        && let Err(code) = args.tenant.check_remote()
+    {
+        return Ok(code);
+    }
     let pipeline = match pipeline::load_file(&args.pipeline) {
         Ok(p) => p,
         Err(e) => {
@@ -278,6 +357,21 @@ pub(super) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The live view for `-o human` and `-o json` (on stderr), none for `-o jsonl`.
+fn live_view(
+    args: &RunArgs,
+    run_id: &str,
+    pipeline: &pipeline::Pipeline,
+    answer_flags: String,
+) -> Option<HumanView> {
+    match args.output {
+        OutputFormat::Human | OutputFormat::Json => {
+            Some(HumanView::new(run_id, pipeline, answer_flags))
+        }
+        OutputFormat::Jsonl => None,
+    }
+}
+
 async fn run_embedded(
     cli: &Cli,
     args: &RunArgs,
@@ -285,7 +379,10 @@ async fn run_embedded(
     input: &str,
 ) -> anyhow::Result<ExitCode> {
     let runner = cli.runner(&args.db, 1).await?;
-    let tenant = runner.store().ensure_tenant(LOCAL_TENANT).await?;
+    let tenant = match args.tenant.resolve(runner.store()).await? {
+        Ok(tenant) => tenant,
+        Err(code) => return Ok(code),
+    };
     // Runs left behind by a crashed `corral` are queued again (a worker finishes them).
     runner.recover().await?;
     let run = match runner.submit(&tenant, pipeline, None, input).await {
@@ -306,32 +403,35 @@ async fn run_embedded(
             }
         });
     }
-    let mut view = match args.output {
-        OutputFormat::Human => Some(HumanView::new(&run.id, pipeline, String::new())),
-        OutputFormat::Jsonl => None,
-    };
+    let mut view = live_view(args, &run.id, pipeline, String::new());
     let status = show_events(&mut events, &mut view).await?;
     if let Err(e) = exec.await? {
         eprintln!("error: {e}");
     }
-    if let Some(view) = view {
-        let mut files = Vec::new();
-        for a in runner.store().artifacts(&run.id).await? {
-            if let Some((_, content)) = runner.store().artifact_content(&tenant, &a.id).await? {
+    let store = runner.store();
+    let Some(doc) = local_doc(store, &tenant, &run.id).await? else {
+        return Ok(refuse(&RunError::NotFound(run.id.clone())));
+    };
+    let mut files = Vec::new();
+    if view.is_some() {
+        for a in store.artifacts(&run.id).await? {
+            if let Some((_, content)) = store.artifact_content(&tenant, &a.id).await? {
                 files.push(ArtifactFile {
+                    step: a.step,
                     name: a.name,
                     id: a.id,
                     content: content.to_vec(),
                 });
             }
         }
-        view.finish(&cli.data_dir(), &run.id, files)?;
     }
+    finish_run(cli, args, view, &doc, files)?;
     Ok(exit_for_status(&status))
 }
 
 /// `corral run --server`: uploads the pipeline's plugin files (once: they are named by
-/// content), submits the pipeline inline, and follows the run's stream to its end.
+/// content) with the manifests beside them, submits the pipeline inline, and follows the
+/// run's stream to its end.
 async fn run_remote(
     cli: &Cli,
     args: &RunArgs,
@@ -367,37 +467,294 @@ async fn run_remote(
             }
         });
     }
-    let mut view = match args.output {
-        OutputFormat::Human => Some(HumanView::new(
-            &run_id,
-            pipeline,
-            format!(" --server {}", client.server()),
-        )),
-        OutputFormat::Jsonl => None,
-    };
-    let status = show_events(&mut events, &mut view).await?;
-    if let Some(view) = view {
-        let mut files = Vec::new();
-        for a in client.artifacts(&run_id).await? {
-            let (Some(id), Some(name)) = (
-                a.get("id").and_then(Value::as_str),
-                a.get("name").and_then(Value::as_str),
-            ) else {
-                continue;
-            };
-            files.push(ArtifactFile {
-                name: name.to_string(),
-                id: id.to_string(),
-                content: client.artifact(id).await?.to_vec(),
+    let mut view = live_view(
+        args,
+        &run_id,
+        pipeline,
+        format!(" --server {}", client.server()),
+    );
+    let status = match show_events(&mut events, &mut view).await {
+        Ok(status) => status,
+        Err(e) => {
+            return Ok(match e.downcast_ref::<super::remote::RemoteError>() {
+                Some(remote) => remote.report(),
+                None => return Err(e),
             });
         }
-        view.finish(&cli.data_dir(), &run_id, files)?;
-    }
+    };
+    let fetched = async {
+        let doc = remote_doc(client, &run_id).await?;
+        let mut files = Vec::new();
+        if view.is_some() {
+            for a in field(&doc, "artifacts").as_array().into_iter().flatten() {
+                let (Some(id), Some(name)) = (
+                    a.get("id").and_then(Value::as_str),
+                    a.get("name").and_then(Value::as_str),
+                ) else {
+                    continue;
+                };
+                files.push(ArtifactFile {
+                    step: text_of(a, "step").to_string(),
+                    name: name.to_string(),
+                    id: id.to_string(),
+                    content: client.artifact(id).await?.to_vec(),
+                });
+            }
+        }
+        Ok::<_, super::remote::RemoteError>((doc, files))
+    };
+    let (doc, files) = match fetched.await {
+        Ok(got) => got,
+        Err(e) => return Ok(e.report()),
+    };
+    finish_run(cli, args, view, &doc, files)?;
     Ok(exit_for_status(&status))
+}
+
+/// A run as `runs show --json` prints it, from the local database: `{run, output, steps,
+/// attempts, artifacts}` (`None`: no such run of the tenant).
+async fn local_doc(store: &Store, tenant: &str, run_id: &str) -> anyhow::Result<Option<Value>> {
+    let Some(run) = store.run_for_tenant(tenant, run_id).await? else {
+        return Ok(None);
+    };
+    let output: Option<Value> = run
+        .output
+        .as_deref()
+        .and_then(|o| serde_json::from_str(o).ok());
+    let steps = store.steps(run_id).await?;
+    let attempts = store.attempts(run_id).await?;
+    let artifacts = store.artifacts(run_id).await?;
+    Ok(Some(with_totals(json!({
+        "run": run,
+        "output": output,
+        "steps": steps,
+        "attempts": attempts,
+        "artifacts": artifacts,
+    }))))
+}
+
+/// The same from a server: `GET /v1/runs/{id}` and its artifacts.
+async fn remote_doc(client: &Client, run_id: &str) -> Result<Value, super::remote::RemoteError> {
+    let run = client.run(run_id).await?;
+    let artifacts = client.artifacts(run_id).await?;
+    Ok(with_totals(json!({
+        "run": field(&run, "run"),
+        "output": field(&run, "output"),
+        "steps": field(&run, "steps"),
+        "attempts": field(&run, "attempts"),
+        "artifacts": artifacts,
+    })))
+}
+
+/// Model tokens a step (or an attempt) used: its `tokens_used` field. No record carries
+/// one yet (no capability calls a model), so this is 0 until one does; this is the one
+/// place that reads it.
+fn tokens_used(record: &Value) -> i64 {
+    number_of(record, "tokens_used")
+}
+
+/// How long a record (run, step, attempt) took, from its `started_at` and `finished_at`
+/// (unix ms), when both are known.
+fn duration_ms(record: &Value) -> Option<i64> {
+    let started = record.get("started_at").and_then(Value::as_i64)?;
+    let finished = record.get("finished_at").and_then(Value::as_i64)?;
+    Some(finished.saturating_sub(started).max(0))
+}
+
+/// Adds `duration_ms` and `tokens_used` to the run and to each step (a step's tokens are
+/// its own, or its attempts'; the run's, its steps').
+fn with_totals(mut doc: Value) -> Value {
+    let attempts = field(&doc, "attempts")
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut run_tokens = 0i64;
+    if let Some(steps) = doc.get_mut("steps").and_then(Value::as_array_mut) {
+        for step in steps {
+            let idx = step.get("idx").and_then(Value::as_i64);
+            let mut tokens = tokens_used(step);
+            if step.get("tokens_used").is_none() {
+                tokens = attempts
+                    .iter()
+                    .filter(|a| a.get("step_idx").and_then(Value::as_i64) == idx)
+                    .map(tokens_used)
+                    .fold(0i64, i64::saturating_add);
+            }
+            run_tokens = run_tokens.saturating_add(tokens);
+            let took = duration_ms(step);
+            if let Some(obj) = step.as_object_mut() {
+                obj.insert("tokens_used".into(), json!(tokens));
+                obj.insert("duration_ms".into(), json!(took));
+            }
+        }
+    }
+    if let Some(run) = doc.get_mut("run").and_then(Value::as_object_mut) {
+        if !run.contains_key("tokens_used") {
+            run.insert("tokens_used".into(), json!(run_tokens));
+        }
+        let took = duration_ms(&Value::Object(run.clone()));
+        run.insert("duration_ms".into(), json!(took));
+    }
+    doc
+}
+
+/// `corral run -o json`: one object.
+fn run_summary(doc: &Value, artifact_paths: &HashMap<String, PathBuf>) -> Value {
+    let run = field(doc, "run");
+    let error = |r: &Value| match r.get("error_code").and_then(Value::as_str) {
+        Some(code) => json!({"code": code, "message": text_of(r, "error_message")}),
+        None => Value::Null,
+    };
+    let steps: Vec<Value> = field(doc, "steps")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            json!({
+                "name": field(s, "name"),
+                "status": field(s, "status"),
+                "attempts": field(s, "attempts"),
+                "loops": field(s, "loops"),
+                "fuel_used": field(s, "fuel_used"),
+                "tokens_used": field(s, "tokens_used"),
+                "started_at": timestamp(s, "started_at"),
+                "finished_at": timestamp(s, "finished_at"),
+                "duration_ms": field(s, "duration_ms"),
+                "error": error(s),
+            })
+        })
+        .collect();
+    let artifacts: Vec<Value> = field(doc, "artifacts")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            json!({
+                "id": field(a, "id"),
+                "step": field(a, "step"),
+                "name": field(a, "name"),
+                "media_type": field(a, "media_type"),
+                "size": field(a, "size"),
+                "digest": field(a, "digest"),
+                "path": artifact_paths.get(text_of(a, "id")).map(|p| p.display().to_string()),
+            })
+        })
+        .collect();
+    json!({
+        "run_id": field(run, "id"),
+        "pipeline": field(run, "pipeline_name"),
+        "status": field(run, "status"),
+        "output": field(doc, "output"),
+        "error": error(run),
+        "fuel_used": field(run, "fuel_used"),
+        "tokens_used": field(run, "tokens_used"),
+        "queued_at": timestamp(run, "created_at"),
+        "started_at": timestamp(run, "started_at"),
+        "finished_at": timestamp(run, "finished_at"),
+        "duration_ms": field(run, "duration_ms"),
+        "steps": steps,
+        "artifacts": artifacts,
+    })
+}
+
+/// A unix-ms field as RFC 3339 text (`null` when absent).
+fn timestamp(record: &Value, key: &str) -> Value {
+    match record.get(key).and_then(Value::as_u64) {
+        Some(ms) => {
+            let at = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+            json!(humantime::format_rfc3339_millis(at).to_string())
+        }
+        None => Value::Null,
+    }
+}
+
+/// The end of `corral run`: artifacts written out, `--output-file`, and the result on
+/// stdout (the status line and the output's pretty JSON, or `-o json`'s one object).
+fn finish_run(
+    cli: &Cli,
+    args: &RunArgs,
+    view: Option<HumanView>,
+    doc: &Value,
+    files: Vec<ArtifactFile>,
+) -> anyhow::Result<()> {
+    let run = field(doc, "run");
+    let run_id = text_of(run, "id");
+    let output = field(doc, "output");
+    if let Some(path) = &args.output_file {
+        let mut text = serde_json::to_string_pretty(output)?;
+        text.push('\n');
+        std::fs::write(path, text)
+            .map_err(|e| anyhow::anyhow!("cannot write the output to {}: {e}", path.display()))?;
+    }
+    let Some(view) = view else {
+        return Ok(());
+    };
+    view.finish();
+    let paths = write_artifacts(&cli.data_dir(), run_id, &files)?;
+    if args.output == OutputFormat::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&run_summary(doc, &paths))?
+        );
+        return Ok(());
+    }
+    for a in &files {
+        if let Some(path) = paths.get(&a.id) {
+            println!(
+                "artifact {}/{} ({}): {}",
+                a.step,
+                a.name,
+                a.id,
+                path.display()
+            );
+        }
+    }
+    println!(
+        "run {run_id} {} · fuel {}",
+        text_of(run, "status"),
+        number_of(run, "fuel_used")
+    );
+    if !output.is_null() {
+        println!("{}", serde_json::to_string_pretty(output)?);
+    }
+    Ok(())
+}
+
+/// Writes a run's artifacts under `DATA/artifacts/RUN/STEP/NAME`, each to a path of its
+/// own (two steps storing the same name do not overwrite each other; two names that
+/// read the same once made safe get the artifact's id appended). Returns the paths by id.
+fn write_artifacts(
+    data_dir: &Path,
+    run_id: &str,
+    files: &[ArtifactFile],
+) -> anyhow::Result<HashMap<String, PathBuf>> {
+    let mut paths = HashMap::new();
+    let mut used = std::collections::HashSet::new();
+    if files.is_empty() {
+        return Ok(paths);
+    }
+    let dir = data_dir.join("artifacts").join(safe_file_name(run_id));
+    for a in files {
+        let step_dir = dir.join(safe_file_name(&a.step));
+        let mut path = step_dir.join(safe_file_name(&a.name));
+        if !used.insert(path.clone()) {
+            path = step_dir.join(format!(
+                "{}-{}",
+                safe_file_name(&a.name),
+                safe_file_name(&a.id)
+            ));
+            used.insert(path.clone());
+        }
+        std::fs::create_dir_all(&step_dir)?;
+        std::fs::write(&path, &a.content)?;
+        paths.insert(a.id.clone(), path);
+    }
+    Ok(paths)
 }
 
 /// An artifact of a finished run, to write out for a person to open.
 struct ArtifactFile {
+    step: String,
     name: String,
     id: String,
     content: Vec<u8>,
@@ -415,8 +772,6 @@ struct HumanView {
     tty: bool,
     steps: HashMap<String, ProgressBar>,
     style: ProgressStyle,
-    fuel: i64,
-    status: String,
     /// Appended to the `corral answer` hint (` --server URL` for a remote run).
     answer_flags: String,
 }
@@ -442,8 +797,6 @@ impl HumanView {
             tty,
             steps,
             style,
-            fuel: 0,
-            status: String::new(),
             answer_flags,
         }
     }
@@ -490,8 +843,6 @@ impl HumanView {
                 }
             }
             "complete" if e.is_final() => {
-                self.fuel = field(p, "fuel_used").as_i64().unwrap_or(0);
-                self.status = text("status");
                 if let Some(msg) = field(p, "message").as_str() {
                     self.say(format!("error: {} {msg}", text("error_code")));
                 }
@@ -585,30 +936,13 @@ impl HumanView {
         }
     }
 
-    /// Final line, and artifacts written out to files (under the data directory) so a
-    /// person can open them.
-    fn finish(
-        self,
-        data_dir: &Path,
-        run_id: &str,
-        artifacts: Vec<ArtifactFile>,
-    ) -> anyhow::Result<()> {
+    /// Leaves the bars as they are (the result is printed after them).
+    fn finish(self) {
         for bar in self.steps.values() {
             if !bar.is_finished() {
                 bar.abandon();
             }
         }
-        if !artifacts.is_empty() {
-            let dir = data_dir.join("artifacts").join(run_id);
-            std::fs::create_dir_all(&dir)?;
-            for a in artifacts {
-                let path = dir.join(safe_file_name(&a.name));
-                std::fs::write(&path, &a.content)?;
-                println!("artifact {} ({}): {}", a.name, a.id, path.display());
-            }
-        }
-        println!("run {run_id} {} · fuel {}", self.status, self.fuel);
-        Ok(())
     }
 }
 
@@ -659,7 +993,7 @@ fn print_run_line(run: &Value, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `runs show`: `{run, steps, attempts, artifacts}` as pretty JSON, or for people.
+/// `runs show`: `{run, output, steps, attempts, artifacts}` as pretty JSON, or for people.
 fn print_run(doc: &Value, json: bool) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(doc)?);
@@ -678,29 +1012,64 @@ fn print_run(doc: &Value, json: bool) -> anyhow::Result<()> {
     ) {
         println!("  error: {c}: {m}");
     }
-    println!("  fuel {}", number_of(run, "fuel_used"));
+    let when = |key: &str| match timestamp(run, key) {
+        Value::String(s) => s,
+        _ => "-".to_string(),
+    };
+    println!("  queued   {}", when("created_at"));
+    println!("  started  {}", when("started_at"));
+    println!(
+        "  finished {}{}",
+        when("finished_at"),
+        duration_ms(run)
+            .map(|ms| format!(" (took {})", took(ms)))
+            .unwrap_or_default()
+    );
+    println!(
+        "  fuel {} · tokens {}",
+        number_of(run, "fuel_used"),
+        number_of(run, "tokens_used")
+    );
     let list = |key: &str| field(doc, key).as_array().cloned().unwrap_or_default();
     for s in &list("steps") {
-        println!(
-            "  step {:<16} {:<10} attempts {} loops {} fuel {} {}",
+        let line = format!(
+            "  step {:<16} {:<10} attempts {} loops {} fuel {} tokens {} took {} {}",
             text_of(s, "name"),
             text_of(s, "status"),
             number_of(s, "attempts"),
             number_of(s, "loops"),
             number_of(s, "fuel_used"),
+            number_of(s, "tokens_used"),
+            duration_ms(s).map_or_else(|| "-".to_string(), took),
             text_of(s, "error_code")
         );
+        println!("{}", line.trim_end());
     }
     for a in &list("artifacts") {
         println!(
-            "  artifact {} {} {} bytes {}",
+            "  artifact {} {}/{} {} bytes {}",
             text_of(a, "id"),
+            text_of(a, "step"),
             text_of(a, "name"),
             number_of(a, "size"),
             text_of(a, "digest")
         );
     }
+    let output = field(doc, "output");
+    if !output.is_null() {
+        println!("output:");
+        println!("{}", serde_json::to_string_pretty(output)?);
+    }
     Ok(())
+}
+
+/// Milliseconds for people: `850ms`, `12.345s`.
+fn took(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else {
+        format!("{}.{:03}s", ms / 1000, ms % 1000)
+    }
 }
 
 pub(super) async fn runs(cli: &Cli, cmd: &RunsCommand) -> anyhow::Result<ExitCode> {
@@ -709,18 +1078,27 @@ pub(super) async fn runs(cli: &Cli, cmd: &RunsCommand) -> anyhow::Result<ExitCod
             status,
             limit,
             json,
+            tenant,
             db,
             server: server_args,
         } => {
             let runs = match server(server_args) {
                 Err(code) => return Ok(code),
-                Ok(Some(client)) => match client.list_runs(status.as_deref(), *limit).await {
-                    Ok(runs) => runs,
-                    Err(e) => return Ok(e.report()),
-                },
+                Ok(Some(client)) => {
+                    if let Err(code) = tenant.check_remote() {
+                        return Ok(code);
+                    }
+                    match client.list_runs(status.as_deref(), *limit).await {
+                        Ok(runs) => runs,
+                        Err(e) => return Ok(e.report()),
+                    }
+                }
                 Ok(None) => {
                     let store = cli.store(db).await?;
-                    let tenant = store.ensure_tenant(LOCAL_TENANT).await?;
+                    let tenant = match tenant.resolve(&store).await? {
+                        Ok(tenant) => tenant,
+                        Err(code) => return Ok(code),
+                    };
                     store
                         .list_runs(&tenant, status.as_deref(), *limit, None)
                         .await?
@@ -737,37 +1115,31 @@ pub(super) async fn runs(cli: &Cli, cmd: &RunsCommand) -> anyhow::Result<ExitCod
         RunsCommand::Show {
             run_id,
             json,
+            tenant,
             db,
             server: server_args,
         } => {
             let doc = match server(server_args) {
                 Err(code) => return Ok(code),
                 Ok(Some(client)) => {
-                    let fetched = async {
-                        let run = client.run(run_id).await?;
-                        let artifacts = client.artifacts(run_id).await?;
-                        Ok::<_, super::remote::RemoteError>(json!({
-                            "run": field(&run, "run"),
-                            "steps": field(&run, "steps"),
-                            "attempts": field(&run, "attempts"),
-                            "artifacts": artifacts,
-                        }))
-                    };
-                    match fetched.await {
+                    if let Err(code) = tenant.check_remote() {
+                        return Ok(code);
+                    }
+                    match remote_doc(&client, run_id).await {
                         Ok(doc) => doc,
                         Err(e) => return Ok(e.report()),
                     }
                 }
                 Ok(None) => {
                     let store = cli.store(db).await?;
-                    let tenant = store.ensure_tenant(LOCAL_TENANT).await?;
-                    let Some(run) = store.run_for_tenant(&tenant, run_id).await? else {
-                        return Ok(refuse(&RunError::NotFound(run_id.clone())));
+                    let tenant = match tenant.resolve(&store).await? {
+                        Ok(tenant) => tenant,
+                        Err(code) => return Ok(code),
                     };
-                    let steps = store.steps(run_id).await?;
-                    let attempts = store.attempts(run_id).await?;
-                    let artifacts = store.artifacts(run_id).await?;
-                    json!({"run": run, "steps": steps, "attempts": attempts, "artifacts": artifacts})
+                    match local_doc(&store, &tenant, run_id).await? {
+                        Some(doc) => doc,
+                        None => return Ok(refuse(&RunError::NotFound(run_id.clone()))),
+                    }
                 }
             };
             print_run(&doc, *json)?;
@@ -779,14 +1151,20 @@ pub(super) async fn runs(cli: &Cli, cmd: &RunsCommand) -> anyhow::Result<ExitCod
 pub(super) async fn events(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     match server(&args.server) {
         Err(code) => Ok(code),
-        Ok(Some(client)) => events_remote(&client, args).await,
+        Ok(Some(client)) => match args.tenant.check_remote() {
+            Err(code) => Ok(code),
+            Ok(()) => events_remote(&client, args).await,
+        },
         Ok(None) => events_embedded(cli, args).await,
     }
 }
 
 async fn events_embedded(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
     let store = cli.store(&args.db).await?;
-    let tenant = store.ensure_tenant(LOCAL_TENANT).await?;
+    let tenant = match args.tenant.resolve(&store).await? {
+        Ok(tenant) => tenant,
+        Err(code) => return Ok(code),
+    };
     if store.run_for_tenant(&tenant, &args.run_id).await?.is_none() {
         return Ok(refuse(&RunError::NotFound(args.run_id.clone())));
     }
@@ -840,7 +1218,18 @@ pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitC
         Ok(client) => client,
         Err(code) => return Ok(code),
     };
-    let answer = read_arg(&args.answer)?;
+    if client.is_some()
+        && let Err(code) = args.tenant.check_remote()
+    {
+        return Ok(code);
+    }
+    let answer = match read_arg(&args.answer) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("INVALID_ANSWER: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     let result = match client {
         Some(client) => client
             .answer(&args.run_id, &answer)
@@ -848,7 +1237,10 @@ pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitC
             .map_err(|e| e.report()),
         None => {
             let runner = cli.runner(&args.db, 1).await?;
-            let tenant = runner.store().ensure_tenant(LOCAL_TENANT).await?;
+            let tenant = match args.tenant.resolve(runner.store()).await? {
+                Ok(tenant) => tenant,
+                Err(code) => return Ok(code),
+            };
             runner
                 .answer(&tenant, &args.run_id, &answer)
                 .await
@@ -867,10 +1259,18 @@ pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitC
 pub(super) async fn cancel(cli: &Cli, args: &CancelArgs) -> anyhow::Result<ExitCode> {
     let result = match server(&args.server) {
         Err(code) => return Ok(code),
-        Ok(Some(client)) => client.cancel(&args.run_id).await.map_err(|e| e.report()),
+        Ok(Some(client)) => {
+            if let Err(code) = args.tenant.check_remote() {
+                return Ok(code);
+            }
+            client.cancel(&args.run_id).await.map_err(|e| e.report())
+        }
         Ok(None) => {
             let runner = cli.runner(&args.db, 1).await?;
-            let tenant = runner.store().ensure_tenant(LOCAL_TENANT).await?;
+            let tenant = match args.tenant.resolve(runner.store()).await? {
+                Ok(tenant) => tenant,
+                Err(code) => return Ok(code),
+            };
             runner
                 .cancel(&tenant, &args.run_id)
                 .await
@@ -899,6 +1299,39 @@ pub(super) async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<ExitC
             ctrl_c.cancel();
         }
     });
-    runner.work(args.until_idle, stop).await?;
+    if !args.until_idle {
+        runner.work(false, stop).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut claimed = runner.claims();
+    runner.work(true, stop).await?;
+    // What this worker executed, and how each run ended (a run that waits for an
+    // answer, or that Ctrl-C left to recovery, shows as such).
+    let mut ids = Vec::new();
+    while let Ok(id) = claimed.try_recv() {
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut lines = Vec::new();
+    for id in &ids {
+        let status = match runner.store().run(id).await? {
+            Some(run) => run.status,
+            None => "gone".to_string(),
+        };
+        lines.push(format!("  {id} {status}"));
+        *outcomes.entry(status).or_default() += 1;
+    }
+    let summary: Vec<String> = outcomes.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!(
+        "executed {} run(s){}{}",
+        ids.len(),
+        if summary.is_empty() { "" } else { ": " },
+        summary.join(", ")
+    );
+    for line in lines {
+        println!("{line}");
+    }
     Ok(ExitCode::SUCCESS)
 }

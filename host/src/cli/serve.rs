@@ -1,24 +1,15 @@
 //! `corral serve`, and the offline `tenant` and `token` commands.
 
-use super::Cli;
+use super::{Cli, LogFormat};
 use crate::api::{ApiConfig, AppState, Role};
 use crate::runs::{Runner, RunnerConfig};
 use crate::store::Store;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use serde::Deserialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Every setting comes from a flag, else a `CORRAL_*` variable, else the config file, else
 /// its default.
@@ -33,9 +24,6 @@ pub(super) struct ServeArgs {
     /// A TOML config file. Default: ./corral.toml when it exists.
     #[arg(long, env = "CORRAL_CONFIG")]
     config: Option<PathBuf>,
-    /// Log format. Default: text (`RUST_LOG` sets the level).
-    #[arg(long, value_enum, env = "CORRAL_LOG_FORMAT")]
-    pub(super) log_format: Option<LogFormat>,
     /// Runs executed at once. Default: 8.
     #[arg(long, env = "CORRAL_MAX_CONCURRENT_RUNS")]
     max_concurrent_runs: Option<usize>,
@@ -161,27 +149,68 @@ async fn model_gateway(
     Ok(Some(std::sync::Arc::new(gateway)))
 }
 
-fn load_file_config(path: Option<&PathBuf>) -> anyhow::Result<FileConfig> {
+/// A configuration error: reported as `error: ...` with exit code 2 (bad usage), naming the
+/// file or flag and the field.
+#[derive(Debug)]
+struct ConfigError(String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The config file and where it is (`None` when no file was given and ./corral.toml is
+/// absent).
+fn load_file_config(path: Option<&PathBuf>) -> Result<(FileConfig, Option<PathBuf>), ConfigError> {
     let (path, required) = match path {
         Some(p) => (p.clone(), true),
         None => (PathBuf::from("corral.toml"), false),
     };
     match std::fs::read_to_string(&path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
-        Err(_) if !required => Ok(FileConfig::default()),
-        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+        Ok(text) => parse_file_config(&text)
+            .map(|c| (c, Some(path.clone())))
+            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display()))),
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            Ok((FileConfig::default(), None))
+        }
+        Err(e) => Err(ConfigError(format!(
+            "cannot read config file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
-/// The log format `serve` will use, known before the runtime starts.
-pub(super) fn log_format(args: &ServeArgs) -> LogFormat {
-    args.log_format
-        .or_else(|| {
-            load_file_config(args.config.as_ref())
-                .ok()
-                .and_then(|f| f.log_format)
-        })
-        .unwrap_or(LogFormat::Text)
+/// The file's keys, an error naming the field (`max_concurrent_runs: invalid type: ...`).
+fn parse_file_config(text: &str) -> Result<FileConfig, String> {
+    let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path.is_empty() || path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
+/// The log format the config file names, read before the runtime starts (an unreadable
+/// file is reported by `serve` itself).
+pub(super) fn file_log_format(args: &ServeArgs) -> Option<LogFormat> {
+    load_file_config(args.config.as_ref())
+        .ok()
+        .and_then(|(f, _)| f.log_format)
+}
+
+/// Where a setting came from, for error messages: the file and key, or the flag and its
+/// variable.
+fn source(file: Option<&Path>, key: &str, flag: &str, env: &str, from_flag: bool) -> String {
+    match file {
+        Some(file) if !from_flag => format!("config file {}: {key}", file.display()),
+        _ => format!("{flag} (or {env}; `{key}` in the config file)"),
+    }
 }
 
 async fn open_store(
@@ -197,8 +226,22 @@ async fn open_store(
 }
 
 pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    let file = load_file_config(args.config.as_ref())?;
-    let cors_origins = cors_origins(args, &file)?;
+    match serve_checked(cli, args).await {
+        Ok(code) => Ok(code),
+        Err(e) => match e.downcast::<ConfigError>() {
+            Ok(config) => {
+                eprintln!("error: {config}");
+                Ok(ExitCode::from(2))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+async fn serve_checked(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let (file, file_path) = load_file_config(args.config.as_ref())?;
+    let file_path = file_path.as_deref();
+    let cors_origins = cors_origins(args, &file, file_path)?;
     let data_dir = cli
         .data_dir
         .clone()
@@ -209,11 +252,54 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
         .clone()
         .or(file.listen)
         .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let database_url = args.database_url.clone().or(file.database_url);
+    if tokio::net::lookup_host(&listen).await.is_err() {
+        let from = source(
+            file_path,
+            "listen",
+            "--listen",
+            "CORRAL_LISTEN",
+            args.listen.is_some(),
+        );
+        return Err(ConfigError(format!(
+            "{from}: `{listen}` is not an address to listen on (HOST:PORT, e.g. 127.0.0.1:8080)"
+        ))
+        .into());
+    }
+    let database_url = args.database_url.clone().or(file.database_url.clone());
+    if let Some(url) = &database_url
+        && !["sqlite:", "postgres:", "postgresql:"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+    {
+        let from = source(
+            file_path,
+            "database_url",
+            "--database-url",
+            "CORRAL_DATABASE_URL",
+            args.database_url.is_some(),
+        );
+        return Err(ConfigError(format!(
+            "{from}: unsupported database URL `{}` (use sqlite://PATH or postgres://...)",
+            crate::store::redact_url(url)
+        ))
+        .into());
+    }
+    // The key is checked before the database is opened, so a bad one is a configuration
+    // error (the file's key wins over the variable).
+    let file_sealer = match &file.secrets_key {
+        Some(key) => Some(crate::secrets::Sealer::from_base64(key).map_err(|e| {
+            let file = file_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            ConfigError(format!("config file {file}: secrets_key: {e}"))
+        })?),
+        None => {
+            crate::secrets::Sealer::from_env().map_err(ConfigError)?;
+            None
+        }
+    };
     let mut store = open_store(cli, database_url.as_deref(), &data_dir).await?;
-    if let Some(key) = &file.secrets_key {
-        let sealer = crate::secrets::Sealer::from_base64(key)
-            .map_err(|e| anyhow::anyhow!("secrets_key: {e}"))?;
+    if let Some(sealer) = file_sealer {
         store = store.with_sealer(sealer);
     }
 
@@ -224,13 +310,6 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
              /v1/secrets routes answer 503 SECRETS_DISABLED)",
             crate::secrets::KEY_ENV
         );
-    }
-
-    // First start on an empty database: a tenant and an admin token, shown once.
-    if store.tenants().await?.is_empty() {
-        let tenant = store.ensure_tenant("default").await?;
-        let (_, secret) = store.create_token(&tenant, "admin", "first admin").await?;
-        println!("created tenant `default` with an admin token (shown once, keep it):\n  {secret}");
     }
 
     let engine = crate::engine::Engine::new(crate::engine::EngineConfig {
@@ -328,6 +407,7 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
+    first_admin_token(state.runner.store(), addr).await?;
     println!("corral listening on http://{addr}");
     tracing::info!(%addr, "listening");
 
@@ -386,18 +466,69 @@ pub(super) async fn serve(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
+/// The embedded commands' tenant: not one a server's client uses.
+const EMBEDDED_TENANT: &str = super::runs::LOCAL_TENANT;
+
+/// On a database with no server tenant (empty, or only the embedded commands' `local`, as
+/// after `corral run` or `./x demo` on the same data directory): creates the tenant
+/// `default` with an admin token and prints it once, on stderr. Otherwise says how to get
+/// a token. Never logged: the token goes to stderr as a plain line, not through tracing.
+async fn first_admin_token(store: &Store, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let tenants = store.tenants().await?;
+    let server_tenant = tenants.iter().find(|t| t.name != EMBEDDED_TENANT);
+    if let Some(tenant) = server_tenant {
+        let names: Vec<&str> = tenants
+            .iter()
+            .filter(|t| t.name != EMBEDDED_TENANT)
+            .map(|t| t.name.as_str())
+            .collect();
+        tracing::info!(
+            tenants = %names.join(", "),
+            "no token is printed: the database has tenants already; to get an admin token, run \
+             (offline, with the same --data-dir or --database-url): corral token create \
+             --tenant {} --role admin",
+            tenant.name
+        );
+        return Ok(());
+    }
+    let tenant = store.ensure_tenant("default").await?;
+    let (_, secret) = store.create_token(&tenant, "admin", "first admin").await?;
+    eprintln!(
+        "\ncorral: created tenant `default` and its admin token. It is shown only this once; keep it:\n\n\
+         \x20   {secret}\n\n\
+         Use it as `Authorization: Bearer <token>` on http://{addr}/v1/..., to log in to the \
+         dashboard at http://{addr}/, or with the CLI: CORRAL_TOKEN=<token> corral runs list \
+         --server http://{addr}\n\
+         More tokens (offline): corral token create --tenant default --role admin|operator|viewer\n"
+    );
+    Ok(())
+}
+
 /// The CORS allow-list (flags, else the variable, else the file), each entry checked and
 /// normalized: a bad entry is a configuration error at start-up.
-fn cors_origins(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<Vec<String>> {
-    let given: Vec<String> = if args.cors_origins.is_empty() {
-        file.cors_origins.clone().unwrap_or_default()
-    } else {
+fn cors_origins(
+    args: &ServeArgs,
+    file: &FileConfig,
+    file_path: Option<&Path>,
+) -> Result<Vec<String>, ConfigError> {
+    let from_flag = !args.cors_origins.is_empty();
+    let given: Vec<String> = if from_flag {
         args.cors_origins.clone()
+    } else {
+        file.cors_origins.clone().unwrap_or_default()
     };
     let mut origins = Vec::new();
     for entry in given.iter().map(|e| e.trim()).filter(|e| !e.is_empty()) {
-        let origin = crate::api::cors::normalize_origin(entry)
-            .map_err(|e| anyhow::anyhow!("cors_origins: {e}"))?;
+        let origin = crate::api::cors::normalize_origin(entry).map_err(|e| {
+            let from = source(
+                file_path,
+                "cors_origins",
+                "--cors-origin",
+                "CORRAL_CORS_ORIGINS",
+                from_flag,
+            );
+            ConfigError(format!("{from}: {e}"))
+        })?;
         if !origins.contains(&origin) {
             origins.push(origin);
         }

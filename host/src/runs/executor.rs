@@ -68,6 +68,14 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
     }
     // A cancel requested from another process arrives through the store.
     let watcher = spawn_cancel_watcher(runner.clone(), run.id.clone(), cancel.clone());
+    tracing::info!(
+        run_id = %run.id,
+        tenant = %run.tenant_id,
+        pipeline = %run.pipeline_name,
+        resumed = run.next_seq > 2,
+        "run running"
+    );
+    let started = Instant::now();
 
     let run_ref = run.as_ref();
     // The last step's success, committed with the run's end (one transaction for both).
@@ -107,7 +115,10 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
             }
         };
         match ended {
-            Ok(true) => break,
+            Ok(true) => {
+                log_end(&run, &result, fuel, started);
+                break;
+            }
             // The run had ended meanwhile (its lease lapsed and another host ended it):
             // the last attempt used its fuel all the same. Not after a failed try, which
             // may have committed it with the end.
@@ -170,6 +181,44 @@ fn final_payload(run: &RunRef, status: &str, error: Option<&(String, String)>, f
         obj.insert("message".into(), json!(message));
     }
     payload
+}
+
+/// The run's terminal state, logged once it is committed.
+fn log_end(run: &RunRecord, result: &Result<String, Stop>, fuel: i64, started: Instant) {
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (run_id, tenant) = (
+        tracing::field::display(&run.id),
+        tracing::field::display(&run.tenant_id),
+    );
+    match result {
+        Ok(_) => tracing::info!(
+            run_id,
+            tenant,
+            status = "succeeded",
+            fuel,
+            duration_ms,
+            "run finished"
+        ),
+        Err(Stop::Cancelled) => tracing::info!(
+            run_id,
+            tenant,
+            status = "cancelled",
+            code = "CANCELLED",
+            fuel,
+            duration_ms,
+            "run finished"
+        ),
+        Err(Stop::Failed { code, message }) => tracing::warn!(
+            run_id,
+            tenant,
+            status = "failed",
+            code = %code,
+            error = %crate::capabilities::log::neutralise(message, 500),
+            fuel,
+            duration_ms,
+            "run finished"
+        ),
+    }
 }
 
 /// The terminal status change of a run (guarded: only a live run can end).
@@ -487,6 +536,15 @@ impl Walk<'_> {
                             )),
                         )
                         .await?;
+                    tracing::info!(
+                        run_id = %self.run.id,
+                        tenant = %self.run.tenant_id,
+                        step = %target_name,
+                        from_step = %step.name,
+                        code = code_str(failure.code),
+                        generation,
+                        "step sent back"
+                    );
                     self.steps = self.runner.store().steps(&self.run.id).await?;
                     idx = target;
                 }
@@ -548,6 +606,14 @@ impl Walk<'_> {
                 .await
                 .map_err(Stop::from)
                 .and_then(|ok| if ok { Ok(()) } else { Err(Stop::Cancelled) })?;
+            tracing::info!(
+                run_id = %self.run.id,
+                tenant = %self.run.tenant_id,
+                step = %step.name,
+                attempt,
+                plugin = %agent,
+                "step started"
+            );
 
             let outcome = self
                 .invoke(
@@ -600,6 +666,15 @@ impl Walk<'_> {
             ];
             let failure = match result {
                 Ok(output) => {
+                    tracing::info!(
+                        run_id = %self.run.id,
+                        tenant = %self.run.tenant_id,
+                        step = %step.name,
+                        attempt,
+                        fuel,
+                        status = "succeeded",
+                        "step finished"
+                    );
                     // The attempt's end, the step's success and its event: one transition,
                     // and for the last step it goes with the run's end.
                     let done = Transition {
@@ -650,6 +725,18 @@ impl Walk<'_> {
             );
             let will_retry = retryable && attempt < i64::from(step.max_attempts);
             let (message, detail) = split_detail(&failure.message);
+            tracing::warn!(
+                run_id = %self.run.id,
+                tenant = %self.run.tenant_id,
+                step = %step.name,
+                attempt,
+                fuel,
+                status = "failed",
+                code = code_str(failure.code),
+                error = %crate::capabilities::log::neutralise(&message, 500),
+                will_retry,
+                "step finished"
+            );
             self.runner
                 .commit(
                     &self.run_ref,
@@ -698,6 +785,15 @@ impl Walk<'_> {
                     )),
                 )
                 .await?;
+            tracing::info!(
+                run_id = %self.run.id,
+                tenant = %self.run.tenant_id,
+                step = %step.name,
+                attempt = attempt + 1,
+                backoff_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                code = code_str(failure.code),
+                "step retrying"
+            );
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.live.cancel.cancelled() => {
@@ -1146,16 +1242,36 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
             events.push(error);
         }
         let step = interrupted.map(|s| s.name.as_str());
-        return Ok(
-            finish_cancelled_with(runner, &run_ref, &changes, events, step, run.fuel_used).await?,
-        );
+        let ended =
+            finish_cancelled_with(runner, &run_ref, &changes, events, step, run.fuel_used).await?;
+        if ended {
+            tracing::info!(
+                run_id = %run.id,
+                tenant = %run.tenant_id,
+                step = step.map(tracing::field::display),
+                status = "cancelled",
+                code = "CANCELLED",
+                note = "cancelled while its host was down",
+                "run finished"
+            );
+        }
+        return Ok(ended);
     }
 
     let Some(step) = interrupted else {
         // Claimed but no step started: just queue it again.
-        return Ok(runner
+        let requeued = runner
             .commit(&run_ref, &[orphaned, Change::RunRequeue], None)
-            .await?);
+            .await?;
+        if requeued {
+            tracing::info!(
+                run_id = %run.id,
+                tenant = %run.tenant_id,
+                note = "its host stopped before a step started",
+                "run queued again"
+            );
+        }
+        return Ok(requeued);
     };
     // A spec that no longer parses cannot be retried: the step gets no more attempts.
     let max_attempts = super::pipeline::parse_json(&run.spec, Some(std::path::Path::new("/")))
@@ -1211,6 +1327,28 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
             )
             .await?
     };
+    if committed && out_of_attempts {
+        tracing::warn!(
+            run_id = %run.id,
+            tenant = %run.tenant_id,
+            step = %step.name,
+            attempt = step.attempts,
+            status = "failed",
+            code = HOST_CRASH,
+            note = "its host stopped and the step is out of attempts",
+            "run finished"
+        );
+    } else if committed {
+        tracing::info!(
+            run_id = %run.id,
+            tenant = %run.tenant_id,
+            step = %step.name,
+            attempt = step.attempts,
+            code = HOST_CRASH,
+            note = "its host stopped during the step; it gets another attempt",
+            "run queued again"
+        );
+    }
     Ok(committed)
 }
 

@@ -49,7 +49,7 @@ const CAP_SCRATCH_BYTES: u64 = 1 << 30;
 const CAP_SCRATCH_ENTRIES: u64 = 100_000;
 
 /// A plugin's manifest.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// What it is granted.
@@ -61,7 +61,7 @@ pub struct Manifest {
 }
 
 /// Grants.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// Tool plugins the plugin may call.
@@ -86,7 +86,7 @@ pub struct Grants {
 }
 
 /// Limits a plugin asks for (each at most the host's cap).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManifestLimits {
     /// Most outbound requests per step attempt.
@@ -102,7 +102,7 @@ pub struct ManifestLimits {
 }
 
 /// A size in a manifest: bytes, or text like `"64MiB"`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum SizeSetting {
     /// A number of bytes.

@@ -112,6 +112,8 @@ pub(crate) struct Inner {
     wake: Notify,
     /// The operator's models (`corral:plugin/model`), when any are configured.
     pub(crate) models: std::sync::OnceLock<Arc<dyn crate::models::ModelGateway>>,
+    /// Where [`Runner::work`] reports the id of each run it claims (see [`Runner::claims`]).
+    claims: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 /// Handles to a run executing in this process.
@@ -141,8 +143,22 @@ impl Runner {
                 live: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 models: std::sync::OnceLock::new(),
+                claims: std::sync::Mutex::new(None),
             }),
         }
+    }
+
+    /// The id of every run [`Runner::work`] claims from now on (`corral worker
+    /// --until-idle` reports what it executed). One receiver at a time: a new call replaces
+    /// the previous one. Unbounded: for a `work` that ends, not for a server's.
+    pub fn claims(&self) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *self
+            .inner
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tx);
+        rx
     }
 
     /// The store.
@@ -276,8 +292,19 @@ impl Runner {
             .create_run_linked(&new, max_queued, &registry.used())
             .await?;
         let Some((run, event)) = created else {
+            tracing::warn!(
+                tenant = %tenant_id,
+                max_queued = max_queued.unwrap_or(0),
+                "run refused: the tenant's queue is full (429)"
+            );
             return Err(RunError::TooManyQueued(max_queued.unwrap_or(0)));
         };
+        tracing::info!(
+            run_id = %run.id,
+            tenant = %tenant_id,
+            pipeline = %run.pipeline_name,
+            "run queued"
+        );
         self.inner.bus.publish(event);
         self.inner.wake.notify_one();
         Ok(run)
@@ -335,6 +362,7 @@ impl Runner {
             return Err(RunError::AlreadyFinished(run.id, run.status));
         }
         let status = store.request_cancel(run_id).await?.unwrap_or_default();
+        tracing::info!(run_id = %run_id, tenant = %tenant_id, status = %status, "run cancel requested");
         if let Some(live) = self.live(run_id) {
             live.cancel.cancel();
             return Ok(());
@@ -343,7 +371,16 @@ impl Runner {
             // Nobody is executing it, and with the flag set nobody will claim it: end it
             // here (guarded, so it still ends exactly once whoever else tries).
             "queued" => {
-                executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await?;
+                if executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await? {
+                    tracing::info!(
+                        run_id = %run_id,
+                        tenant = %tenant_id,
+                        status = "cancelled",
+                        code = "CANCELLED",
+                        note = "cancelled while queued",
+                        "run finished"
+                    );
+                }
                 Ok(())
             }
             s if crate::store::TERMINAL.contains(&s) => {
@@ -374,6 +411,14 @@ impl Runner {
         let mut n = 0;
         for run in &runs {
             if executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await? {
+                tracing::info!(
+                    run_id = %run.id,
+                    tenant = %run.tenant_id,
+                    status = "cancelled",
+                    code = "CANCELLED",
+                    note = "cancelled while queued",
+                    "run finished"
+                );
                 n += 1;
             }
         }
@@ -406,6 +451,7 @@ impl Runner {
         if !store.answer(&question, answer).await? {
             return Err(RunError::NotWaiting(run_id.to_string()));
         }
+        tracing::info!(run_id = %run_id, tenant = %tenant_id, "run answered");
         if let Some(live) = self.live(run_id) {
             live.answered.notify_waiters();
         }
@@ -522,6 +568,14 @@ impl Runner {
                 Ok(runs) if !runs.is_empty() => {
                     for run in runs {
                         let Some(permit) = permits.pop() else { break };
+                        if let Some(tx) = &*self
+                            .inner
+                            .claims
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        {
+                            let _ = tx.send(run.id.clone());
+                        }
                         let runner = self.clone();
                         tokio::spawn(async move {
                             executor::execute(runner, run).await;

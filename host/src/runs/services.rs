@@ -345,6 +345,7 @@ impl RunServices for StepServices {
             )
             .await
             .map_err(Self::store_error)?;
+        tracing::info!(run_id = %self.run.id, tenant = %self.run.tenant_id, step = %self.step, question_no = q.question_no, "run waiting for input");
         // Waiting for a person uses neither fuel (the guest is not running) nor the step's
         // wall clock.
         self.deadline.pause();

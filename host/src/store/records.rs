@@ -24,7 +24,7 @@ pub const TERMINAL: &[&str] = &["succeeded", "failed", "cancelled"];
 pub const LIVE: &[&str] = &["queued", "running", "waiting"];
 
 /// One event of a run's log. Its JSON is the wire format clients see.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// `queued`, `running`, `complete`, `error`, `retrying`, `log`, `artifact`,
     /// `input_required`, `cancelled`.
@@ -90,7 +90,7 @@ pub struct NewRun {
 }
 
 /// A run row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct RunRecord {
     /// Id.
     pub id: String,
@@ -110,6 +110,7 @@ pub struct RunRecord {
     #[serde(skip)]
     pub output: Option<String>,
     /// `queued`, `running`, `waiting`, `succeeded`, `failed`, `cancelled`.
+    #[schemars(extend("enum" = ["queued", "running", "waiting", "succeeded", "failed", "cancelled"]))]
     pub status: String,
     /// Failure code, when failed.
     pub error_code: Option<String>,
@@ -190,7 +191,7 @@ impl RunRecord {
 }
 
 /// A step row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct StepRecord {
     /// Position.
     pub idx: i64,
@@ -199,6 +200,7 @@ pub struct StepRecord {
     /// Plugin name.
     pub plugin: String,
     /// `queued`, `running`, `waiting`, `retrying`, `succeeded`, `failed`, `cancelled`, `skipped`.
+    #[schemars(extend("enum" = ["queued", "running", "waiting", "retrying", "succeeded", "failed", "cancelled", "skipped"]))]
     pub status: String,
     /// Attempts made in the current generation.
     pub attempts: i64,
@@ -239,7 +241,7 @@ impl StepRecord {
 }
 
 /// An attempt row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct AttemptRecord {
     /// Step position.
     pub step_idx: i64,
@@ -248,6 +250,7 @@ pub struct AttemptRecord {
     /// 1-based attempt number within the step.
     pub attempt: i64,
     /// `running`, `succeeded`, `failed`, `crashed`.
+    #[schemars(extend("enum" = ["running", "succeeded", "failed", "crashed"]))]
     pub status: String,
     /// Fuel used.
     pub fuel_used: i64,
@@ -321,7 +324,7 @@ pub struct NewArtifact<'a> {
 }
 
 /// An artifact row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ArtifactRecord {
     /// Id.
     pub id: String,

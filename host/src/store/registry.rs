@@ -6,13 +6,14 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 /// An API token's record (never its secret).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct TokenRecord {
     /// Id (shown in listings, used to revoke).
     pub id: String,
     /// Owner.
     pub tenant_id: String,
     /// `admin`, `operator` or `viewer`.
+    #[schemars(extend("enum" = ["admin", "operator", "viewer"]))]
     pub role: String,
     /// A label.
     pub name: String,
@@ -47,7 +48,7 @@ pub struct TenantRecord {
 }
 
 /// A registered plugin.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PluginRecord {
     /// Id (`plg_...`).
     pub id: String,
@@ -66,6 +67,7 @@ pub struct PluginRecord {
     /// Unix ms.
     pub created_at: i64,
     /// Its permission manifest (`null`: it is granted nothing).
+    #[schemars(schema_with = "crate::api::doc::optional_manifest")]
     pub manifest: Option<serde_json::Value>,
 }
 
@@ -109,13 +111,14 @@ impl Store {
 }
 
 /// A stored pipeline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct PipelineRecord {
     /// Id (`pip_...`).
     pub id: String,
     /// Name.
     pub name: String,
     /// The pipeline document (JSON).
+    #[schemars(schema_with = "crate::api::doc::pipeline_document")]
     pub spec: serde_json::Value,
     /// Unix ms.
     pub created_at: i64,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sqlx::Row;
 
 /// A secret as listed: no value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct SecretInfo {
     /// Its name.
     pub name: String,

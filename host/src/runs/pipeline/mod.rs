@@ -54,11 +54,13 @@ mod load;
 mod location;
 mod parse;
 mod raw;
+mod schema;
 mod toml_spans;
 mod validate;
 
 pub use load::{LoadedTool, Registry};
 pub use parse::{load_file, parse_json, parse_toml, registered_plugin};
+pub use schema::PipelineDocument;
 
 use crate::engine::Limits;
 use location::Origin;

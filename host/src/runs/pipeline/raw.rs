@@ -11,19 +11,23 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Pipeline")]
 pub(super) struct RawPipeline {
+    #[schemars(required)]
     pub(super) name: Option<String>,
     pub(super) description: Option<String>,
     pub(super) defaults: Option<Table<RawLimits>>,
     pub(super) budget: Option<Table<RawBudget>>,
     pub(super) tools: Option<Value>,
+    #[schemars(required)]
     pub(super) steps: Option<Capped<Table<RawStep>, MAX_STEPS>>,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "StepDefaults")]
 pub(super) struct RawLimits {
     pub(super) fuel: Option<u64>,
     pub(super) tokens: Option<u64>,
@@ -34,18 +38,22 @@ pub(super) struct RawLimits {
     pub(super) backoff_max: Option<Dur>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Budget")]
 pub(super) struct RawBudget {
     pub(super) fuel: Option<u64>,
     pub(super) tokens: Option<u64>,
     pub(super) timeout: Option<Dur>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Step")]
 pub(super) struct RawStep {
+    #[schemars(required)]
     pub(super) name: Option<String>,
+    #[schemars(required)]
     pub(super) plugin: Option<String>,
     pub(super) config: Option<Value>,
     pub(super) tools: Option<Capped<String, MAX_TOOLS>>,
@@ -65,8 +73,9 @@ pub(super) struct RawStep {
     pub(super) backoff_max: Option<Dur>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Feedback")]
 pub(super) struct RawFeedback {
     pub(super) send_back_to: Option<String>,
     pub(super) max_loops: Option<u32>,
