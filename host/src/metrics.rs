@@ -64,12 +64,37 @@ pub struct Metrics {
     /// HTTP responses by class: 2xx, 4xx, 5xx.
     pub http: [AtomicU64; 3],
     open_streams: AtomicI64,
+    /// Model input tokens, as providers reported them.
+    pub model_input_tokens: AtomicU64,
+    /// Model output tokens.
+    pub model_output_tokens: AtomicU64,
+    /// Model calls answered from the cache.
+    pub model_cache_hits: AtomicU64,
+    /// Model cost at the configured prices, in millionths of the price unit.
+    pub model_cost_micros: AtomicU64,
 }
 
 impl Metrics {
     /// Adjusts the open-stream gauge.
     pub fn open_streams_add(&self, n: i64) {
         self.open_streams.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts a model call's usage and cost (all tenants together: `/metrics` names no
+    /// tenant).
+    pub fn add_model_usage(&self, usage: &crate::models::Usage, cached: bool, cost: Option<f64>) {
+        self.model_input_tokens
+            .fetch_add(usage.input_tokens, Ordering::Relaxed);
+        self.model_output_tokens
+            .fetch_add(usage.output_tokens, Ordering::Relaxed);
+        if cached {
+            self.model_cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(cost) = cost.filter(|c| c.is_finite() && *c > 0.0) {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked above
+            let micros = (cost * 1e6).round() as u64;
+            self.model_cost_micros.fetch_add(micros, Ordering::Relaxed);
+        }
     }
 
     /// The open-stream gauge.

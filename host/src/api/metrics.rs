@@ -57,6 +57,15 @@ pub fn render(
         "# HELP corral_fuel_used_total Fuel used by step attempts in this process.\n# TYPE corral_fuel_used_total counter\ncorral_fuel_used_total {}",
         m.fuel_used.load(Ordering::Relaxed)
     );
+    #[allow(clippy::cast_precision_loss)] // a display figure
+    let cost = m.model_cost_micros.load(Ordering::Relaxed) as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "# HELP corral_model_tokens_total Model tokens used by all tenants' calls in this process, as providers reported them.\n# TYPE corral_model_tokens_total counter\ncorral_model_tokens_total{{kind=\"input\"}} {}\ncorral_model_tokens_total{{kind=\"output\"}} {}\n# HELP corral_model_cache_hits_total Model calls answered from the host's cache.\n# TYPE corral_model_cache_hits_total counter\ncorral_model_cache_hits_total {}\n# HELP corral_model_cost_total Model cost at the configured prices, all tenants.\n# TYPE corral_model_cost_total counter\ncorral_model_cost_total {cost}",
+        m.model_input_tokens.load(Ordering::Relaxed),
+        m.model_output_tokens.load(Ordering::Relaxed),
+        m.model_cache_hits.load(Ordering::Relaxed),
+    );
     let _ = writeln!(
         out,
         "# HELP corral_open_streams Open SSE streams.\n# TYPE corral_open_streams gauge\ncorral_open_streams {open_streams}"

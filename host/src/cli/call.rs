@@ -43,6 +43,11 @@ pub(super) struct CallArgs {
     /// duration_ms and the captured logs.
     #[arg(long)]
     json: bool,
+    /// A model alias for the plugin, e.g.
+    /// `fast=openai:http://127.0.0.1:8000/v1,model=NAME,key-env=OPENAI_API_KEY`
+    /// (`openai` or `anthropic`; also `max-tokens=N`, `stream=false`). Repeatable.
+    #[arg(long = "model", value_name = "ALIAS=PROVIDER:URL[,...]")]
+    models: Vec<String>,
 }
 
 fn parse_fuel(s: &str) -> Result<u64, String> {
@@ -144,7 +149,13 @@ pub(super) async fn run(cli: &Cli, args: &CallArgs) -> anyhow::Result<ExitCode> 
     let how = Invocation {
         limits,
         observer,
-        services: None,
+        services: if args.models.is_empty() {
+            None
+        } else {
+            let services = crate::models::local::CallServices::from_specs(&args.models)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(std::sync::Arc::new(services))
+        },
         cancel,
         http: manifest
             .http_policy(&engine.config().http_resolver)

@@ -100,6 +100,53 @@ struct FileConfig {
     /// Outbound HTTP: host names pinned to addresses, like curl's `--resolve`.
     #[serde(default)]
     http_resolve: std::collections::BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// Model aliases (`[models.<alias>]`), for every tenant.
+    #[serde(default)]
+    models: std::collections::BTreeMap<String, crate::models::ModelConfig>,
+    /// Per-tenant settings (`[tenants.<name>]`), by tenant name.
+    #[serde(default)]
+    tenants: std::collections::BTreeMap<String, TenantFileConfig>,
+    /// The model response cache's bounds.
+    #[serde(default)]
+    model_cache: Option<crate::models::config::CacheConfig>,
+}
+
+/// A tenant's settings in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantFileConfig {
+    /// Model aliases of this tenant's, replacing (or adding to) the shared ones.
+    #[serde(default)]
+    models: std::collections::BTreeMap<String, crate::models::ModelConfig>,
+}
+
+/// The model gateway the config file describes (`None` when it names no models). Tenants
+/// are named; their overrides apply from the next start to tenants created later.
+async fn model_gateway(
+    models: &std::collections::BTreeMap<String, crate::models::ModelConfig>,
+    tenants_file: &std::collections::BTreeMap<String, TenantFileConfig>,
+    cache: Option<crate::models::config::CacheConfig>,
+    store: &Store,
+) -> anyhow::Result<Option<std::sync::Arc<dyn crate::models::ModelGateway>>> {
+    if models.is_empty() && tenants_file.values().all(|t| t.models.is_empty()) {
+        return Ok(None);
+    }
+    let known = store.tenants().await?;
+    let mut tenants = std::collections::BTreeMap::new();
+    for (name, t) in tenants_file {
+        let Some(record) = known.iter().find(|k| &k.name == name) else {
+            anyhow::bail!("tenants.{name}: no tenant is called `{name}` (create it first)");
+        };
+        tenants.insert(record.id.clone(), t.models.clone());
+    }
+    let config = crate::models::ModelsConfig {
+        aliases: models.clone(),
+        tenants,
+        cache: cache.unwrap_or_default(),
+    };
+    let gateway = crate::models::HttpGateway::new(config, std::sync::Arc::new(store.clone()))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(Some(std::sync::Arc::new(gateway)))
 }
 
 /// A configuration error: reported as `error: ...` with exit code 2 (bad usage), naming the
@@ -285,7 +332,11 @@ async fn serve_checked(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> 
         ..RunnerConfig::default()
     };
     let lease = runner_config.lease;
+    let models = model_gateway(&file.models, &file.tenants, file.model_cache, &store).await?;
     let runner = Runner::new(engine, store, runner_config);
+    if let Some(models) = models {
+        runner.set_models(models);
+    }
     // One watcher for the whole server of what other hosts commit (LISTEN/NOTIFY on
     // Postgres, one poller on SQLite), up before the first stream opens.
     runner.bus().start_watcher();
@@ -631,6 +682,49 @@ pub(super) async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitC
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_config_file_takes_models_and_tenant_overrides() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            [models.fast]
+            provider = "openai"
+            base_url = "http://127.0.0.1:8000/v1"
+            model = "small"
+            key_secret = "openai_key"
+            max_tokens = 256
+            input_price_per_million = 0.15
+            output_price_per_million = 0.6
+
+            [tenants.acme.models.fast]
+            provider = "anthropic"
+            base_url = "http://127.0.0.1:8001"
+            model = "claude-haiku"
+            log_prompts = true
+
+            [model_cache]
+            ttl_secs = 60
+            "#,
+        )
+        .unwrap();
+        let fast = &file.models["fast"];
+        assert_eq!(fast.provider, crate::models::Provider::Openai);
+        assert_eq!(fast.max_tokens, Some(256));
+        assert_eq!(fast.key_secret.as_deref(), Some("openai_key"));
+        let acme = &file.tenants["acme"].models["fast"];
+        assert_eq!(acme.provider, crate::models::Provider::Anthropic);
+        assert!(acme.log_prompts);
+        assert_eq!(file.model_cache.unwrap().ttl_secs, 60);
+        assert_eq!(file.model_cache.unwrap().max_entries, 1000);
+        let bad = toml::from_str::<FileConfig>(
+            "[models.fast]\nprovider = \"gemini\"\nbase_url = \"http://x\"\nmodel = \"m\"\n",
+        );
+        assert!(bad.is_err());
+        let bad = toml::from_str::<FileConfig>(
+            "[models.fast]\nprovider = \"openai\"\nbase_url = \"http://x\"\nmodel = \"m\"\napi_key = \"sk\"\n",
+        );
+        assert!(bad.is_err(), "keys are secrets, never config");
+    }
 
     #[test]
     fn the_config_file_takes_the_connection_bounds() {

@@ -8,6 +8,17 @@
 
 use std::fmt;
 
+mod anthropic;
+pub mod cache;
+pub mod config;
+pub mod gateway;
+pub mod local;
+mod openai;
+pub mod wire;
+
+pub use config::{ModelConfig, ModelsConfig, Provider};
+pub use gateway::{HttpGateway, KeySource, StaticKeys};
+
 /// Who wrote a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -171,6 +182,35 @@ pub struct CallContext {
 /// stream calls it once, or never). The caller throttles what it forwards to clients.
 pub type DeltaSink<'a> = &'a (dyn Fn(&str) + Send + Sync);
 
+/// What the run lifecycle may say of an alias in events and metrics (never its key or
+/// endpoint).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ModelInfo {
+    /// `openai` or `anthropic`.
+    pub provider: String,
+    /// The provider's model name.
+    pub model: String,
+    /// Whether the operator lets the prompt text into events.
+    pub log_prompts: bool,
+    /// Price of a million input tokens.
+    pub input_price_per_million: Option<f64>,
+    /// Price of a million output tokens.
+    pub output_price_per_million: Option<f64>,
+}
+
+impl ModelInfo {
+    /// The cost of `usage` at these prices (`None` without prices).
+    pub fn cost(&self, usage: &Usage) -> Option<f64> {
+        if self.input_price_per_million.is_none() && self.output_price_per_million.is_none() {
+            return None;
+        }
+        let i = self.input_price_per_million.unwrap_or(0.0);
+        let o = self.output_price_per_million.unwrap_or(0.0);
+        #[allow(clippy::cast_precision_loss)] // token counts far below 2^52
+        Some((usage.input_tokens as f64 * i + usage.output_tokens as f64 * o) / 1_000_000.0)
+    }
+}
+
 /// The providers behind the aliases: the operator's configuration, keys, protocols and
 /// the response cache. The run lifecycle checks grants and budgets before it calls this,
 /// and charges [`ChatResponse::usage`] after.
@@ -180,6 +220,11 @@ pub trait ModelGateway: Send + Sync {
     fn aliases(&self, tenant: &str) -> Vec<String>;
     /// The answer-token cap used when a request gives no `max_tokens`.
     fn default_max_tokens(&self, tenant: &str, alias: &str) -> Option<u32>;
+    /// What events may say of `alias` (provider, model, prices); `None`: not configured.
+    fn describe(&self, tenant: &str, alias: &str) -> Option<ModelInfo> {
+        let _ = (tenant, alias);
+        None
+    }
     /// Sends `request` to the model behind `alias`, streaming text to `deltas`.
     async fn complete(
         &self,

@@ -54,6 +54,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
         cancel: cancel.clone(),
         answered: Arc::new(tokio::sync::Notify::new()),
         fuel: Arc::new(AtomicI64::new(run.fuel_used)),
+        tokens: Arc::default(),
     };
     runner
         .inner
@@ -81,6 +82,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
     let mut last_step = Transition::default();
     let result = drive(&runner, &run, &live, &mut last_step).await;
     let fuel = live.fuel.load(Ordering::Relaxed);
+    let tokens = live.tokens.load(Ordering::Relaxed);
     // The end is retried while the database is unreachable: giving up would leave the run
     // live under this host, whose lease keeps being renewed.
     let mut delay = Duration::from_millis(250);
@@ -94,7 +96,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
                     "succeeded",
                     Some(output.clone()),
                     None,
-                    fuel,
+                    (fuel, tokens),
                 )
                 .await
             }
@@ -107,7 +109,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
                     "failed",
                     None,
                     Some((code.clone(), message.clone())),
-                    fuel,
+                    (fuel, tokens),
                 )
                 .await
             }
@@ -289,9 +291,15 @@ async fn finish(
     status: &'static str,
     output: Option<String>,
     error: Option<(String, String)>,
-    fuel: i64,
+    (fuel, tokens): (i64, u64),
 ) -> Result<bool, StoreError> {
-    let complete = ("complete", final_payload(run, status, error.as_ref(), fuel));
+    let mut payload = final_payload(run, status, error.as_ref(), fuel);
+    // Model tokens charged to the run by this host (a run recovered after a crash
+    // counts those since its recovery).
+    if let Some(obj) = payload.as_object_mut() {
+        obj.insert("tokens_used".into(), json!(tokens));
+    }
+    let complete = ("complete", payload);
     before
         .commit_with(
             runner,
@@ -342,6 +350,8 @@ struct Walk<'a> {
     plugins: Vec<Arc<Plugin>>,
     tools: std::collections::BTreeMap<String, super::pipeline::LoadedTool>,
     manifests: Vec<super::manifest::Manifest>,
+    /// The model aliases each step may use.
+    models: Vec<Vec<String>>,
     steps: Vec<StepRecord>,
     live: &'a Live,
     started: Instant,
@@ -381,6 +391,12 @@ async fn drive(
         .load_tools(runner.engine(), Some(&registry), &manifests)
         .await
         .map_err(unloadable)?;
+    let models = pipeline
+        .check_models(&manifests, &runner.model_aliases(&run.tenant_id))
+        .map_err(|e| Stop::Failed {
+            code: "INVALID_PIPELINE".into(),
+            message: e.to_string(),
+        })?;
     // A run whose only event is `queued` has never started a step (each start writes its
     // `running` event): its steps are as submitted, no need to read them.
     let steps = if run.next_seq == 2 {
@@ -391,6 +407,7 @@ async fn drive(
     let mut walk = Walk {
         last_step,
         manifests,
+        models,
         runner,
         run,
         run_ref: run.as_ref(),
@@ -612,7 +629,18 @@ impl Walk<'_> {
                 )
                 .await?;
             let fuel = i64::try_from(outcome.0).unwrap_or(i64::MAX);
-            let (result, artifact_id) = (outcome.1, outcome.2);
+            let (mut result, artifact_id) = (outcome.1, outcome.2);
+            let (tokens, tokens_exhausted) = outcome.3;
+            // A model call refused for, or charged past, a token budget fails the
+            // attempt with BUDGET_EXHAUSTED, whatever the guest made of it.
+            if tokens_exhausted && !matches!(&result, Err(f) if f.code == ErrorCode::Cancelled) {
+                result = Err(Failure::new(
+                    ErrorCode::BudgetExhausted,
+                    format!(
+                        "the step's or the run's token budget is spent ({tokens} tokens used by this attempt)"
+                    ),
+                ));
+            }
             let (status, error_code, error_message) = match &result {
                 Ok(_) => ("succeeded", None, None),
                 Err(f) => (
@@ -661,7 +689,7 @@ impl Walk<'_> {
                                 "step_id": step.name,
                                 "agent_type": agent,
                                 "fuel_used": fuel,
-                                "tokens_used": 0,
+                                "tokens_used": tokens,
                                 "artifact_id": artifact_id,
                                 "output_preview": preview(&output),
                                 "attempt": attempt,
@@ -860,7 +888,7 @@ impl Walk<'_> {
         attempt: i64,
         generation: i64,
         mut limits: Limits,
-    ) -> Result<(u64, Result<String, Failure>, Option<String>), Stop> {
+    ) -> Result<(u64, Result<String, Failure>, Option<String>, (u64, bool)), Stop> {
         // The run's fuel budget narrows the attempt's.
         if let Some(budget) = self.pipeline.budget.fuel {
             let used = u64::try_from(self.live.fuel.load(Ordering::Relaxed)).unwrap_or(0);
@@ -897,6 +925,9 @@ impl Walk<'_> {
                 fuel: step.fuel,
                 timeout: step.timeout,
                 run_budget: self.pipeline.budget.fuel,
+                models: self.models.get(idx).cloned().unwrap_or_default(),
+                tokens: step.tokens,
+                run_tokens: self.pipeline.budget.tokens,
             },
         );
         // The guest's events, in its order; the services flush them before each event
@@ -971,7 +1002,12 @@ impl Walk<'_> {
         if let Err(e) = committer.await {
             tracing::warn!("guest event committer failed: {e}");
         }
-        Ok((fuel_used, result, services.last_artifact()))
+        Ok((
+            fuel_used,
+            result,
+            services.last_artifact(),
+            (services.tokens_used(), services.tokens_exhausted()),
+        ))
     }
 
     /// One invocation, counted in the metrics.

@@ -7,6 +7,7 @@
 //! ```toml
 //! [grants]
 //! tools = ["text-tools"]   # tool plugins (by the pipeline's [tools] names) it may call
+//! models = ["fast"]        # model aliases (the operator's [models.<alias>]) it may use
 //!
 //! [[grants.http]]          # one rule per reachable endpoint
 //! host = "api.github.com"  # a name, `*.domain`, or an IP literal
@@ -25,7 +26,8 @@
 //! scratch_entries = 5000   # files and directories it may create there (default 1000)
 //! ```
 //!
-//! A pipeline step can only narrow these grants (its own `tools` list).
+//! A pipeline step can only narrow these grants (its own `tools`, `http` and `models`
+//! lists).
 
 use super::pipeline::PluginRef;
 use crate::capabilities::http::{HttpLimits, HttpPolicy, HttpRule, Resolver};
@@ -65,6 +67,9 @@ pub struct Grants {
     /// Tool plugins the plugin may call.
     #[serde(default)]
     pub tools: Vec<String>,
+    /// Model aliases it may use through `corral:plugin/model`.
+    #[serde(default)]
+    pub models: Vec<String>,
     /// Endpoints it may reach over HTTP.
     #[serde(default)]
     pub http: Vec<HttpRule>,
@@ -127,6 +132,18 @@ impl Manifest {
         for (i, rule) in self.grants.http.iter().enumerate() {
             rule.validate()
                 .map_err(|e| format!("grants.http[{i}]: {e}"))?;
+        }
+        if self.grants.models.len() > MAX_RULES {
+            return Err(format!("grants.models: at most {MAX_RULES} aliases"));
+        }
+        for (i, alias) in self.grants.models.iter().enumerate() {
+            if !crate::models::config::valid_alias(alias) {
+                return Err(format!(
+                    "grants.models[{i}]: `{}` is not a model alias (1-64 of a-z, 0-9, `_`, `-`, \
+                     starting with a letter)",
+                    crate::capabilities::log::neutralise(alias, 64)
+                ));
+            }
         }
         if self.grants.secrets.len() > MAX_SECRETS {
             return Err(format!("grants.secrets: at most {MAX_SECRETS} secrets"));

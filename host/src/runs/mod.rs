@@ -110,6 +110,8 @@ pub(crate) struct Inner {
     /// Runs executing in this process.
     pub(crate) live: Mutex<HashMap<String, Live>>,
     wake: Notify,
+    /// The operator's models (`corral:plugin/model`), when any are configured.
+    pub(crate) models: std::sync::OnceLock<Arc<dyn crate::models::ModelGateway>>,
     /// Where [`Runner::work`] reports the id of each run it claims (see [`Runner::claims`]).
     claims: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
@@ -122,6 +124,8 @@ pub(crate) struct Live {
     /// The run's fuel total as committed (from its claim, plus every charge since), so
     /// budgets and the final event need no read of the run.
     pub(crate) fuel: Arc<std::sync::atomic::AtomicI64>,
+    /// Model tokens this process has charged to the run (for its `[budget] tokens`).
+    pub(crate) tokens: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Runner {
@@ -138,6 +142,7 @@ impl Runner {
                 owner: crate::store::new_id("host"),
                 live: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
+                models: std::sync::OnceLock::new(),
                 claims: std::sync::Mutex::new(None),
             }),
         }
@@ -159,6 +164,24 @@ impl Runner {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Gives the runner its model gateway (once; a second call changes nothing and
+    /// answers false).
+    pub fn set_models(&self, gateway: Arc<dyn crate::models::ModelGateway>) -> bool {
+        self.inner.models.set(gateway).is_ok()
+    }
+
+    /// The model aliases configured for `tenant_id` (none without a gateway).
+    pub fn model_aliases(&self, tenant_id: &str) -> Vec<String> {
+        self.models()
+            .map(|g| g.aliases(tenant_id))
+            .unwrap_or_default()
+    }
+
+    /// The model gateway, if one was set.
+    pub fn models(&self) -> Option<&Arc<dyn crate::models::ModelGateway>> {
+        self.inner.models.get()
     }
 
     /// The event bus.
@@ -307,6 +330,9 @@ impl Runner {
         pipeline
             .load_tools(&self.inner.engine, Some(&registry), &manifests)
             .await
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        pipeline
+            .check_models(&manifests, &self.model_aliases(tenant_id))
             .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
         Ok(registry)
     }

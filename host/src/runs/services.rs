@@ -34,6 +34,47 @@ pub(crate) struct ToolGrant {
     pub(crate) fuel: u64,
     pub(crate) timeout: Duration,
     pub(crate) run_budget: Option<u64>,
+    /// The model aliases the step may use (checked against the manifest and the
+    /// operator's configuration at load).
+    pub(crate) models: Vec<String>,
+    /// Model tokens per attempt (`None`: unlimited).
+    pub(crate) tokens: Option<u64>,
+    /// Model tokens for the whole run (`None`: unlimited).
+    pub(crate) run_tokens: Option<u64>,
+}
+
+/// The fewest answer tokens a clamped call is still sent with; below that the call is
+/// refused with `BUDGET_EXHAUSTED`.
+pub const MIN_ANSWER_TOKENS: u64 = 16;
+/// Most bytes of streamed text in one `model` event.
+const MAX_DELTA_EVENT: usize = 16 << 10;
+/// Least time between two `model` delta events of one call.
+const DELTA_INTERVAL: Duration = Duration::from_millis(300);
+
+/// A call's identity for the per-step record: SHA-256 over the alias, its provider and
+/// model, and the request as sent (`max_tokens` resolved).
+fn request_hash(
+    alias: &str,
+    info: &crate::models::ModelInfo,
+    request: &crate::models::ChatRequest,
+) -> String {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [alias, &info.provider, &info.model] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    h.update(serde_json::to_vec(request).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
+/// The prompt-token estimate a call is checked with before it is sent: the request's
+/// messages, tools and schema as JSON, in bytes, divided by 4 and rounded up.
+pub fn estimate_prompt_tokens(request: &crate::models::ChatRequest) -> u64 {
+    let bytes = serde_json::to_vec(&(&request.messages, &request.tools, &request.response_schema))
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    u64::try_from(bytes.div_ceil(4)).unwrap_or(u64::MAX)
 }
 
 /// The services of one step attempt.
@@ -53,6 +94,13 @@ pub(crate) struct StepServices {
     config: Option<String>,
     /// The attempt's queued guest events, committed before each event of the services'.
     guest_events: Option<super::guest_events::GuestEvents>,
+    /// Model tokens this attempt used (the provider's reported usage).
+    tokens_used: std::sync::atomic::AtomicU64,
+    /// A model call was refused, or charged past a token budget: the attempt fails with
+    /// `BUDGET_EXHAUSTED`.
+    tokens_exhausted: std::sync::atomic::AtomicBool,
+    /// Model calls this attempt made, for the per-step record.
+    model_calls: AtomicI64,
 }
 
 /// The reserved state key under which a connector step reads its config.
@@ -83,6 +131,9 @@ impl StepServices {
             last_artifact: Mutex::new(None),
             config: None,
             guest_events: None,
+            tokens_used: Default::default(),
+            tokens_exhausted: Default::default(),
+            model_calls: AtomicI64::new(0),
         }
     }
 
@@ -104,6 +155,16 @@ impl StepServices {
     pub(crate) fn with_config(mut self, config: String) -> Self {
         self.config = Some(config);
         self
+    }
+
+    /// Model tokens this attempt used.
+    pub(crate) fn tokens_used(&self) -> u64 {
+        self.tokens_used.load(Ordering::Relaxed)
+    }
+
+    /// Whether a token budget stopped (or was overrun by) a model call of this attempt.
+    pub(crate) fn tokens_exhausted(&self) -> bool {
+        self.tokens_exhausted.load(Ordering::Relaxed)
     }
 
     /// The last artifact this attempt stored, for the step's `complete` event.
@@ -162,6 +223,15 @@ impl RunServices for StepServices {
 
     async fn call_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
         self.call_granted_tool(name, arguments).await
+    }
+
+    async fn model(
+        &self,
+        alias: &str,
+        request: &crate::models::ChatRequest,
+        deltas: crate::models::DeltaSink<'_>,
+    ) -> Result<crate::models::ChatResponse, PluginError> {
+        self.call_model(alias, request, deltas).await
     }
 
     async fn put_artifact(
@@ -370,6 +440,270 @@ impl RunServices for StepServices {
 }
 
 impl StepServices {
+    /// What is left of the attempt's and the run's token budgets (`None`: unlimited).
+    fn tokens_left(&self) -> Option<u64> {
+        let attempt = self
+            .grant
+            .tokens
+            .map(|t| t.saturating_sub(self.tokens_used.load(Ordering::Relaxed)));
+        let run = self
+            .grant
+            .run_tokens
+            .map(|t| t.saturating_sub(self.live.tokens.load(Ordering::Relaxed)));
+        match (attempt, run) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        }
+    }
+
+    fn budget_refusal(&self, message: String) -> PluginError {
+        self.tokens_exhausted.store(true, Ordering::Relaxed);
+        PluginError::Permanent(format!("BUDGET_EXHAUSTED: {message}"))
+    }
+
+    /// `model.complete`: a granted alias, under the token budgets (see
+    /// [`estimate_prompt_tokens`]; a call that does not fit is clamped to what is left, or
+    /// refused when fewer than [`MIN_ANSWER_TOKENS`] answer tokens would be left), charged
+    /// with the provider's usage, with an event per call and throttled delta events.
+    async fn call_model(
+        &self,
+        alias: &str,
+        request: &crate::models::ChatRequest,
+        deltas: crate::models::DeltaSink<'_>,
+    ) -> Result<crate::models::ChatResponse, PluginError> {
+        if !self.grant.models.iter().any(|a| a == alias) {
+            let granted = if self.grant.models.is_empty() {
+                "no models".to_string()
+            } else {
+                self.grant.models.join(", ")
+            };
+            return Err(not_granted(&format!(
+                "model `{}` (this step may use: {granted})",
+                crate::capabilities::log::neutralise(alias, 64)
+            )));
+        }
+        let Some(gateway) = self.runner.models().cloned() else {
+            return Err(not_granted(&format!("model `{alias}`")));
+        };
+        let tenant = &self.run.tenant_id;
+        let info = gateway.describe(tenant, alias).unwrap_or_default();
+        let mut request = request.clone();
+        let max_tokens = request
+            .max_tokens
+            .or_else(|| gateway.default_max_tokens(tenant, alias))
+            .unwrap_or(crate::models::config::DEFAULT_MAX_TOKENS);
+        // The call as the plugin made it (before any clamp), for the per-step record.
+        let request_hash = request_hash(alias, &info, &request);
+        let estimate = estimate_prompt_tokens(&request);
+        let mut clamped = false;
+        if let Some(left) = self.tokens_left() {
+            let room = left.saturating_sub(estimate);
+            if room < MIN_ANSWER_TOKENS.min(u64::from(max_tokens)) {
+                return Err(self.budget_refusal(format!(
+                    "model `{alias}`: the prompt (about {estimate} tokens) and an answer do not \
+                     fit in the {left} tokens left of the token budget"
+                )));
+            }
+            if room < u64::from(max_tokens) {
+                clamped = true;
+            }
+            request.max_tokens =
+                Some(u32::try_from(room.min(u64::from(max_tokens))).unwrap_or(max_tokens));
+        } else {
+            request.max_tokens = Some(max_tokens);
+        }
+
+        self.flush_guest_events().await;
+        // The step's n-th call, made before by an earlier attempt with the same request:
+        // replay the recorded answer (nothing is sent, nothing charged).
+        let call_no = self.model_calls.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(answer) = self.replayed(call_no, &request_hash).await {
+            if !answer.content.is_empty() {
+                deltas(&answer.content);
+            }
+            self.commit_event(
+                "model_call",
+                json!({
+                    "step_id": self.step, "alias": alias, "provider": info.provider,
+                    "model": info.model, "input_tokens": 0, "output_tokens": 0, "tokens": 0,
+                    "cached": answer.cached, "replayed": true, "latency_ms": 0,
+                    "max_tokens": request.max_tokens, "clamped": clamped, "status": "ok",
+                }),
+            )
+            .await;
+            return Ok(answer);
+        }
+        // Deltas gather here; a ticker commits them as `model` events at most every
+        // DELTA_INTERVAL, and what is left when the answer is complete goes last.
+        let pending = std::sync::Arc::new(Mutex::new(String::new()));
+        let sink_pending = pending.clone();
+        let sink = move |d: &str| {
+            deltas(d);
+            let mut p = sink_pending.lock().unwrap_or_else(PoisonError::into_inner);
+            if p.len().saturating_add(d.len()) <= MAX_DELTA_EVENT {
+                p.push_str(d);
+            }
+        };
+        let ctx = crate::models::CallContext {
+            tenant: tenant.clone(),
+            run_id: Some(self.run.id.clone()),
+        };
+        let started = std::time::Instant::now();
+        let call = gateway.complete(&ctx, alias, &request, &sink);
+        tokio::pin!(call);
+        let result = loop {
+            tokio::select! {
+                r = &mut call => break r,
+                _ = tokio::time::sleep(DELTA_INTERVAL) => self.flush_deltas(alias, &pending).await,
+            }
+        };
+        self.flush_deltas(alias, &pending).await;
+        let latency_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+
+        let usage = result.as_ref().map(|r| r.usage).unwrap_or_default();
+        let used = usage.total();
+        let step_total = self
+            .tokens_used
+            .fetch_add(used, Ordering::Relaxed)
+            .saturating_add(used);
+        let run_total = self
+            .live
+            .tokens
+            .fetch_add(used, Ordering::Relaxed)
+            .saturating_add(used);
+        crate::metrics::global().add_model_usage(
+            &usage,
+            result.as_ref().is_ok_and(|r| r.cached),
+            info.cost(&usage),
+        );
+        let over = self.grant.tokens.is_some_and(|t| step_total > t)
+            || self.grant.run_tokens.is_some_and(|t| run_total > t);
+        let mut payload = json!({
+            "step_id": self.step,
+            "alias": alias,
+            "provider": info.provider,
+            "model": info.model,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "tokens": used,
+            "cached": result.as_ref().is_ok_and(|r| r.cached),
+            "latency_ms": latency_ms,
+            "max_tokens": request.max_tokens,
+            "clamped": clamped,
+            "status": if result.is_ok() { "ok" } else { "failed" },
+        });
+        if let Some(obj) = payload.as_object_mut() {
+            if let Some(cost) = info.cost(&usage) {
+                obj.insert("cost".into(), json!(cost));
+            }
+            if let Err(e) = &result {
+                obj.insert(
+                    "error".into(),
+                    json!(crate::capabilities::log::neutralise(&e.to_string(), 300)),
+                );
+            }
+            if info.log_prompts {
+                obj.insert(
+                    "prompt".into(),
+                    json!(crate::capabilities::log::neutralise(
+                        &serde_json::to_string(&request.messages).unwrap_or_default(),
+                        MAX_DELTA_EVENT
+                    )),
+                );
+            }
+        }
+        self.commit_event("model_call", payload).await;
+        let answer = result.map_err(|e| match e {
+            crate::models::ModelError::Transient(m) => PluginError::Transient(m),
+            crate::models::ModelError::InvalidRequest(m) => PluginError::InvalidInput(m),
+            crate::models::ModelError::UnknownAlias(a) => {
+                not_granted(&format!("model `{a}` (not configured for this tenant)"))
+            }
+            crate::models::ModelError::Permanent(m) => PluginError::Permanent(m),
+        })?;
+        self.record(call_no, &request_hash, &answer).await;
+        if over {
+            return Err(self.budget_refusal(format!(
+                "model `{alias}`: the call used {used} tokens, past the token budget"
+            )));
+        }
+        Ok(answer)
+    }
+
+    /// The recorded answer of this step's `call_no`-th call, if the request is the same.
+    async fn replayed(
+        &self,
+        call_no: i64,
+        request_hash: &str,
+    ) -> Option<crate::models::ChatResponse> {
+        let stored = match self
+            .runner
+            .store()
+            .model_call(
+                &self.run.id,
+                self.step_idx,
+                self.generation,
+                call_no,
+                request_hash,
+            )
+            .await
+        {
+            Ok(stored) => stored?,
+            Err(e) => {
+                tracing::warn!("cannot read a recorded model call: {e}");
+                return None;
+            }
+        };
+        let mut answer: crate::models::ChatResponse = serde_json::from_str(&stored).ok()?;
+        answer.usage = crate::models::Usage::default();
+        Some(answer)
+    }
+
+    /// Records this step's `call_no`-th call, for a later attempt to replay.
+    async fn record(&self, call_no: i64, request_hash: &str, answer: &crate::models::ChatResponse) {
+        let Ok(text) = serde_json::to_string(answer) else {
+            return;
+        };
+        if let Err(e) = self
+            .runner
+            .store()
+            .record_model_call(
+                &self.run.id,
+                (self.step_idx, self.generation, call_no),
+                request_hash,
+                &text,
+            )
+            .await
+        {
+            tracing::warn!("cannot record a model call: {e}");
+        }
+    }
+
+    /// Commits the text streamed since the last `model` event, if any.
+    async fn flush_deltas(&self, alias: &str, pending: &Mutex<String>) {
+        let text = std::mem::take(&mut *pending.lock().unwrap_or_else(PoisonError::into_inner));
+        if text.is_empty() {
+            return;
+        }
+        self.commit_event(
+            "model",
+            json!({"step_id": self.step, "alias": alias, "delta": text}),
+        )
+        .await;
+    }
+
+    /// Commits and publishes an event of the services'.
+    async fn commit_event(&self, kind: &'static str, payload: serde_json::Value) {
+        self.flush_guest_events().await;
+        if let Err(e) = self
+            .runner
+            .commit(&self.run, &[], Some((kind, payload)))
+            .await
+        {
+            tracing::warn!("could not record a {kind} event: {e}");
+        }
+    }
+
     /// `host.call-tool`: a granted tool, arguments checked against its schema before it
     /// runs, in its own fresh sandbox, its fuel charged to the run.
     async fn call_granted_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
@@ -545,6 +879,206 @@ fn check_artifact_name(name: &str) -> Result<(), PluginError> {
 #[cfg(test)]
 mod tests {
     use super::check_artifact_name;
+
+    /// An OpenAI-style provider on loopback that always reports 50 input and 10 output
+    /// tokens, and counts the calls it got.
+    async fn provider() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let app = axum::Router::new().route(
+            "/v1/chat/completions",
+            axum::routing::post(move |body: axum::Json<serde_json::Value>| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    axum::Json(serde_json::json!({
+                        "choices": [{"index": 0, "finish_reason": "stop",
+                            "message": {"role": "assistant",
+                                "content": format!("max {}", body["max_tokens"])}}],
+                        "usage": {"prompt_tokens": 50, "completion_tokens": 10},
+                    }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}/v1"), calls)
+    }
+
+    /// RES-20: a step's model calls are granted by alias, estimated and clamped before
+    /// they are sent, charged with the provider's usage after, refused with
+    /// BUDGET_EXHAUSTED once the budget cannot fit another; the key stays out of the
+    /// events and the database.
+    #[tokio::test]
+    async fn res_20_model_calls_are_granted_budgeted_and_charged() {
+        use crate::capabilities::RunServices;
+        use crate::models::{ChatRequest, Message, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let key = "sk-unit-secret-0123456789abcdef";
+        let store = crate::store::Store::open_in_dir(dir.path()).await.unwrap();
+        let tenant = store.ensure_tenant("t").await.unwrap();
+        store.put_secret(&tenant, "llm", key).await.unwrap();
+        let engine = crate::engine::Engine::new(crate::engine::EngineConfig {
+            scratch_root: dir.path().join("scratch"),
+            ..Default::default()
+        })
+        .unwrap();
+        let runner = super::Runner::new(engine, store.clone(), Default::default());
+        let (url, calls) = provider().await;
+        let mut aliases = std::collections::BTreeMap::new();
+        aliases.insert(
+            "fast".to_string(),
+            toml::from_str::<crate::models::ModelConfig>(&format!(
+                "provider = \"openai\"\nbase_url = \"{url}\"\nmodel = \"m\"\n\
+                 key_secret = \"llm\"\nmax_tokens = 500\ninput_price_per_million = 1.0\n"
+            ))
+            .unwrap(),
+        );
+        let gateway = crate::models::HttpGateway::new(
+            crate::models::ModelsConfig {
+                aliases,
+                ..Default::default()
+            },
+            std::sync::Arc::new(store.clone()),
+        )
+        .unwrap();
+        assert!(runner.set_models(std::sync::Arc::new(gateway)));
+        assert_eq!(runner.model_aliases(&tenant), ["fast"]);
+        let (run, _) = store
+            .create_run(&crate::store::NewRun {
+                tenant_id: tenant.clone(),
+                pipeline_id: None,
+                pipeline_name: "p".into(),
+                spec: "{}".into(),
+                input: "{}".into(),
+                steps: vec![("a".into(), "x".into())],
+            })
+            .await
+            .unwrap();
+        let live = super::Live {
+            cancel: Default::default(),
+            answered: Default::default(),
+            fuel: Default::default(),
+            tokens: Default::default(),
+        };
+        let services = super::StepServices::new(
+            runner.clone(),
+            run.as_ref(),
+            "a".into(),
+            0,
+            0,
+            crate::engine::Deadline::after(std::time::Duration::from_secs(60)),
+            live.clone(),
+            super::ToolGrant {
+                tools: vec![],
+                fuel: 1,
+                timeout: std::time::Duration::from_secs(1),
+                run_budget: None,
+                models: vec!["fast".into()],
+                tokens: Some(100),
+                run_tokens: None,
+            },
+        );
+        let request = ChatRequest {
+            messages: vec![Message {
+                role: Role::User,
+                content: "the prompt text".into(),
+                tool_calls: vec![],
+                tool_call_id: None,
+            }],
+            ..Default::default()
+        };
+        let estimate = super::estimate_prompt_tokens(&request);
+        assert!(estimate > 0 && estimate < 30, "{estimate}");
+
+        // Not granted: refused, nothing sent.
+        let e = services
+            .model("smart", &request, &|_| {})
+            .await
+            .unwrap_err();
+        assert!(format!("{e:?}").contains("not granted"), "{e:?}");
+        // 100 tokens left: max_tokens 500 is clamped to what fits after the estimate.
+        let got = services.model("fast", &request, &|_| {}).await.unwrap();
+        assert_eq!(got.content, format!("max {}", 100 - estimate));
+        assert_eq!(services.tokens_used(), 60);
+        assert!(!services.tokens_exhausted());
+        // 40 left: sent clamped, charged 60, over the budget: BUDGET_EXHAUSTED.
+        let e = services.model("fast", &request, &|_| {}).await.unwrap_err();
+        assert!(format!("{e:?}").contains("BUDGET_EXHAUSTED"), "{e:?}");
+        assert!(services.tokens_exhausted());
+        assert_eq!(services.tokens_used(), 120);
+        // Nothing left: refused before sending.
+        let e = services.model("fast", &request, &|_| {}).await.unwrap_err();
+        assert!(format!("{e:?}").contains("BUDGET_EXHAUSTED"), "{e:?}");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(live.tokens.load(std::sync::atomic::Ordering::Relaxed), 120);
+
+        // A later attempt of the step making the same first call gets the recorded answer:
+        // nothing sent, nothing charged.
+        let again = super::StepServices::new(
+            runner.clone(),
+            run.as_ref(),
+            "a".into(),
+            0,
+            0,
+            crate::engine::Deadline::after(std::time::Duration::from_secs(60)),
+            live.clone(),
+            super::ToolGrant {
+                tools: vec![],
+                fuel: 1,
+                timeout: std::time::Duration::from_secs(1),
+                run_budget: None,
+                models: vec!["fast".into()],
+                tokens: None,
+                run_tokens: None,
+            },
+        );
+        let replayed = again.model("fast", &request, &|_| {}).await.unwrap();
+        assert_eq!(replayed.content, got.content);
+        assert_eq!(replayed.usage.total(), 0);
+        assert_eq!(again.tokens_used(), 0);
+        // Its second call differs from the recorded one: sent.
+        let mut other = request.clone();
+        other.temperature = Some(0.5);
+        again.model("fast", &other, &|_| {}).await.unwrap();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 3);
+        drop(again);
+
+        let events = store.events_after(&run.id, 0, 1000).await.unwrap();
+        let model_calls: Vec<_> = events.iter().filter(|e| e.kind == "model_call").collect();
+        assert_eq!(model_calls.len(), 4, "{events:?}");
+        assert_eq!(model_calls[2].payload["replayed"], true);
+        assert_eq!(model_calls[2].payload["tokens"], 0);
+        let first = &model_calls[0].payload;
+        assert_eq!(first["alias"], "fast");
+        assert_eq!(first["provider"], "openai");
+        assert_eq!(first["model"], "m");
+        assert_eq!(first["tokens"], 60);
+        assert_eq!(first["cached"], false);
+        assert_eq!(first["clamped"], true);
+        assert_eq!(first["cost"], 50.0 / 1e6);
+        assert!(events.iter().any(|e| e.kind == "model"), "delta events");
+        let all = serde_json::to_string(&events).unwrap();
+        assert!(
+            !all.contains("the prompt text"),
+            "no prompt without log_prompts"
+        );
+        assert!(!all.contains(key));
+        // The database holds the key only sealed.
+        drop(services);
+        drop(runner);
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                let bytes = std::fs::read(&path).unwrap();
+                assert!(
+                    !bytes.windows(key.len()).any(|w| w == key.as_bytes()),
+                    "{} holds the key in clear",
+                    path.display()
+                );
+            }
+        }
+    }
 
     #[test]
     fn res_17_artifact_names_cannot_traverse_or_hold_nul() {

@@ -816,6 +816,61 @@ impl Store {
         Ok(None)
     }
 
+    /// The recorded answer of a step's `call_no`-th model call (1-based, per step and
+    /// loop generation), if one was recorded for the same request (`request_hash`).
+    pub async fn model_call(
+        &self,
+        run_id: &str,
+        step_idx: i64,
+        generation: i64,
+        call_no: i64,
+        request_hash: &str,
+    ) -> Result<Option<String>> {
+        let row = sqlx::query(
+            "SELECT request_hash, response FROM model_calls WHERE run_id = $1 AND step_idx = $2 \
+             AND generation = $3 AND call_no = $4",
+        )
+        .bind(run_id)
+        .bind(step_idx)
+        .bind(generation)
+        .bind(call_no)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let hash: String = row.try_get("request_hash")?;
+        if hash != request_hash {
+            return Ok(None);
+        }
+        Ok(Some(row.try_get("response")?))
+    }
+
+    /// Records (or replaces) a step's `call_no`-th model call.
+    pub async fn record_model_call(
+        &self,
+        run_id: &str,
+        (step_idx, generation, call_no): (i64, i64, i64),
+        request_hash: &str,
+        response: &str,
+    ) -> Result<()> {
+        let _w = self.write_guard().await;
+        sqlx::query(
+            "INSERT INTO model_calls (run_id, step_idx, generation, call_no, request_hash, \
+             response, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (run_id, step_idx, generation, call_no) \
+             DO UPDATE SET request_hash = $5, response = $6, created_at = $7",
+        )
+        .bind(run_id)
+        .bind(step_idx)
+        .bind(generation)
+        .bind(call_no)
+        .bind(request_hash)
+        .bind(response)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// The open question of a run (asked, not yet answered), if any.
     pub async fn open_question(&self, run_id: &str) -> Result<Option<Question>> {
         let row = sqlx::query(

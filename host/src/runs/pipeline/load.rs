@@ -86,6 +86,74 @@ impl Pipeline {
         Ok(out)
     }
 
+    /// The model aliases each step may use (in step order): its `models` list, else every
+    /// alias its manifest grants. A step may only list aliases its manifest grants, and
+    /// every alias a step may use must be one the operator configured for the tenant
+    /// (`configured`); either failure names the step's field.
+    pub fn check_models(
+        &self,
+        manifests: &[Manifest],
+        configured: &[String],
+    ) -> Result<Vec<Vec<String>>, PipelineError> {
+        let mut out = Vec::with_capacity(self.steps.len());
+        for (i, (step, manifest)) in self.steps.iter().zip(manifests).enumerate() {
+            let place = manifest::path_for(&step.plugin)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "its manifest".into());
+            let granted = &manifest.grants.models;
+            let granted_text = if granted.is_empty() {
+                "none".to_string()
+            } else {
+                granted.join(", ")
+            };
+            let configured_text = if configured.is_empty() {
+                "none".to_string()
+            } else {
+                configured.join(", ")
+            };
+            let (aliases, field): (Vec<String>, Box<dyn Fn(usize) -> String>) = match &step.models {
+                Some(list) => {
+                    for (j, alias) in list.iter().enumerate() {
+                        if !granted.contains(alias) {
+                            return Err(self.origin.error(
+                                format!("steps[{i}].models[{j}]"),
+                                format!(
+                                    "step `{}` may not use model `{alias}`: its plugin is not \
+                                     granted it (missing grant `models = [\"{alias}\"]` in \
+                                     {place}; it grants: {granted_text})",
+                                    step.name
+                                ),
+                            ));
+                        }
+                    }
+                    (
+                        list.clone(),
+                        Box::new(move |j| format!("steps[{i}].models[{j}]")),
+                    )
+                }
+                None => (
+                    granted.clone(),
+                    Box::new(move |_| format!("steps[{i}].plugin")),
+                ),
+            };
+            for (j, alias) in aliases.iter().enumerate() {
+                if !configured.contains(alias) {
+                    return Err(self.origin.error(
+                        field(j),
+                        format!(
+                            "step `{}` may use model `{alias}`, which the operator has not \
+                             configured for this tenant (configured: {configured_text}; see \
+                             [models.{alias}] in the server's config file)",
+                            step.name
+                        ),
+                    ));
+                }
+            }
+            out.push(aliases);
+        }
+        Ok(out)
+    }
+
     /// Loads the `[tools]` plugins (each must be a tool plugin that lists its tools) and
     /// checks every step's grants against its plugin's manifest (`manifests`, in step
     /// order, from [`Pipeline::manifests`]): a step may only list tools it is granted.
@@ -409,6 +477,64 @@ mod tests {
         assert_eq!(
             p.field_error("steps[0].plugin", "bad").to_string(),
             format!("{}bad", at(6, "steps[0].plugin"))
+        );
+    }
+
+    /// RES-20: a step may use only the model aliases its manifest grants and the operator
+    /// configured; either failure names the file, line and field at load.
+    #[test]
+    fn res_20_ungranted_or_unconfigured_model_aliases_fail_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pipeline.toml");
+        let load = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            load_file(&file).unwrap()
+        };
+        let at = |line: usize, field: &str| format!("{}:{line}: {field}: ", file.display());
+        let mut manifest = Manifest::default();
+        manifest.grants.models = vec!["fast".into()];
+        let configured = vec!["fast".to_string(), "smart".to_string()];
+
+        let p = load("name = \"p\"\n[[steps]]\nname = \"a\"\nplugin = \"x.wasm\"\n");
+        // Without a step list: every granted alias.
+        assert_eq!(
+            p.check_models(std::slice::from_ref(&manifest), &configured)
+                .unwrap(),
+            vec![vec!["fast".to_string()]]
+        );
+        // Nothing granted: nothing to check, no model.
+        assert_eq!(
+            p.check_models(&[Manifest::default()], &[]).unwrap(),
+            vec![Vec::<String>::new()]
+        );
+        // Granted but not configured: the step's plugin line.
+        let e = p
+            .check_models(std::slice::from_ref(&manifest), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&at(4, "steps[0].plugin")), "{e}");
+        assert!(
+            e.contains("model `fast`, which the operator has not configured"),
+            "{e}"
+        );
+
+        let p = load(
+            "name = \"p\"\n[[steps]]\nname = \"a\"\nplugin = \"x.wasm\"\n\
+             models = [\"smart\"]\n",
+        );
+        let e = p
+            .check_models(std::slice::from_ref(&manifest), &configured)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(&at(5, "steps[0].models[0]")), "{e}");
+        assert!(e.contains("missing grant `models = [\"smart\"]`"), "{e}");
+
+        // A step narrows to none.
+        let p = load("name = \"p\"\n[[steps]]\nname = \"a\"\nplugin = \"x.wasm\"\nmodels = []\n");
+        assert_eq!(
+            p.check_models(std::slice::from_ref(&manifest), &[])
+                .unwrap(),
+            vec![Vec::<String>::new()]
         );
     }
 }

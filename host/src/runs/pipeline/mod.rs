@@ -6,6 +6,7 @@
 //! description = "optional text"
 //! [defaults]                  # all optional; these are the defaults
 //! fuel = 2_000_000_000        # per step attempt
+//! tokens = 20_000             # model tokens per step attempt (absent: unlimited)
 //! timeout = "30s"             # per step attempt, wall clock
 //! memory = "64MiB"            # or a number of bytes
 //! max_attempts = 3
@@ -13,6 +14,7 @@
 //! backoff_max = "60s"         # cap on the delay
 //! [budget]                    # whole run; absent = unlimited fuel, timeout "1h"
 //! fuel = 10_000_000_000
+//! tokens = 100_000            # model tokens for the whole run (absent: unlimited)
 //! timeout = "10m"
 //! [[steps]]
 //! name = "extract"
@@ -22,6 +24,7 @@
 //! tools = ["text-tools"]                         # tools this step may call (from [tools])
 //! on_failure = { send_back_to = "developer", max_loops = 3 }
 //! http = ["api.example.com"]                     # keep only these of its manifest's hosts
+//! models = ["fast"]                              # keep only these of its model grants
 //! input_from = "extract"                         # an earlier step's output as input
 //! [[steps]]
 //! name = "fetch"
@@ -129,6 +132,10 @@ pub struct RunBudget {
     /// Total fuel; `None` means unlimited (each attempt is still metered).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fuel: Option<u64>,
+    /// Total model tokens (input plus output, every call of every step); `None`:
+    /// unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
     /// Wall-clock limit for the run (default 1h). Serialized as a humantime string.
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,
@@ -138,6 +145,7 @@ impl Default for RunBudget {
     fn default() -> Self {
         RunBudget {
             fuel: None,
+            tokens: None,
             timeout: DEFAULT_RUN_TIMEOUT,
         }
     }
@@ -161,6 +169,10 @@ pub struct Step {
     /// them; empty: none). A step can only narrow what the manifest grants.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<Vec<String>>,
+    /// The model aliases of its plugin's `[grants] models` this step keeps (`None`: all
+    /// of them). A step can only narrow what the manifest grants.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub models: Option<Vec<String>>,
     /// The earlier step whose output is this step's input (default: the previous step).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_from: Option<String>,
@@ -175,6 +187,9 @@ pub struct Step {
     pub max_items: u32,
     /// Fuel per attempt.
     pub fuel: u64,
+    /// Model tokens per attempt (input plus output); `None`: unlimited.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<u64>,
     /// Wall-clock limit per attempt. Serialized as a humantime string.
     #[serde(serialize_with = "serialize_duration")]
     pub timeout: Duration,

@@ -113,6 +113,7 @@ mod tests {
             pipeline.budget,
             RunBudget {
                 fuel: Some(10_000_000_000),
+                tokens: None,
                 timeout: Duration::from_secs(600)
             }
         );

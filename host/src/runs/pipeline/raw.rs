@@ -30,6 +30,7 @@ pub(super) struct RawPipeline {
 #[schemars(rename = "StepDefaults")]
 pub(super) struct RawLimits {
     pub(super) fuel: Option<u64>,
+    pub(super) tokens: Option<u64>,
     pub(super) timeout: Option<Dur>,
     pub(super) memory: Option<Size>,
     pub(super) max_attempts: Option<u32>,
@@ -42,6 +43,7 @@ pub(super) struct RawLimits {
 #[schemars(rename = "Budget")]
 pub(super) struct RawBudget {
     pub(super) fuel: Option<u64>,
+    pub(super) tokens: Option<u64>,
     pub(super) timeout: Option<Dur>,
 }
 
@@ -58,10 +60,12 @@ pub(super) struct RawStep {
     pub(super) on_failure: Option<Table<RawFeedback>>,
     pub(super) input_from: Option<String>,
     pub(super) http: Option<Capped<String, MAX_TOOLS>>,
+    pub(super) models: Option<Capped<String, MAX_TOOLS>>,
     pub(super) connector: Option<String>,
     pub(super) max_pages: Option<u32>,
     pub(super) max_items: Option<u32>,
     pub(super) fuel: Option<u64>,
+    pub(super) tokens: Option<u64>,
     pub(super) timeout: Option<Dur>,
     pub(super) memory: Option<Size>,
     pub(super) max_attempts: Option<u32>,

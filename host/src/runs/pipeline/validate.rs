@@ -25,6 +25,7 @@ struct Validator<'a> {
 #[derive(Clone, Copy)]
 struct StepLimits {
     fuel: u64,
+    tokens: Option<u64>,
     timeout: Duration,
     memory: usize,
     max_attempts: u32,
@@ -36,6 +37,7 @@ impl Default for StepLimits {
     fn default() -> Self {
         StepLimits {
             fuel: DEFAULT_FUEL,
+            tokens: None,
             timeout: Duration::from_secs(30),
             memory: 64 << 20,
             max_attempts: 3,
@@ -204,6 +206,12 @@ impl Validator<'_> {
                 "must be at least 1 (leave it out for unlimited fuel)",
             ));
         }
+        if raw.tokens == Some(0) {
+            return Err(self.err(
+                "budget.tokens",
+                "must be at least 1 (leave it out for unlimited tokens)",
+            ));
+        }
         let timeout = raw.timeout.map_or(DEFAULT_RUN_TIMEOUT, |d| d.0);
         if timeout.is_zero() {
             return Err(self.err("budget.timeout", "must be more than 0"));
@@ -220,6 +228,7 @@ impl Validator<'_> {
         }
         Ok(RunBudget {
             fuel: raw.fuel,
+            tokens: raw.tokens,
             timeout,
         })
     }
@@ -244,6 +253,12 @@ impl Validator<'_> {
                 ));
             }
             out.fuel = fuel;
+        }
+        if let Some(tokens) = raw.tokens {
+            if tokens == 0 {
+                return Err(self.err(&field("tokens"), "must be at least 1"));
+            }
+            out.tokens = Some(tokens);
         }
         if let Some(Dur(timeout)) = raw.timeout {
             if timeout.is_zero() {
@@ -427,6 +442,7 @@ impl Validator<'_> {
 
         let overrides = RawLimits {
             fuel: raw.fuel,
+            tokens: raw.tokens,
             timeout: raw.timeout,
             memory: raw.memory,
             max_attempts: raw.max_attempts,
@@ -442,11 +458,13 @@ impl Validator<'_> {
             tools,
             on_failure,
             http: raw.http.as_ref().map(|h| h.0.clone()),
+            models: raw.models.as_ref().map(|h| h.0.clone()),
             input_from,
             connector,
             max_pages,
             max_items,
             fuel: limits.fuel,
+            tokens: limits.tokens,
             timeout: limits.timeout,
             memory: limits.memory,
             max_attempts: limits.max_attempts,
@@ -961,11 +979,26 @@ mod tests {
             "budget.timeout",
             "at most 7days",
         );
-        let p = toml(&with_table("[budget]\nfuel = 9", "")).unwrap();
+        assert_fails(
+            toml(&with_table("[budget]\ntokens = 0", "")),
+            "budget.tokens",
+            "at least 1",
+        );
+        assert_fails(
+            toml(&one_step("tokens = 0")),
+            "steps[0].tokens",
+            "at least 1",
+        );
+        let p = toml(&with_table("[defaults]\ntokens = 40", "")).unwrap();
+        assert_eq!(p.steps[0].tokens, Some(40));
+        let p = toml(&one_step("tokens = 30")).unwrap();
+        assert_eq!(p.steps[0].tokens, Some(30));
+        let p = toml(&with_table("[budget]\nfuel = 9\ntokens = 500", "")).unwrap();
         assert_eq!(
             p.budget,
             RunBudget {
                 fuel: Some(9),
+                tokens: Some(500),
                 timeout: Duration::from_secs(3600)
             }
         );

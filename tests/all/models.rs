@@ -1,0 +1,342 @@
+//! Models through the host's gateway (`corral::models`), against a provider on loopback
+//! that speaks both real protocols.
+
+use crate::support::provider::FakeProvider;
+use corral::models::{
+    CallContext, ChatRequest, FinishReason, HttpGateway, Message, ModelConfig, ModelError,
+    ModelGateway, ModelsConfig, Provider, Role, StaticKeys, ToolDefinition,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+const KEY: &str = "sk-test-very-secret-key-0123456789";
+
+fn alias(provider: Provider, base_url: &str, stream: bool) -> ModelConfig {
+    ModelConfig {
+        provider,
+        base_url: base_url.to_string(),
+        model: "m-1".into(),
+        key_secret: Some("llm_key".into()),
+        max_tokens: Some(100),
+        input_price_per_million: None,
+        output_price_per_million: None,
+        log_prompts: false,
+        stream: Some(stream),
+        timeout_secs: Some(30),
+    }
+}
+
+fn gateway(fake: &FakeProvider) -> HttpGateway {
+    let mut aliases = BTreeMap::new();
+    for (name, p, stream) in [
+        ("oa", Provider::Openai, false),
+        ("oa-stream", Provider::Openai, true),
+        ("an", Provider::Anthropic, false),
+        ("an-stream", Provider::Anthropic, true),
+    ] {
+        let url = match p {
+            Provider::Openai => fake.openai_url(),
+            Provider::Anthropic => fake.base_url.clone(),
+        };
+        aliases.insert(name.to_string(), alias(p, &url, stream));
+    }
+    let mut keys = StaticKeys::default();
+    keys.0
+        .insert(("t1".into(), "llm_key".into()), KEY.to_string());
+    HttpGateway::new(
+        ModelsConfig {
+            aliases,
+            ..ModelsConfig::default()
+        },
+        Arc::new(keys),
+    )
+    .unwrap()
+}
+
+fn ctx() -> CallContext {
+    CallContext {
+        tenant: "t1".into(),
+        run_id: None,
+    }
+}
+
+fn msg(role: Role, content: &str) -> Message {
+    Message {
+        role,
+        content: content.into(),
+        tool_calls: vec![],
+        tool_call_id: None,
+    }
+}
+
+fn request(text: &str) -> ChatRequest {
+    ChatRequest {
+        messages: vec![msg(Role::System, "be brief"), msg(Role::User, text)],
+        ..ChatRequest::default()
+    }
+}
+
+const ALIASES: [&str; 4] = ["oa", "oa-stream", "an", "an-stream"];
+
+#[tokio::test]
+async fn res_20_both_protocols_answer_and_report_usage_streaming_and_not() {
+    let fake = FakeProvider::start().await;
+    let gw = gateway(&fake);
+    for a in ALIASES {
+        let got = Mutex::new(String::new());
+        let sink = |d: &str| got.lock().unwrap().push_str(d);
+        let answer = gw
+            .complete(&ctx(), a, &request("hello there"), &sink)
+            .await
+            .unwrap_or_else(|e| panic!("{a}: {e}"));
+        assert_eq!(answer.content, "echo: hello there", "{a}");
+        assert_eq!(answer.finish_reason, FinishReason::Stop, "{a}");
+        assert!(answer.usage.input_tokens > 0, "{a}: {answer:?}");
+        assert_eq!(answer.usage.output_tokens, 3, "{a}");
+        assert!(!answer.cached);
+        assert_eq!(*got.lock().unwrap(), answer.content, "{a}: deltas");
+    }
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 4);
+    // OpenAI: bearer key, the default max_tokens, stream options when streaming.
+    let oa = &reqs[0];
+    assert_eq!(oa.path, "/v1/chat/completions");
+    assert_eq!(oa.headers["authorization"], format!("Bearer {KEY}"));
+    assert_eq!(oa.body["max_tokens"], 100);
+    assert_eq!(oa.body["messages"][0]["role"], "system");
+    assert!(oa.body.get("stream").is_none());
+    assert_eq!(reqs[1].body["stream"], true);
+    assert_eq!(reqs[1].body["stream_options"]["include_usage"], true);
+    // Anthropic: x-api-key, a version, the system prompt apart from the messages.
+    let an = &reqs[2];
+    assert_eq!(an.path, "/v1/messages");
+    assert_eq!(an.headers["x-api-key"], KEY);
+    assert!(an.headers.get("authorization").is_none());
+    assert!(an.headers.get("anthropic-version").is_some());
+    assert_eq!(an.body["system"], "be brief");
+    assert_eq!(an.body["messages"].as_array().unwrap().len(), 1);
+    assert_eq!(an.body["messages"][0]["role"], "user");
+    assert_eq!(reqs[3].body["stream"], true);
+}
+
+#[tokio::test]
+async fn res_20_tool_calls_and_their_streamed_arguments_round_trip() {
+    let fake = FakeProvider::start().await;
+    let gw = gateway(&fake);
+    for a in ALIASES {
+        let mut req = request("please CALL_TOOL");
+        req.tools = vec![ToolDefinition {
+            name: "lookup".into(),
+            description: "looks things up".into(),
+            parameters: r#"{"type":"object","properties":{"q":{"type":"string"}}}"#.into(),
+        }];
+        let answer = gw.complete(&ctx(), a, &req, &|_| {}).await.unwrap();
+        assert_eq!(answer.finish_reason, FinishReason::ToolCalls, "{a}");
+        assert_eq!(answer.tool_calls.len(), 1, "{a}");
+        let call = &answer.tool_calls[0];
+        assert_eq!(call.name, "lookup", "{a}");
+        let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
+        assert_eq!(args, serde_json::json!({"q": "x"}), "{a}");
+        // The conversation continues with the tool's result.
+        req.messages.push(Message {
+            role: Role::Assistant,
+            content: String::new(),
+            tool_calls: answer.tool_calls.clone(),
+            tool_call_id: None,
+        });
+        req.messages.push(Message {
+            role: Role::Tool,
+            content: "42".into(),
+            tool_calls: vec![],
+            tool_call_id: Some(call.id.clone()),
+        });
+        let answer = gw.complete(&ctx(), a, &req, &|_| {}).await.unwrap();
+        assert_eq!(answer.finish_reason, FinishReason::Stop, "{a}");
+        assert!(answer.tool_calls.is_empty(), "{a}");
+    }
+    let reqs = fake.requests();
+    // OpenAI's tools are functions; Anthropic's carry input_schema, results are blocks.
+    assert_eq!(reqs[0].body["tools"][0]["type"], "function");
+    assert_eq!(reqs[1].body["messages"][3]["role"], "tool");
+    assert_eq!(reqs[1].body["messages"][3]["tool_call_id"], "call_1");
+    assert_eq!(reqs[4].body["tools"][0]["input_schema"]["type"], "object");
+    let an = &reqs[5].body["messages"];
+    assert_eq!(an[1]["content"][0]["type"], "tool_use");
+    assert_eq!(an[2]["content"][0]["type"], "tool_result");
+    assert_eq!(an[2]["content"][0]["tool_use_id"], "toolu_1");
+}
+
+#[tokio::test]
+async fn res_20_a_response_schema_becomes_response_format_or_a_system_instruction() {
+    let fake = FakeProvider::start().await;
+    let gw = gateway(&fake);
+    let mut req = request("hi");
+    req.response_schema = Some(r#"{"type":"object"}"#.into());
+    req.stop = vec!["END".into()];
+    gw.complete(&ctx(), "oa", &req, &|_| {}).await.unwrap();
+    gw.complete(&ctx(), "an", &req, &|_| {}).await.unwrap();
+    let reqs = fake.requests();
+    let rf = &reqs[0].body["response_format"];
+    assert_eq!(rf["type"], "json_schema");
+    assert_eq!(rf["json_schema"]["schema"]["type"], "object");
+    assert_eq!(reqs[0].body["stop"][0], "END");
+    assert!(
+        reqs[1].body["system"]
+            .as_str()
+            .unwrap()
+            .contains("JSON Schema")
+    );
+    assert_eq!(reqs[1].body["stop_sequences"][0], "END");
+}
+
+#[tokio::test]
+async fn res_20_cache_hits_cost_no_tokens_and_say_so() {
+    let fake = FakeProvider::start().await;
+    let gw = gateway(&fake);
+    for a in ALIASES {
+        let mut req = request(&format!("cache me {a}"));
+        req.temperature = Some(0.0);
+        let first = gw.complete(&ctx(), a, &req, &|_| {}).await.unwrap();
+        assert!(!first.cached);
+        assert!(first.usage.total() > 0);
+        let got = Mutex::new(String::new());
+        let second = gw
+            .complete(&ctx(), a, &req, &|d| got.lock().unwrap().push_str(d))
+            .await
+            .unwrap();
+        assert!(second.cached, "{a}");
+        assert_eq!(second.usage.total(), 0, "{a}");
+        assert_eq!(second.content, first.content);
+        assert_eq!(*got.lock().unwrap(), first.content);
+    }
+    assert_eq!(fake.requests().len(), 4, "each alias sent once");
+    // Another tenant does not share the cache, and a non-zero temperature is not cached.
+    let mut req = request("cache me oa");
+    req.temperature = Some(0.0);
+    let other = CallContext {
+        tenant: "t2".into(),
+        run_id: None,
+    };
+    // t2 has no key secret: the call is refused before anything is sent.
+    let e = gw.complete(&other, "oa", &req, &|_| {}).await.unwrap_err();
+    assert!(matches!(e, ModelError::Permanent(_)), "{e:?}");
+    req.temperature = Some(0.5);
+    let warm = gw.complete(&ctx(), "oa", &req, &|_| {}).await.unwrap();
+    assert!(!warm.cached);
+    assert_eq!(fake.requests().len(), 5);
+}
+
+#[tokio::test]
+async fn res_20_provider_failures_map_to_transient_or_permanent_and_never_quote_the_key() {
+    let fake = FakeProvider::start().await;
+    let gw = gateway(&fake);
+    for a in ALIASES {
+        for (code, transient) in [
+            (429, true),
+            (500, true),
+            (503, true),
+            (400, false),
+            (401, false),
+        ] {
+            let e = gw
+                .complete(&ctx(), a, &request(&format!("STATUS_{code}")), &|_| {})
+                .await
+                .unwrap_err();
+            assert_eq!(
+                matches!(e, ModelError::Transient(_)),
+                transient,
+                "{a} {code}: {e:?}"
+            );
+            assert!(!matches!(e, ModelError::Transient(_)) || transient);
+            assert!(e.to_string().contains(&code.to_string()), "{e}");
+            assert!(!e.to_string().contains(KEY));
+        }
+    }
+    let e = gw
+        .complete(&ctx(), "nope", &request("x"), &|_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(e, ModelError::UnknownAlias("nope".into()));
+    // Nothing listening: transient.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let mut aliases = BTreeMap::new();
+    aliases.insert(
+        "gone".to_string(),
+        alias(Provider::Openai, &format!("http://{dead}/v1"), true),
+    );
+    let gw = HttpGateway::new(
+        ModelsConfig {
+            aliases,
+            ..ModelsConfig::default()
+        },
+        Arc::new(StaticKeys::default()),
+    )
+    .unwrap();
+    let mut no_key = request("x");
+    no_key.max_tokens = Some(5);
+    let e = gw
+        .complete(&ctx(), "gone", &no_key, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ModelError::Permanent(_)),
+        "missing key first: {e:?}"
+    );
+    let mut aliases = BTreeMap::new();
+    let mut keyless = alias(Provider::Openai, &format!("http://{dead}/v1"), true);
+    keyless.key_secret = None;
+    aliases.insert("gone".to_string(), keyless);
+    let gw = HttpGateway::new(
+        ModelsConfig {
+            aliases,
+            ..ModelsConfig::default()
+        },
+        Arc::new(StaticKeys::default()),
+    )
+    .unwrap();
+    let e = gw
+        .complete(&ctx(), "gone", &no_key, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ModelError::Transient(_)),
+        "refused connection: {e:?}"
+    );
+}
+
+#[tokio::test]
+async fn res_20_bad_config_is_refused_before_any_call() {
+    for (base_url, model) in [
+        ("ftp://x/v1", "m"),
+        ("https://api.openai.com/v1", "m"),
+        ("http://user:pw@127.0.0.1/v1", "m"),
+        ("not a url", "m"),
+        ("http://127.0.0.1/v1", ""),
+    ] {
+        let mut aliases = BTreeMap::new();
+        let mut m = alias(Provider::Openai, base_url, false);
+        m.model = model.into();
+        aliases.insert("a".to_string(), m);
+        let cfg = ModelsConfig {
+            aliases,
+            ..ModelsConfig::default()
+        };
+        assert!(
+            HttpGateway::new(cfg, Arc::new(StaticKeys::default())).is_err(),
+            "{base_url}"
+        );
+    }
+    let mut aliases = BTreeMap::new();
+    aliases.insert(
+        "Bad Alias".to_string(),
+        alias(Provider::Openai, "http://x/v1", false),
+    );
+    let cfg = ModelsConfig {
+        aliases,
+        ..ModelsConfig::default()
+    };
+    assert!(HttpGateway::new(cfg, Arc::new(StaticKeys::default())).is_err());
+}
