@@ -192,6 +192,44 @@ fn check_template(file: &Path, kind: &str) {
     }
 }
 
+/// The rest of a new agent's README, past `corral call`: its `pipeline.toml` under `corral
+/// run` on the local database, then against a real `corral serve` with the admin token it
+/// prints on its first start; the CLI shows the run's output both times, and `runs show`
+/// shows it again.
+fn check_pipeline_flow(dir: &Path) {
+    assert!(dir.join("pipeline.toml").is_file());
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert!(readme.contains("corral run pipeline.toml"), "{readme}");
+    let input = r#"{"name": "Ada"}"#;
+    let (code, out, err) = run(corral()
+        .args(["run", "pipeline.toml", "--input", input])
+        .current_dir(dir));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(r#""greeting": "Hello, Ada!""#), "{out}{err}");
+
+    let server = Server::start(&[]);
+    assert!(
+        server.admin_token.starts_with("crl_"),
+        "no first-start token"
+    );
+    let remote = |args: &[&str]| {
+        run(corral()
+            .args(args)
+            .env("CORRAL_SERVER", &server.url)
+            .env("CORRAL_TOKEN", &server.admin_token)
+            .current_dir(dir))
+    };
+    let (code, out, err) = remote(&["run", "pipeline.toml", "--input", input, "-o", "json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+    assert_eq!(doc["status"], "succeeded", "{doc:#}");
+    assert_eq!(doc["output"], json!({"greeting": "Hello, Ada!"}), "{doc:#}");
+    let run_id = doc["run_id"].as_str().unwrap();
+    let (code, out, err) = remote(&["runs", "show", run_id]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Hello, Ada!"), "{out}");
+}
+
 fn rust_template(kind: &str) {
     let (_tmp, dir) = new_project("rust", kind);
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
@@ -215,6 +253,14 @@ fn rust_template(kind: &str) {
         kind.replace('-', "_")
     ));
     check_template(&file, kind);
+    if kind == "agent" {
+        // The project's pipeline names the component where `cargo build` in the project
+        // puts it; this test built it into a shared target dir.
+        let local = dir.join("target/wasm32-wasip2/release");
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::copy(&file, local.join("hello_agent.wasm")).unwrap();
+        check_pipeline_flow(&dir);
+    }
 }
 
 #[test]
@@ -261,6 +307,9 @@ fn python_template(kind: &str) {
         .env_remove("VIRTUAL_ENV"));
     assert_eq!(code, 0, "{out}{err}");
     check_template(&dir.join(&wasm), kind);
+    if kind == "agent" {
+        check_pipeline_flow(&dir);
+    }
 }
 
 #[test]
@@ -299,6 +348,9 @@ fn js_template(kind: &str) {
     let (code, out, err) = run(Command::new("npm").args(["run", "build"]).current_dir(&dir));
     assert_eq!(code, 0, "{out}{err}");
     check_template(&dir.join(format!("hello_{kind}.wasm")), kind);
+    if kind == "agent" {
+        check_pipeline_flow(&dir);
+    }
 }
 
 #[test]

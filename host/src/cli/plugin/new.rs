@@ -100,6 +100,8 @@ mod tpl {
     pub const JS_AGENT: &str = include_str!("../../../templates/js/agent.js");
     pub const JS_TOOL: &str = include_str!("../../../templates/js/tool.js");
     pub const JS_CONNECTOR: &str = include_str!("../../../templates/js/connector.js");
+    pub const PIPELINE: &str = include_str!("../../../templates/pipeline.toml");
+    pub const PIPELINE_README: &str = include_str!("../../../templates/pipeline-readme.md");
 }
 
 /// Why a project could not be written: bad usage (exit 2) or an I/O failure (exit 1).
@@ -179,11 +181,21 @@ fn generate(args: &NewArgs) -> Result<(PathBuf, Vec<String>), NewError> {
         )));
     }
     let file = args.name.replace('-', "_");
-    let (files, build, call) = match args.lang {
+    let (mut files, build, call) = match args.lang {
         Lang::Rust => rust_files(args, &file)?,
         Lang::Python => python_files(args, &file),
         Lang::Js => js_files(args, &file),
     };
+    if args.kind == Kind::Agent {
+        // An agent also gets a one-step pipeline, so `corral run` (embedded or --server)
+        // works on it out of the box.
+        let wasm = wasm_path(args.lang, &file);
+        let vars = [("name", args.name.as_str()), ("wasm", wasm.as_str())];
+        if let Some((_, readme)) = files.iter_mut().find(|(path, _)| path == "README.md") {
+            readme.push_str(&fill(tpl::PIPELINE_README, &vars));
+        }
+        files.push(("pipeline.toml".to_string(), fill(tpl::PIPELINE, &vars)));
+    }
     for (path, contents) in &files {
         let target = dir.join(path);
         if let Some(parent) = target.parent() {
@@ -199,6 +211,14 @@ fn generate(args: &NewArgs) -> Result<(PathBuf, Vec<String>), NewError> {
 }
 
 type Files = Vec<(String, String)>;
+
+/// Where the project's build puts its component, relative to the project.
+fn wasm_path(lang: Lang, file: &str) -> String {
+    match lang {
+        Lang::Rust => format!("target/wasm32-wasip2/release/{file}.wasm"),
+        Lang::Python | Lang::Js => format!("{file}.wasm"),
+    }
+}
 
 /// `corral call ...` for a plugin of this kind.
 fn call_line(kind: Kind, wasm: &str) -> String {
@@ -232,7 +252,7 @@ fn rust_files(args: &NewArgs, file: &str) -> Result<(Files, Vec<String>, String)
     let sdk_plain = sdk.display().to_string();
     // A JSON string is a valid TOML basic string (same escapes).
     let sdk_toml = serde_json::to_string(&sdk_plain).map_err(|e| NewError::Io(e.to_string()))?;
-    let wasm = format!("target/wasm32-wasip2/release/{file}.wasm");
+    let wasm = wasm_path(args.lang, file);
     let call = call_line(args.kind, &wasm);
     let vars = [
         ("name", args.name.as_str()),
@@ -269,7 +289,7 @@ fn with_wit(mut files: Files) -> Files {
 }
 
 fn python_files(args: &NewArgs, file: &str) -> (Files, Vec<String>, String) {
-    let wasm = format!("{file}.wasm");
+    let wasm = wasm_path(args.lang, file);
     let call = call_line(args.kind, &wasm);
     let vars = [
         ("name", args.name.as_str()),
@@ -300,7 +320,7 @@ fn python_files(args: &NewArgs, file: &str) -> (Files, Vec<String>, String) {
 }
 
 fn js_files(args: &NewArgs, file: &str) -> (Files, Vec<String>, String) {
-    let wasm = format!("{file}.wasm");
+    let wasm = wasm_path(args.lang, file);
     let call = call_line(args.kind, &wasm);
     let vars = [
         ("name", args.name.as_str()),
@@ -352,6 +372,7 @@ mod tests {
             ("sdk_path", "\"/x\""),
             ("sdk_path_plain", "/x"),
             ("call", "corral call n.wasm"),
+            ("wasm", "n.wasm"),
         ];
         for t in [
             tpl::RUST_CARGO,
@@ -368,6 +389,8 @@ mod tests {
             tpl::JS_AGENT,
             tpl::JS_TOOL,
             tpl::JS_CONNECTOR,
+            tpl::PIPELINE,
+            tpl::PIPELINE_README,
         ] {
             let out = fill(t, &vars);
             assert!(!out.contains("{{"), "unfilled placeholder in:\n{out}");
