@@ -49,6 +49,14 @@ const MAX_SSE_LINE: usize = 16 << 20;
 /// The most runs the server lists per page.
 const MAX_PAGE: i64 = 1000;
 
+/// What one pipeline's uploads have done: the files uploaded, and the server's plugin list
+/// once read.
+#[derive(Default)]
+struct Uploads {
+    done: HashMap<PathBuf, PluginRef>,
+    known: Option<Vec<Value>>,
+}
+
 /// `--server` and `--token`, on every command that can work against a server.
 #[derive(Debug, Clone, Args)]
 pub(super) struct ServerArgs {
@@ -502,62 +510,73 @@ impl Client {
         }
     }
 
-    /// The pipeline as the API's inline JSON form: each local plugin file uploaded (once)
-    /// and its path replaced by `name@version`.
+    /// The pipeline as the API's inline JSON form: each local plugin file (of a step or
+    /// of the `[tools]` table) uploaded once and its path replaced by `name@version`.
     pub(super) async fn inline_pipeline(&self, written: &Pipeline) -> Result<Value, RemoteError> {
         let mut pipeline = written.clone();
-        let mut uploaded: HashMap<PathBuf, PluginRef> = HashMap::new();
-        let mut known = None;
+        let mut uploads = Uploads::default();
+        for (name, plugin) in pipeline.tools.iter_mut() {
+            if let PluginRef::Path(path) = plugin {
+                let path = path.clone();
+                let field = format!("tools.{name}");
+                let what = format!("tool `{name}`");
+                *plugin = self
+                    .upload_local(written, &path, &field, &what, &mut uploads)
+                    .await?;
+            }
+        }
         for (i, step) in pipeline.steps.iter_mut().enumerate() {
-            let PluginRef::Path(path) = &step.plugin else {
-                continue;
-            };
-            let path = path.clone();
-            let named = match uploaded.get(&path) {
-                Some(named) => named.clone(),
-                None => {
-                    // A file that is not a usable plugin is a bad pipeline, as embedded.
-                    let named =
-                        self.ensure_plugin(&path, &mut known)
-                            .await
-                            .map_err(|e| match e {
-                                RemoteError::Refused {
-                                    status,
-                                    code,
-                                    message,
-                                } if matches!(
-                                    code.as_str(),
-                                    "INVALID_COMPONENT" | "BODY_TOO_LARGE"
-                                ) =>
-                                {
-                                    let file = path.file_name().map_or_else(
-                                        || path.display().to_string(),
-                                        |n| n.to_string_lossy().into_owned(),
-                                    );
-                                    RemoteError::Refused {
-                                        status,
-                                        code: "INVALID_PIPELINE".into(),
-                                        message: written
-                                            .field_error(
-                                                &format!("steps[{i}].plugin"),
-                                                format!(
-                                                    "step `{}` (`{file}`): {code}: {message}",
-                                                    step.name
-                                                ),
-                                            )
-                                            .to_string(),
-                                    }
-                                }
-                                other => other,
-                            })?;
-                    uploaded.insert(path, named.clone());
-                    named
-                }
-            };
-            step.plugin = named;
+            if let PluginRef::Path(path) = &step.plugin {
+                let path = path.clone();
+                let field = format!("steps[{i}].plugin");
+                let what = format!("step `{}`", step.name);
+                step.plugin = self
+                    .upload_local(written, &path, &field, &what, &mut uploads)
+                    .await?;
+            }
         }
         serde_json::to_value(&pipeline)
             .map_err(|e| RemoteError::refused(400, "INVALID_PIPELINE", e.to_string()))
+    }
+
+    /// Uploads the plugin file at `path` once per pipeline; a file that is not a usable
+    /// plugin is a bad pipeline (naming `field`), as embedded.
+    async fn upload_local(
+        &self,
+        written: &Pipeline,
+        path: &Path,
+        field: &str,
+        what: &str,
+        uploads: &mut Uploads,
+    ) -> Result<PluginRef, RemoteError> {
+        if let Some(named) = uploads.done.get(path) {
+            return Ok(named.clone());
+        }
+        let named = self
+            .ensure_plugin(path, &mut uploads.known)
+            .await
+            .map_err(|e| match e {
+                RemoteError::Refused {
+                    status,
+                    code,
+                    message,
+                } if matches!(code.as_str(), "INVALID_COMPONENT" | "BODY_TOO_LARGE") => {
+                    let file = path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into_owned(),
+                    );
+                    RemoteError::Refused {
+                        status,
+                        code: "INVALID_PIPELINE".into(),
+                        message: written
+                            .field_error(field, format!("{what} (`{file}`): {code}: {message}"))
+                            .to_string(),
+                    }
+                }
+                other => other,
+            })?;
+        uploads.done.insert(path.to_path_buf(), named.clone());
+        Ok(named)
     }
 
     // ---- runs ----
