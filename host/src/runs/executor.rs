@@ -436,6 +436,7 @@ fn pristine_steps(pipeline: &Pipeline) -> Vec<StepRecord> {
             loops: 0,
             output: None,
             fuel_used: 0,
+            tokens_used: 0,
             error_code: None,
             error_message: None,
             started_at: None,

@@ -612,7 +612,21 @@ impl StepServices {
                 );
             }
         }
-        self.commit_event("model_call", payload).await;
+        // The tokens are charged to the run, the step and the tenant with the event.
+        self.flush_guest_events().await;
+        let tokens = i64::try_from(used).unwrap_or(i64::MAX);
+        let charge = [Change::AddTokens {
+            step_idx: self.step_idx,
+            tokens,
+        }];
+        let changes: &[Change] = if tokens > 0 { &charge } else { &[] };
+        if let Err(e) = self
+            .runner
+            .commit(&self.run, changes, Some(("model_call", payload)))
+            .await
+        {
+            tracing::warn!("could not record a model_call event: {e}");
+        }
         let answer = result.map_err(|e| match e {
             crate::models::ModelError::Transient(m) => PluginError::Transient(m),
             crate::models::ModelError::InvalidRequest(m) => PluginError::InvalidInput(m),

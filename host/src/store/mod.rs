@@ -435,6 +435,7 @@ impl Store {
             error_code: None,
             error_message: None,
             fuel_used: 0,
+            tokens_used: 0,
             next_seq: 2,
             last_seq: 1,
             cancel_requested: false,
@@ -509,7 +510,7 @@ impl Store {
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
         let rows = sqlx::query(
             "SELECT run_id, idx, name, plugin, status, attempts, loops, output, fuel_used, \
-             error_code, error_message, started_at, finished_at FROM steps WHERE run_id = $1 \
+             tokens_used, error_code, error_message, started_at, finished_at FROM steps WHERE run_id = $1 \
              ORDER BY idx",
         )
         .bind(run_id)

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 macro_rules! run_columns {
     () => {
         "id, tenant_id, pipeline_id, pipeline_name, spec, input, output, status, error_code, \
-         error_message, fuel_used, next_seq, cancel_requested, owner, lease_until, claim_seq, \
+         error_message, fuel_used, tokens_used, next_seq, cancel_requested, owner, lease_until, claim_seq, \
          created_at, started_at, finished_at"
     };
 }
@@ -118,6 +118,8 @@ pub struct RunRecord {
     pub error_message: Option<String>,
     /// Fuel used by all attempts.
     pub fuel_used: i64,
+    /// Model tokens (input plus output) used by all attempts.
+    pub tokens_used: i64,
     /// The seq the next event will get.
     #[serde(skip)]
     pub next_seq: i64,
@@ -156,6 +158,7 @@ impl RunRecord {
             error_code: r.try_get("error_code")?,
             error_message: r.try_get("error_message")?,
             fuel_used: r.try_get("fuel_used")?,
+            tokens_used: r.try_get("tokens_used")?,
             next_seq: r.try_get("next_seq")?,
             last_seq: r.try_get::<i64, _>("next_seq")? - 1,
             cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
@@ -211,6 +214,8 @@ pub struct StepRecord {
     pub output: Option<String>,
     /// Fuel used by all its attempts.
     pub fuel_used: i64,
+    /// Model tokens (input plus output) used by all its attempts.
+    pub tokens_used: i64,
     /// Failure code.
     pub error_code: Option<String>,
     /// Failure message.
@@ -232,6 +237,7 @@ impl StepRecord {
             loops: r.try_get("loops")?,
             output: r.try_get("output")?,
             fuel_used: r.try_get("fuel_used")?,
+            tokens_used: r.try_get("tokens_used")?,
             error_code: r.try_get("error_code")?,
             error_message: r.try_get("error_message")?,
             started_at: r.try_get("started_at")?,
@@ -398,6 +404,13 @@ pub enum Change {
         step_idx: i64,
         /// Fuel units.
         fuel: i64,
+    },
+    /// Adds model tokens to the run, its step and its tenant.
+    AddTokens {
+        /// Step position.
+        step_idx: i64,
+        /// Input plus output tokens.
+        tokens: i64,
     },
     /// A step attempt starts: the step is `running`, an attempt row is added.
     StepStart {
@@ -590,6 +603,20 @@ impl Change {
                 Stmt::new(
                     "UPDATE tenants SET fuel_used = fuel_used + $2 WHERE id = $1",
                     vec![Text(run.tenant_id.clone()), Int(*fuel)],
+                ),
+            ],
+            Change::AddTokens { step_idx, tokens } => vec![
+                Stmt::new(
+                    "UPDATE runs SET tokens_used = tokens_used + $2 WHERE id = $1",
+                    vec![id(), Int(*tokens)],
+                ),
+                Stmt::new(
+                    "UPDATE steps SET tokens_used = tokens_used + $3 WHERE run_id = $1 AND idx = $2",
+                    vec![id(), Int(*step_idx), Int(*tokens)],
+                ),
+                Stmt::new(
+                    "UPDATE tenants SET tokens_used = tokens_used + $2 WHERE id = $1",
+                    vec![Text(run.tenant_id.clone()), Int(*tokens)],
                 ),
             ],
             Change::StepStart {
