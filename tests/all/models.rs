@@ -128,7 +128,7 @@ async fn res_20_tool_calls_and_their_streamed_arguments_round_trip() {
         req.tools = vec![ToolDefinition {
             name: "lookup".into(),
             description: "looks things up".into(),
-            parameters: r#"{"type":"object","properties":{"q":{"type":"string"}}}"#.into(),
+            parameters: r#"{"type":"object","properties":{"text":{"type":"string"}}}"#.into(),
         }];
         let answer = gw.complete(&ctx(), a, &req, &|_| {}).await.unwrap();
         assert_eq!(answer.finish_reason, FinishReason::ToolCalls, "{a}");
@@ -136,7 +136,7 @@ async fn res_20_tool_calls_and_their_streamed_arguments_round_trip() {
         let call = &answer.tool_calls[0];
         assert_eq!(call.name, "lookup", "{a}");
         let args: serde_json::Value = serde_json::from_str(&call.arguments).unwrap();
-        assert_eq!(args, serde_json::json!({"q": "x"}), "{a}");
+        assert_eq!(args, serde_json::json!({"text": "x"}), "{a}");
         // The conversation continues with the tool's result.
         req.messages.push(Message {
             role: Role::Assistant,
@@ -311,7 +311,6 @@ async fn res_20_provider_failures_map_to_transient_or_permanent_and_never_quote_
 async fn res_20_bad_config_is_refused_before_any_call() {
     for (base_url, model) in [
         ("ftp://x/v1", "m"),
-        ("https://api.openai.com/v1", "m"),
         ("http://user:pw@127.0.0.1/v1", "m"),
         ("not a url", "m"),
         ("http://127.0.0.1/v1", ""),
@@ -329,6 +328,17 @@ async fn res_20_bad_config_is_refused_before_any_call() {
             "{base_url}"
         );
     }
+    // A hosted provider over https is a good config (the client verifies its certificate).
+    let mut aliases = BTreeMap::new();
+    aliases.insert(
+        "a".to_string(),
+        alias(Provider::Openai, "https://api.openai.com/v1", false),
+    );
+    let cfg = ModelsConfig {
+        aliases,
+        ..ModelsConfig::default()
+    };
+    assert!(HttpGateway::new(cfg, Arc::new(StaticKeys::default())).is_ok());
     let mut aliases = BTreeMap::new();
     aliases.insert(
         "Bad Alias".to_string(),
@@ -339,4 +349,129 @@ async fn res_20_bad_config_is_refused_before_any_call() {
         ..ModelsConfig::default()
     };
     assert!(HttpGateway::new(cfg, Arc::new(StaticKeys::default())).is_err());
+}
+
+/// `examples/llm-agent`, end to end as its README runs it: `corral serve` with the alias
+/// `fast` mapped to the loopback provider and the key a tenant secret, then `corral run
+/// --server`, which uploads the agent, its manifest and the text tools. The model asks for
+/// a tool, the agent calls it through the host, the model answers. Usage is real in the
+/// run's result and events, and the key reaches the provider and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_20_the_llm_agent_example_runs_end_to_end_against_a_loopback_provider() {
+    use crate::util::{Server, root};
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("corral.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models.fast]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"test-model\"\n\
+             key_secret = \"OPENAI_API_KEY\"\n",
+            fake.openai_url()
+        ),
+    )
+    .unwrap();
+    let config_path = config.to_str().unwrap().to_string();
+    let server =
+        tokio::task::spawn_blocking(move || Server::start(&[("CORRAL_CONFIG", &config_path)]))
+            .await
+            .unwrap();
+    assert!(
+        server.admin_token.starts_with("crl_"),
+        "no first-start token"
+    );
+    let http = reqwest::Client::new();
+    let put = http
+        .put(format!("{}/v1/secrets/OPENAI_API_KEY", server.url))
+        .bearer_auth(&server.admin_token)
+        .json(&serde_json::json!({"value": KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{}", put.text().await.unwrap());
+
+    let (url, token) = (server.url.clone(), server.admin_token.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("run")
+            .arg(root().join("examples/llm-agent/pipeline.toml"))
+            .args([
+                "--input",
+                r#"{"task": "How many words are in x? CALL_TOOL"}"#,
+            ])
+            .args(["-o", "json", "--server", &url, "--token", &token])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let doc: serde_json::Value =
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}{stderr}"));
+    assert_eq!(doc["status"], "succeeded", "{doc:#}\n{stderr}");
+    let output = &doc["output"];
+    assert!(
+        output["answer"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("echo: ")),
+        "{output:#}"
+    );
+    assert_eq!(
+        output["tool_calls"][0]["tool"], "text/word_count",
+        "{output:#}"
+    );
+    assert_eq!(output["tool_calls"][0]["ok"], true, "{output:#}");
+    assert!(doc["tokens_used"].as_u64().unwrap_or(0) > 0, "{doc:#}");
+    assert_eq!(
+        doc["steps"][0]["tokens_used"], doc["tokens_used"],
+        "{doc:#}"
+    );
+
+    // Two model calls, each with the key as the bearer token and the tools offered.
+    let requests = fake.requests();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    for r in &requests {
+        assert_eq!(
+            r.headers.get("authorization").and_then(|v| v.to_str().ok()),
+            Some(format!("Bearer {KEY}").as_str())
+        );
+        assert_eq!(r.body["model"], "test-model");
+        assert!(r.body["tools"].as_array().is_some_and(|t| !t.is_empty()));
+    }
+
+    // The run's events: model calls with real usage, and the key nowhere.
+    let run_id = doc["run_id"].as_str().unwrap();
+    let events = http
+        .get(format!("{}/v1/runs/{run_id}/events", server.url))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        events.matches("\"type\":\"model_call\"").count(),
+        2,
+        "{events}"
+    );
+    assert!(!events.contains(KEY), "the key is in the events");
+    assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
+
+    // Nor is it in clear anywhere in the server's data directory (its database included).
+    let data = server.stop();
+    let mut stack = vec![data.path().to_path_buf()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            assert!(
+                !bytes.windows(KEY.len()).any(|w| w == KEY.as_bytes()),
+                "the key is in clear in {}",
+                p.display()
+            );
+        }
+    }
 }

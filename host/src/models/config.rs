@@ -65,17 +65,12 @@ pub const DEFAULT_TIMEOUT_SECS: u64 = 120;
 impl ModelConfig {
     /// Checks what can be checked before the first call.
     pub fn check(&self, alias: &str) -> Result<(), String> {
-        let url = reqwest::Url::parse(&self.base_url)
+        let url = reqwest_tls::Url::parse(&self.base_url)
             .map_err(|e| format!("models.{alias}.base_url: {e}"))?;
-        if url.scheme() == "https" {
+        if url.scheme() != "http" && url.scheme() != "https" {
             return Err(format!(
-                "models.{alias}.base_url: https:// providers are not supported yet (this \
-                 build's model client has no TLS); use an http:// endpoint such as a local \
-                 vLLM, llama.cpp or Ollama server, or a TLS-terminating proxy on loopback"
+                "models.{alias}.base_url must be http:// or https://"
             ));
-        }
-        if url.scheme() != "http" {
-            return Err(format!("models.{alias}.base_url must be http://"));
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(format!(

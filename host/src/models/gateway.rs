@@ -43,7 +43,7 @@ impl KeySource for StaticKeys {
 pub struct HttpGateway {
     config: ModelsConfig,
     keys: Arc<dyn KeySource>,
-    client: reqwest::Client,
+    client: reqwest_tls::Client,
     cache: Cache,
 }
 

@@ -116,7 +116,7 @@ fn str_of(v: &Value) -> &str {
 
 /// Sends `request` and reads the answer, streaming text to `deltas` when `ep.stream`.
 pub async fn complete(
-    client: &reqwest::Client,
+    client: &reqwest_tls::Client,
     ep: &Endpoint<'_>,
     request: &ChatRequest,
     deltas: DeltaSink<'_>,
@@ -184,7 +184,7 @@ pub fn parse_response(body: &[u8]) -> Result<ChatResponse, ModelError> {
 }
 
 async fn read_stream(
-    resp: reqwest::Response,
+    resp: reqwest_tls::Response,
     deltas: DeltaSink<'_>,
 ) -> Result<ChatResponse, ModelError> {
     let mut sse = SseReader::new(NAME, resp);

@@ -24,13 +24,15 @@ pub struct CallLimits {
     pub timeout: Duration,
 }
 
-/// The HTTP client for every provider: plain HTTP (no TLS yet), no proxies from the
-/// environment, no redirects (a provider that
-/// redirects is misconfigured; following it could carry the key elsewhere).
-pub fn client() -> Result<reqwest::Client, ModelError> {
-    reqwest::Client::builder()
+/// The HTTP client for every provider: HTTP or HTTPS (rustls with ring, verified against
+/// the system's trusted roots and the webpki roots), no proxies from the environment, no
+/// redirects (a provider that redirects is misconfigured; following it could carry the key
+/// elsewhere).
+pub fn client() -> Result<reqwest_tls::Client, ModelError> {
+    reqwest_tls::Client::builder()
+        .use_rustls_tls()
         .connect_timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest_tls::redirect::Policy::none())
         .no_proxy()
         .build()
         .map_err(|e| ModelError::Permanent(format!("cannot build the HTTP client: {e}")))
@@ -45,7 +47,7 @@ pub fn redact(text: &str, secret: Option<&str>) -> String {
 }
 
 /// The error for a transport failure (connect, timeout, a dropped body).
-pub fn transport_error(provider: &str, e: &reqwest::Error) -> ModelError {
+pub fn transport_error(provider: &str, e: &reqwest_tls::Error) -> ModelError {
     let what = if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {
@@ -71,7 +73,7 @@ pub fn transport_error(provider: &str, e: &reqwest::Error) -> ModelError {
 /// The error for a non-2xx answer: 408, 409, 429 and 5xx may pass; other 4xx will not.
 pub fn status_error(
     provider: &str,
-    status: reqwest::StatusCode,
+    status: reqwest_tls::StatusCode,
     body: &[u8],
     secret: Option<&str>,
 ) -> ModelError {
@@ -86,7 +88,10 @@ pub fn status_error(
 }
 
 /// Reads a whole body, up to [`MAX_RESPONSE_BYTES`].
-pub async fn read_body(provider: &str, mut resp: reqwest::Response) -> Result<Vec<u8>, ModelError> {
+pub async fn read_body(
+    provider: &str,
+    mut resp: reqwest_tls::Response,
+) -> Result<Vec<u8>, ModelError> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()
@@ -107,10 +112,10 @@ pub async fn read_body(provider: &str, mut resp: reqwest::Response) -> Result<Ve
 /// otherwise reads (a bounded part of) the error body and maps the status.
 pub async fn send(
     provider: &str,
-    req: reqwest::RequestBuilder,
+    req: reqwest_tls::RequestBuilder,
     limits: CallLimits,
     secret: Option<&str>,
-) -> Result<reqwest::Response, ModelError> {
+) -> Result<reqwest_tls::Response, ModelError> {
     let resp = req
         .timeout(limits.timeout)
         .send()
@@ -129,7 +134,7 @@ pub async fn send(
 /// comments and blank lines are skipped (both protocols repeat the event's type in its
 /// data).
 pub struct SseReader {
-    resp: reqwest::Response,
+    resp: reqwest_tls::Response,
     provider: String,
     buf: Vec<u8>,
     read: usize,
@@ -138,7 +143,7 @@ pub struct SseReader {
 
 impl SseReader {
     /// Reads `resp`'s body as an event stream.
-    pub fn new(provider: &str, resp: reqwest::Response) -> Self {
+    pub fn new(provider: &str, resp: reqwest_tls::Response) -> Self {
         SseReader {
             resp,
             provider: provider.to_string(),
@@ -231,9 +236,9 @@ pub fn json_value(what: &str, text: &str) -> Result<serde_json::Value, ModelErro
 }
 
 /// Whether a response says its body is JSON (not an event stream).
-pub fn is_json(resp: &reqwest::Response) -> bool {
+pub fn is_json(resp: &reqwest_tls::Response) -> bool {
     resp.headers()
-        .get(reqwest::header::CONTENT_TYPE)
+        .get(reqwest_tls::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             v.trim_start()

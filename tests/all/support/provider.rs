@@ -2,7 +2,7 @@
 //! completions and Anthropic messages), streaming and not, recording every request.
 //!
 //! What it answers depends on the last user message:
-//! - contains `CALL_TOOL`: a tool call of the first tool offered, arguments `{"q":"x"}`
+//! - contains `CALL_TOOL`: a tool call of the first tool offered, arguments `{"text":"x"}`
 //!   (when no tool result is in the conversation yet);
 //! - contains `STATUS_<code>`: that HTTP status with an error body;
 //! - otherwise: `echo: <the last user message>`.
@@ -210,7 +210,7 @@ async fn openai(
                     Value::Null,
                 ),
             ));
-            for part in ["{\"q\":", "\"x\"}"] {
+            for part in ["{\"text\":", "\"x\"}"] {
                 events.push((
                     None,
                     chunk(
@@ -231,7 +231,7 @@ async fn openai(
         return sse(events);
     }
     let tool_calls = p.tool.as_ref().map(|t| {
-        json!([{"id": "call_1", "type": "function", "function": {"name": t, "arguments": "{\"q\":\"x\"}"}}])
+        json!([{"id": "call_1", "type": "function", "function": {"name": t, "arguments": "{\"text\":\"x\"}"}}])
     });
     let mut message = json!({"role": "assistant", "content": if p.text.is_empty() { Value::Null } else { json!(p.text) }});
     if let Some(tc) = tool_calls {
@@ -304,7 +304,7 @@ async fn anthropic(
                 "content_block": {"type": "tool_use", "id": "toolu_1", "name": tool, "input": {}}})
                 .to_string(),
             ));
-            for part in ["{\"q\":", "\"x\"}"] {
+            for part in ["{\"text\":", "\"x\"}"] {
                 events.push((
                     Some("content_block_delta"),
                     json!({"type": "content_block_delta", "index": 0,
@@ -347,7 +347,7 @@ async fn anthropic(
     }
     let content = match &p.tool {
         Some(tool) => {
-            json!([{"type": "tool_use", "id": "toolu_1", "name": tool, "input": {"q": "x"}}])
+            json!([{"type": "tool_use", "id": "toolu_1", "name": tool, "input": {"text": "x"}}])
         }
         None => json!([{"type": "text", "text": p.text}]),
     };
