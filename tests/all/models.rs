@@ -366,7 +366,8 @@ async fn res_20_the_llm_agent_example_runs_end_to_end_against_a_loopback_provide
         &config,
         format!(
             "[models.fast]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"test-model\"\n\
-             key_secret = \"OPENAI_API_KEY\"\n",
+             key_secret = \"OPENAI_API_KEY\"\ninput_price_per_million = 1000.0\n\
+             output_price_per_million = 2000.0\n",
             fake.openai_url()
         ),
     )
@@ -428,6 +429,61 @@ async fn res_20_the_llm_agent_example_runs_end_to_end_against_a_loopback_provide
         doc["steps"][0]["tokens_used"], doc["tokens_used"],
         "{doc:#}"
     );
+    // Prices in the config give the run and the step a cost (millionths of the currency).
+    assert!(doc["cost_micros"].as_i64().unwrap_or(0) > 0, "{doc:#}");
+    assert_eq!(
+        doc["steps"][0]["cost_micros"], doc["cost_micros"],
+        "{doc:#}"
+    );
+
+    // The same example with a run budget too small for one call: refused before anything
+    // is sent, and the run fails once with BUDGET_EXHAUSTED.
+    let example = std::fs::read_to_string(root().join("examples/llm-agent/pipeline.toml")).unwrap();
+    let plugins = root().join("target/plugins");
+    let tight = example
+        .replace("tokens = 50_000", "tokens = 50")
+        .replace("../../target/plugins", plugins.to_str().unwrap());
+    assert!(tight.contains("tokens = 50 "), "{tight}");
+    let tight_file = dir.path().join("tight.toml");
+    std::fs::write(&tight_file, tight).unwrap();
+    let before = fake.requests().len();
+    let (url, token) = (server.url.clone(), server.admin_token.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("run")
+            .arg(&tight_file)
+            .args(["--input", r#"{"task": "CALL_TOOL"}"#])
+            .args(["-o", "json", "--server", &url, "--token", &token])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let failed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(failed["status"], "failed", "{failed:#}");
+    assert_eq!(failed["error"]["code"], "BUDGET_EXHAUSTED", "{failed:#}");
+    assert_eq!(
+        fake.requests().len(),
+        before,
+        "a refused call reached the provider"
+    );
+    let failed_id = failed["run_id"].as_str().unwrap();
+    let failed_events = http
+        .get(format!("{}/v1/runs/{failed_id}/events", server.url))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let terminal = failed_events
+        .lines()
+        .filter(|l| l.contains("\"all_done\":true"))
+        .count();
+    assert_eq!(terminal, 1, "{failed_events}");
 
     // Two model calls, each with the key as the bearer token and the tools offered.
     let requests = fake.requests();

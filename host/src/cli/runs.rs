@@ -617,6 +617,7 @@ fn run_summary(doc: &Value, artifact_paths: &HashMap<String, PathBuf>) -> Value 
                 "loops": field(s, "loops"),
                 "fuel_used": field(s, "fuel_used"),
                 "tokens_used": field(s, "tokens_used"),
+                "cost_micros": field(s, "cost_micros"),
                 "started_at": timestamp(s, "started_at"),
                 "finished_at": timestamp(s, "finished_at"),
                 "duration_ms": field(s, "duration_ms"),
@@ -648,6 +649,7 @@ fn run_summary(doc: &Value, artifact_paths: &HashMap<String, PathBuf>) -> Value 
         "error": error(run),
         "fuel_used": field(run, "fuel_used"),
         "tokens_used": field(run, "tokens_used"),
+        "cost_micros": field(run, "cost_micros"),
         "queued_at": timestamp(run, "created_at"),
         "started_at": timestamp(run, "started_at"),
         "finished_at": timestamp(run, "finished_at"),
@@ -1025,10 +1027,18 @@ fn print_run(doc: &Value, json: bool) -> anyhow::Result<()> {
             .map(|ms| format!(" (took {})", took(ms)))
             .unwrap_or_default()
     );
+    let cost = number_of(run, "cost_micros");
     println!(
-        "  fuel {} · tokens {}",
+        "  fuel {} · tokens {}{}",
         number_of(run, "fuel_used"),
-        number_of(run, "tokens_used")
+        number_of(run, "tokens_used"),
+        if cost > 0 {
+            #[allow(clippy::cast_precision_loss)] // costs far below 2^52 millionths
+            let c = cost as f64 / 1_000_000.0;
+            format!(" · cost {c:.6}")
+        } else {
+            String::new()
+        }
     );
     let list = |key: &str| field(doc, key).as_array().cloned().unwrap_or_default();
     for s in &list("steps") {

@@ -627,7 +627,14 @@ pub(super) async fn tenant(cli: &Cli, cmd: &TenantCommand) -> anyhow::Result<Exi
         TenantCommand::List { db } => {
             let store = cli.store(db).await?;
             for t in store.tenants().await? {
-                println!("{}  {:<24} fuel {}", t.id, t.name, t.fuel_used);
+                println!(
+                    "{}  {:<24} fuel {}  tokens {}  cost {:.6}",
+                    t.id,
+                    t.name,
+                    t.fuel_used,
+                    t.tokens_used,
+                    micros(t.cost_micros)
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -677,6 +684,12 @@ pub(super) async fn token(cli: &Cli, cmd: &TokenCommand) -> anyhow::Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A cost in millionths as a number of the price currency.
+#[allow(clippy::cast_precision_loss)] // costs far below 2^52 millionths
+fn micros(m: i64) -> f64 {
+    m as f64 / 1_000_000.0
 }
 
 #[cfg(test)]

@@ -437,6 +437,7 @@ fn pristine_steps(pipeline: &Pipeline) -> Vec<StepRecord> {
             output: None,
             fuel_used: 0,
             tokens_used: 0,
+            cost_micros: 0,
             error_code: None,
             error_message: None,
             started_at: None,

@@ -615,11 +615,20 @@ impl StepServices {
         // The tokens are charged to the run, the step and the tenant with the event.
         self.flush_guest_events().await;
         let tokens = i64::try_from(used).unwrap_or(i64::MAX);
+        #[allow(clippy::cast_possible_truncation)] // saturating float-to-int; costs are small
+        let cost_micros = info
+            .cost(&usage)
+            .map_or(0, |c| (c * 1_000_000.0).round() as i64);
         let charge = [Change::AddTokens {
             step_idx: self.step_idx,
             tokens,
+            cost_micros,
         }];
-        let changes: &[Change] = if tokens > 0 { &charge } else { &[] };
+        let changes: &[Change] = if tokens > 0 || cost_micros > 0 {
+            &charge
+        } else {
+            &[]
+        };
         if let Err(e) = self
             .runner
             .commit(&self.run, changes, Some(("model_call", payload)))

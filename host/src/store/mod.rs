@@ -436,6 +436,7 @@ impl Store {
             error_message: None,
             fuel_used: 0,
             tokens_used: 0,
+            cost_micros: 0,
             next_seq: 2,
             last_seq: 1,
             cancel_requested: false,
@@ -510,7 +511,7 @@ impl Store {
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
         let rows = sqlx::query(
             "SELECT run_id, idx, name, plugin, status, attempts, loops, output, fuel_used, \
-             tokens_used, error_code, error_message, started_at, finished_at FROM steps WHERE run_id = $1 \
+             tokens_used, cost_micros, error_code, error_message, started_at, finished_at FROM steps WHERE run_id = $1 \
              ORDER BY idx",
         )
         .bind(run_id)

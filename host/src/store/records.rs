@@ -13,7 +13,7 @@ use std::borrow::Cow;
 macro_rules! run_columns {
     () => {
         "id, tenant_id, pipeline_id, pipeline_name, spec, input, output, status, error_code, \
-         error_message, fuel_used, tokens_used, next_seq, cancel_requested, owner, lease_until, claim_seq, \
+         error_message, fuel_used, tokens_used, cost_micros, next_seq, cancel_requested, owner, lease_until, claim_seq, \
          created_at, started_at, finished_at"
     };
 }
@@ -120,6 +120,9 @@ pub struct RunRecord {
     pub fuel_used: i64,
     /// Model tokens (input plus output) used by all attempts.
     pub tokens_used: i64,
+    /// What those tokens cost, in millionths of the currency of the operator's model
+    /// prices (0 when no prices are configured).
+    pub cost_micros: i64,
     /// The seq the next event will get.
     #[serde(skip)]
     pub next_seq: i64,
@@ -159,6 +162,7 @@ impl RunRecord {
             error_message: r.try_get("error_message")?,
             fuel_used: r.try_get("fuel_used")?,
             tokens_used: r.try_get("tokens_used")?,
+            cost_micros: r.try_get("cost_micros")?,
             next_seq: r.try_get("next_seq")?,
             last_seq: r.try_get::<i64, _>("next_seq")? - 1,
             cancel_requested: r.try_get::<i64, _>("cancel_requested")? != 0,
@@ -216,6 +220,9 @@ pub struct StepRecord {
     pub fuel_used: i64,
     /// Model tokens (input plus output) used by all its attempts.
     pub tokens_used: i64,
+    /// What those tokens cost, in millionths of the currency of the operator's model
+    /// prices (0 when no prices are configured).
+    pub cost_micros: i64,
     /// Failure code.
     pub error_code: Option<String>,
     /// Failure message.
@@ -238,6 +245,7 @@ impl StepRecord {
             output: r.try_get("output")?,
             fuel_used: r.try_get("fuel_used")?,
             tokens_used: r.try_get("tokens_used")?,
+            cost_micros: r.try_get("cost_micros")?,
             error_code: r.try_get("error_code")?,
             error_message: r.try_get("error_message")?,
             started_at: r.try_get("started_at")?,
@@ -405,12 +413,14 @@ pub enum Change {
         /// Fuel units.
         fuel: i64,
     },
-    /// Adds model tokens to the run, its step and its tenant.
+    /// Adds model tokens and their cost to the run, its step and its tenant.
     AddTokens {
         /// Step position.
         step_idx: i64,
         /// Input plus output tokens.
         tokens: i64,
+        /// Their cost in millionths of the price currency.
+        cost_micros: i64,
     },
     /// A step attempt starts: the step is `running`, an attempt row is added.
     StepStart {
@@ -605,18 +615,25 @@ impl Change {
                     vec![Text(run.tenant_id.clone()), Int(*fuel)],
                 ),
             ],
-            Change::AddTokens { step_idx, tokens } => vec![
+            Change::AddTokens {
+                step_idx,
+                tokens,
+                cost_micros,
+            } => vec![
                 Stmt::new(
-                    "UPDATE runs SET tokens_used = tokens_used + $2 WHERE id = $1",
-                    vec![id(), Int(*tokens)],
+                    "UPDATE runs SET tokens_used = tokens_used + $2, cost_micros = cost_micros + $3 \
+                     WHERE id = $1",
+                    vec![id(), Int(*tokens), Int(*cost_micros)],
                 ),
                 Stmt::new(
-                    "UPDATE steps SET tokens_used = tokens_used + $3 WHERE run_id = $1 AND idx = $2",
-                    vec![id(), Int(*step_idx), Int(*tokens)],
+                    "UPDATE steps SET tokens_used = tokens_used + $3, cost_micros = cost_micros + $4 \
+                     WHERE run_id = $1 AND idx = $2",
+                    vec![id(), Int(*step_idx), Int(*tokens), Int(*cost_micros)],
                 ),
                 Stmt::new(
-                    "UPDATE tenants SET tokens_used = tokens_used + $2 WHERE id = $1",
-                    vec![Text(run.tenant_id.clone()), Int(*tokens)],
+                    "UPDATE tenants SET tokens_used = tokens_used + $2, cost_micros = cost_micros + $3 \
+                     WHERE id = $1",
+                    vec![Text(run.tenant_id.clone()), Int(*tokens), Int(*cost_micros)],
                 ),
             ],
             Change::StepStart {

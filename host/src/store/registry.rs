@@ -45,6 +45,10 @@ pub struct TenantRecord {
     pub name: String,
     /// Fuel used by all its runs.
     pub fuel_used: i64,
+    /// Model tokens used by all its runs.
+    pub tokens_used: i64,
+    /// Their cost, in millionths of the currency of the model prices.
+    pub cost_micros: i64,
 }
 
 /// A registered plugin.
@@ -145,15 +149,19 @@ pub fn token_hash(secret: &str) -> String {
 impl Store {
     /// All tenants.
     pub async fn tenants(&self) -> Result<Vec<TenantRecord>> {
-        let rows = sqlx::query("SELECT id, name, fuel_used FROM tenants ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, fuel_used, tokens_used, cost_micros FROM tenants ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(TenantRecord {
                     id: r.try_get("id")?,
                     name: r.try_get("name")?,
                     fuel_used: r.try_get("fuel_used")?,
+                    tokens_used: r.try_get("tokens_used")?,
+                    cost_micros: r.try_get("cost_micros")?,
                 })
             })
             .collect()
