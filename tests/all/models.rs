@@ -516,6 +516,23 @@ async fn res_20_the_llm_agent_example_runs_end_to_end_against_a_loopback_provide
     assert!(!events.contains(KEY), "the key is in the events");
     assert!(!stdout.contains(KEY) && !stderr.contains(KEY));
 
+    // /metrics has the tenants' stored tokens (a fleet total: it names no tenant).
+    let metrics = http
+        .get(format!("{}/metrics", server.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stored: i64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("corral_tenants_tokens_used "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(Some(stored), doc["tokens_used"].as_i64(), "{metrics}");
+    assert!(!metrics.contains("tenant="), "{metrics}");
+
     // Nor is it in clear anywhere in the server's data directory (its database included).
     let data = server.stop();
     let mut stack = vec![data.path().to_path_buf()];

@@ -942,6 +942,8 @@ async fn openapi_lists_every_route_and_health_and_metrics_need_no_token() {
         "corral_plugin_load_seconds_count",
         "corral_fuel_used_total",
         "corral_tenants_fuel_used",
+        "corral_tenants_tokens_used",
+        "corral_tenants_model_cost",
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }

@@ -52,6 +52,18 @@ pub fn render(
         out,
         "# HELP corral_tenants_fuel_used Fuel used by all tenants' runs.\n# TYPE corral_tenants_fuel_used counter\ncorral_tenants_fuel_used {fuel}"
     );
+    let tokens: i64 = tenants.iter().map(|t| t.tokens_used).sum();
+    #[allow(clippy::cast_precision_loss)] // a display figure
+    let stored_cost = tenants.iter().map(|t| t.cost_micros).sum::<i64>() as f64 / 1e6;
+    let _ = writeln!(
+        out,
+        "# HELP corral_tenants_tokens_used Model tokens used by all tenants' runs (stored, every host).
+# TYPE corral_tenants_tokens_used counter
+corral_tenants_tokens_used {tokens}
+# HELP corral_tenants_model_cost Model cost of all tenants' runs at the configured prices (stored, every host).
+# TYPE corral_tenants_model_cost counter
+corral_tenants_model_cost {stored_cost}"
+    );
     let _ = writeln!(
         out,
         "# HELP corral_fuel_used_total Fuel used by step attempts in this process.\n# TYPE corral_fuel_used_total counter\ncorral_fuel_used_total {}",
