@@ -153,24 +153,7 @@ pub async fn complete(
     if let Some(key) = ep.key {
         req = req.header("x-api-key", key);
     }
-    let resp = wire::send(NAME, req, ep.limits, ep.key).await?;
-    // A server that ignores `stream` and answers with one JSON body is read as such.
-    let streamed = ep.stream && !wire::is_json(&resp);
-    let work = async {
-        if streamed {
-            read_stream(resp, deltas).await
-        } else {
-            let body = wire::read_body(NAME, resp).await?;
-            let answer = parse_response(&body)?;
-            if !answer.content.is_empty() {
-                deltas(&answer.content);
-            }
-            Ok(answer)
-        }
-    };
-    tokio::time::timeout(ep.limits.timeout, work)
-        .await
-        .map_err(|_| ModelError::Transient(format!("{NAME}: timed out reading the answer")))?
+    wire::exchange(NAME, ep, req, deltas, read_stream, parse_response).await
 }
 
 /// A non-streamed answer.

@@ -12,14 +12,7 @@ use serde_json::{Value, json};
 
 const NAME: &str = "openai";
 
-/// Where and how to reach one model.
-pub struct Endpoint<'a> {
-    pub base_url: &'a str,
-    pub model: &'a str,
-    pub key: Option<&'a str>,
-    pub stream: bool,
-    pub limits: wire::CallLimits,
-}
+pub use super::wire::Endpoint;
 
 /// The request body for `request` (whose `max_tokens` the caller has resolved).
 pub fn body(model: &str, request: &ChatRequest, stream: bool) -> Result<Value, ModelError> {
@@ -127,24 +120,7 @@ pub async fn complete(
     if let Some(key) = ep.key {
         req = req.bearer_auth(key);
     }
-    let resp = wire::send(NAME, req, ep.limits, ep.key).await?;
-    // A server that ignores `stream` and answers with one JSON body is read as such.
-    let streamed = ep.stream && !wire::is_json(&resp);
-    let work = async {
-        if streamed {
-            read_stream(resp, deltas).await
-        } else {
-            let body = wire::read_body(NAME, resp).await?;
-            let answer = parse_response(&body)?;
-            if !answer.content.is_empty() {
-                deltas(&answer.content);
-            }
-            Ok(answer)
-        }
-    };
-    tokio::time::timeout(ep.limits.timeout, work)
-        .await
-        .map_err(|_| ModelError::Transient(format!("{NAME}: timed out reading the answer")))?
+    wire::exchange(NAME, ep, req, deltas, read_stream, parse_response).await
 }
 
 /// A non-streamed answer.

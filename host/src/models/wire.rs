@@ -1,8 +1,52 @@
 //! What the providers share: one HTTP client, bounded reads of a response body and of a
 //! server-sent event stream, and the mapping of HTTP failures to [`ModelError`].
 
-use super::ModelError;
+use super::{ChatResponse, DeltaSink, ModelError};
 use std::time::Duration;
+
+/// Where and how to reach one model.
+pub struct Endpoint<'a> {
+    pub base_url: &'a str,
+    pub model: &'a str,
+    pub key: Option<&'a str>,
+    pub stream: bool,
+    pub limits: CallLimits,
+}
+
+/// Sends `req` and reads the answer within the call's timeout: with `read_stream` when
+/// `ep.stream` asked for a stream and the server streams, else as one JSON body with
+/// `parse` (a server that ignores `stream` and answers with one body is read as such; its
+/// text reaches `deltas` in one piece).
+pub async fn exchange<'d, S, F>(
+    provider: &str,
+    ep: &Endpoint<'_>,
+    req: reqwest_tls::RequestBuilder,
+    deltas: DeltaSink<'d>,
+    read_stream: S,
+    parse: fn(&[u8]) -> Result<ChatResponse, ModelError>,
+) -> Result<ChatResponse, ModelError>
+where
+    S: FnOnce(reqwest_tls::Response, DeltaSink<'d>) -> F,
+    F: std::future::Future<Output = Result<ChatResponse, ModelError>>,
+{
+    let resp = send(provider, req, ep.limits, ep.key).await?;
+    let streamed = ep.stream && !is_json(&resp);
+    let work = async {
+        if streamed {
+            read_stream(resp, deltas).await
+        } else {
+            let body = read_body(provider, resp).await?;
+            let answer = parse(&body)?;
+            if !answer.content.is_empty() {
+                deltas(&answer.content);
+            }
+            Ok(answer)
+        }
+    };
+    tokio::time::timeout(ep.limits.timeout, work)
+        .await
+        .map_err(|_| ModelError::Transient(format!("{provider}: timed out reading the answer")))?
+}
 
 /// Largest response body read from a provider (a non-streamed answer or an error).
 pub const MAX_RESPONSE_BYTES: usize = 4 << 20;
