@@ -434,6 +434,8 @@
     if (ev.type === "log") text = (p.step_id ? "[" + p.step_id + "] " : "") + (p.level || "") + " " + (p.message || "");
     else if (ev.type === "http") text = (p.step_id ? "[" + p.step_id + "] " : "") + [p.method, p.url || p.host, p.status].filter((x) => x !== undefined).join(" ") || pretty(p);
     else if (ev.type === "tool_call") text = (p.step_id ? "[" + p.step_id + "] " : "") + (p.tool || p.name || "") + " " + JSON.stringify(p);
+    else if (ev.type === "model_call") text = (p.step_id ? "[" + p.step_id + "] " : "") + [p.alias, "(" + [p.provider, p.model].filter(Boolean).join(" ") + ")", p.status, num(p.input_tokens || 0) + " in + " + num(p.output_tokens || 0) + " out tokens", p.cached ? "cached" : "", p.replayed ? "replayed" : "", typeof p.latency_ms === "number" ? p.latency_ms + " ms" : "", p.error || ""].filter(Boolean).join(" ");
+    else if (ev.type === "model") text = (p.step_id ? "[" + p.step_id + "] " : "") + (p.text || p.delta || JSON.stringify(p));
     else if (ev.type === "running" && p.progress_label) text = "[" + p.step_id + "] " + (p.progress_pct || 0) + "% " + p.progress_label;
     else text = JSON.stringify(p);
     return el("li", { "data-seq": ev.seq, "data-type": ev.type, class: p.level ? "lv-" + p.level : null },
