@@ -183,16 +183,25 @@ async fn run(ctx: &Ctx) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// The `.wasm` files of target/plugins, by name (quick mode: the small ones).
+/// The `.wasm` files of target/plugins, by name (quick mode: the small ones), that are
+/// built against the current contract: the bare baseline links `corral:plugin@0.2.0`
+/// only, so a 0.1.0 component (the compatibility fixture `echo_v0_1`) is left out of both
+/// sides. Its import names are plain strings in the binary.
 fn startup_set(ctx: &Ctx) -> anyhow::Result<Vec<PathBuf>> {
+    const OLD_CONTRACT: &[u8] = b"corral:plugin/host@0.1.0";
     let mut set = Vec::new();
     for entry in std::fs::read_dir(&ctx.plugins)? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "wasm") {
             let len = std::fs::metadata(&path)?.len();
-            if !ctx.quick || len <= QUICK_MAX_PLUGIN_BYTES {
-                set.push(path);
+            if ctx.quick && len > QUICK_MAX_PLUGIN_BYTES {
+                continue;
             }
+            let bytes = std::fs::read(&path)?;
+            if bytes.windows(OLD_CONTRACT.len()).any(|w| w == OLD_CONTRACT) {
+                continue;
+            }
+            set.push(path);
         }
     }
     set.sort();
