@@ -548,3 +548,73 @@ async fn res_20_the_llm_agent_example_runs_end_to_end_against_a_loopback_provide
         }
     }
 }
+
+/// RES-20 on the deadline path: a model call still in flight when the step's wall clock
+/// runs out is stopped with the step, and stays charged the tokens reserved for it (the
+/// prompt estimate plus its max-tokens) instead of going free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_20_a_model_call_cut_off_by_the_deadline_stays_charged_its_reservation() {
+    use crate::util::{Server, root};
+    let fake = FakeProvider::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("corral.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[models.fast]\nprovider = \"openai\"\nbase_url = \"{}\"\nmodel = \"m\"\n",
+            fake.openai_url()
+        ),
+    )
+    .unwrap();
+    let example = std::fs::read_to_string(root().join("examples/llm-agent/pipeline.toml")).unwrap();
+    let plugins = root().join("target/plugins");
+    let pipeline = example
+        .replace("../../target/plugins", plugins.to_str().unwrap())
+        .replace(
+            "[budget]",
+            "[defaults]\ntimeout = \"2s\"\nmax_attempts = 1\n\n[budget]",
+        );
+    let file = dir.path().join("hang.toml");
+    std::fs::write(&file, pipeline).unwrap();
+    let config_path = config.to_str().unwrap().to_string();
+    let server =
+        tokio::task::spawn_blocking(move || Server::start(&[("CORRAL_CONFIG", &config_path)]))
+            .await
+            .unwrap();
+    let (url, token) = (server.url.clone(), server.admin_token.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .arg("run")
+            .arg(&file)
+            .args(["--input", r#"{"task": "HANG"}"#])
+            .args(["-o", "json", "--server", &url, "--token", &token])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(doc["status"], "failed", "{doc:#}");
+    assert_eq!(doc["error"]["code"], "DEADLINE_EXCEEDED", "{doc:#}");
+    assert_eq!(fake.requests().len(), 1, "the call was sent");
+    let run_id = doc["run_id"].as_str().unwrap();
+    let run: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/runs/{run_id}", server.url))
+        .bearer_auth(&server.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // The reservation: at least the default max-tokens (1024) plus the prompt.
+    let charged = run["run"]["tokens_used"].as_i64().unwrap_or(0);
+    assert!(charged > 1024, "{run:#}");
+    assert_eq!(
+        run["steps"][0]["tokens_used"].as_i64(),
+        Some(charged),
+        "{run:#}"
+    );
+}

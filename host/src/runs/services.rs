@@ -533,6 +533,30 @@ impl StepServices {
             .await;
             return Ok(answer);
         }
+        // Reserve what the call may use at most (the prompt estimate plus its max-tokens)
+        // before anything is sent, in memory and in the database: a call stopped by the
+        // step's deadline or a cancel has its future dropped mid-call and never settles, so
+        // it stays charged its reservation (the provider may bill it all the same). A call
+        // that completes is settled to the provider's reported usage below.
+        let reserved = estimate.saturating_add(u64::from(request.max_tokens.unwrap_or(0)));
+        self.tokens_used.fetch_add(reserved, Ordering::Relaxed);
+        self.live.tokens.fetch_add(reserved, Ordering::Relaxed);
+        let reserved_i64 = i64::try_from(reserved).unwrap_or(i64::MAX);
+        if let Err(e) = self
+            .runner
+            .commit(
+                &self.run,
+                &[Change::AddTokens {
+                    step_idx: self.step_idx,
+                    tokens: reserved_i64,
+                    cost_micros: 0,
+                }],
+                None,
+            )
+            .await
+        {
+            tracing::warn!("could not reserve model tokens: {e}");
+        }
         // Deltas gather here; a ticker commits them as `model` events at most every
         // DELTA_INTERVAL, and what is left when the answer is complete goes last.
         let pending = std::sync::Arc::new(Mutex::new(String::new()));
@@ -562,15 +586,20 @@ impl StepServices {
 
         let usage = result.as_ref().map(|r| r.usage).unwrap_or_default();
         let used = usage.total();
-        let step_total = self
-            .tokens_used
-            .fetch_add(used, Ordering::Relaxed)
-            .saturating_add(used);
-        let run_total = self
-            .live
-            .tokens
-            .fetch_add(used, Ordering::Relaxed)
-            .saturating_add(used);
+        // Settle the reservation to the reported usage.
+        let settle = |counter: &std::sync::atomic::AtomicU64| {
+            if used >= reserved {
+                counter
+                    .fetch_add(used - reserved, Ordering::Relaxed)
+                    .saturating_add(used - reserved)
+            } else {
+                counter
+                    .fetch_sub(reserved - used, Ordering::Relaxed)
+                    .saturating_sub(reserved - used)
+            }
+        };
+        let step_total = settle(&self.tokens_used);
+        let run_total = settle(&self.live.tokens);
         crate::metrics::global().add_model_usage(
             &usage,
             result.as_ref().is_ok_and(|r| r.cached),
@@ -614,7 +643,9 @@ impl StepServices {
         }
         // The tokens are charged to the run, the step and the tenant with the event.
         self.flush_guest_events().await;
-        let tokens = i64::try_from(used).unwrap_or(i64::MAX);
+        let tokens = i64::try_from(used)
+            .unwrap_or(i64::MAX)
+            .saturating_sub(reserved_i64);
         #[allow(clippy::cast_possible_truncation)] // saturating float-to-int; costs are small
         let cost_micros = info
             .cost(&usage)
@@ -624,7 +655,7 @@ impl StepServices {
             tokens,
             cost_micros,
         }];
-        let changes: &[Change] = if tokens > 0 || cost_micros > 0 {
+        let changes: &[Change] = if tokens != 0 || cost_micros > 0 {
             &charge
         } else {
             &[]

@@ -417,7 +417,8 @@ pub enum Change {
     AddTokens {
         /// Step position.
         step_idx: i64,
-        /// Input plus output tokens.
+        /// Input plus output tokens (negative when a call settles for less than its
+        /// reservation).
         tokens: i64,
         /// Their cost in millionths of the price currency.
         cost_micros: i64,

@@ -5,6 +5,7 @@
 //! - contains `CALL_TOOL`: a tool call of the first tool offered, arguments `{"text":"x"}`
 //!   (when no tool result is in the conversation yet);
 //! - contains `STATUS_<code>`: that HTTP status with an error body;
+//! - contains `HANG`: (OpenAI-style only) no answer for 60 s, for a caller stopped mid-call;
 //! - otherwise: `echo: <the last user message>`.
 //!
 //! Usage: input tokens are the request body's bytes / 4 (rounded up); output tokens are
@@ -169,6 +170,9 @@ async fn openai(
         .as_array()
         .is_some_and(|m| m.iter().any(|m| m["role"] == "tool"));
     let p = plan(&body, raw.len(), tools, answered);
+    if last_user(body["messages"].as_array().map_or(&[][..], Vec::as_slice)).contains("HANG") {
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
     if let Some(code) = p.status {
         return (
             StatusCode::from_u16(code).unwrap(),
