@@ -838,6 +838,37 @@ async fn a_granted_tool_is_called_in_its_own_sandbox_and_its_fuel_counts_for_the
     );
 }
 
+/// RES-15 for tools: the step's deadline drops a tool call mid-flight (the tool's own
+/// timeout is the step's, so the step's always comes first); the call never returns an
+/// outcome, and it stays charged the fuel reserved for it before it started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn res_15_a_tool_call_cut_off_by_the_steps_deadline_stays_charged_its_reservation() {
+    let env = env(sqlite()).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(plugin_path("flaky"), dir.path().join("agent.wasm")).unwrap();
+    std::fs::write(
+        dir.path().join("agent.corral.toml"),
+        "[grants]\ntools = [\"spin\"]\n",
+    )
+    .unwrap();
+    let fuel: i64 = 900_000_000_000;
+    let text = format!(
+        "name = \"spin\"\n[tools]\nspin = \"{}\"\n[defaults]\nmax_attempts = 1\n[[steps]]\nname = \"agent\"\nplugin = \"agent.wasm\"\ntools = [\"spin\"]\nfuel = {fuel}\ntimeout = \"2s\"\nconfig = {{ call_tool = {{ name = \"spin\", arguments = {{}} }} }}\n",
+        plugin_path("spin_tool").display(),
+    );
+    let p = pipeline::parse_toml(&text, dir.path()).unwrap();
+    let (id, events) = env.run(&p, "{}").await;
+    let end = assert_well_formed(&events);
+    assert_eq!(end["status"], "failed", "{end}");
+    let run = env.runner.store().run(&id).await.unwrap().unwrap();
+    // A 2 s tight loop burns at most a few billion units; only the reservation of the
+    // call's whole grant comes to this.
+    assert!(run.fuel_used >= fuel, "{} < {fuel}", run.fuel_used);
+    let tenants = env.runner.store().tenants().await.unwrap();
+    let tenant = tenants.iter().find(|t| t.id == env.tenant).unwrap();
+    assert!(tenant.fuel_used >= fuel, "{}", tenant.fuel_used);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_invalid_tool_arguments_never_reach_the_tool() {
     let env = env(sqlite()).await;

@@ -54,7 +54,11 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
         cancel: cancel.clone(),
         answered: Arc::new(tokio::sync::Notify::new()),
         fuel: Arc::new(AtomicI64::new(run.fuel_used)),
-        tokens: Arc::default(),
+        // From the claim too: a run recovered after a crash keeps counting its
+        // `[budget] tokens` from what it had already spent.
+        tokens: Arc::new(std::sync::atomic::AtomicU64::new(
+            u64::try_from(run.tokens_used).unwrap_or(0),
+        )),
     };
     runner
         .inner
@@ -294,8 +298,7 @@ async fn finish(
     (fuel, tokens): (i64, u64),
 ) -> Result<bool, StoreError> {
     let mut payload = final_payload(run, status, error.as_ref(), fuel);
-    // Model tokens charged to the run by this host (a run recovered after a crash
-    // counts those since its recovery).
+    // The run's model tokens, all of them (a recovered run's count starts from its claim).
     if let Some(obj) = payload.as_object_mut() {
         obj.insert("tokens_used".into(), json!(tokens));
     }

@@ -124,7 +124,8 @@ pub(crate) struct Live {
     /// The run's fuel total as committed (from its claim, plus every charge since), so
     /// budgets and the final event need no read of the run.
     pub(crate) fuel: Arc<std::sync::atomic::AtomicI64>,
-    /// Model tokens this process has charged to the run (for its `[budget] tokens`).
+    /// The run's model tokens as committed (from its claim, plus every charge since), for
+    /// its `[budget] tokens`.
     pub(crate) tokens: Arc<std::sync::atomic::AtomicU64>,
 }
 

@@ -760,6 +760,31 @@ impl StepServices {
 
     /// `host.call-tool`: a granted tool, arguments checked against its schema before it
     /// runs, in its own fresh sandbox, its fuel charged to the run.
+    /// Adds `fuel` (negative to give some back) to the run, the step and the tenant, and to
+    /// the run's live total the budget checks read.
+    async fn charge_tool_fuel(&self, fuel: i64, what: &str) {
+        if fuel == 0 {
+            return;
+        }
+        match self
+            .runner
+            .commit(
+                &self.run,
+                &[Change::AddFuel {
+                    step_idx: self.step_idx,
+                    fuel,
+                }],
+                None,
+            )
+            .await
+        {
+            Ok(_) => {
+                self.live.fuel.fetch_add(fuel, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("could not {what} tool fuel: {e}"),
+        }
+    }
+
     async fn call_granted_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
         let (tool, spec) = self.find_tool(name)?;
         crate::engine::json::check("arguments", arguments, 1 << 20)
@@ -797,25 +822,17 @@ impl StepServices {
             name: spec.name.clone(),
             arguments: arguments.to_string(),
         };
+        // Reserve the call's whole fuel grant before it starts, in memory and in the
+        // database: a call stopped by the step's deadline or a cancel has its future dropped
+        // mid-call and never settles, so it stays charged its reservation (what it burnt is
+        // unknown, and a budget a guest could dodge by timing out is no budget). A call that
+        // returns is settled to the fuel it used below.
+        let reserved = i64::try_from(fuel).unwrap_or(i64::MAX);
+        self.charge_tool_fuel(reserved, "reserve").await;
         let outcome = self.runner.engine().invoke(&tool.plugin, call, how).await;
         let used = i64::try_from(outcome.fuel_used).unwrap_or(i64::MAX);
-        match self
-            .runner
-            .commit(
-                &self.run,
-                &[Change::AddFuel {
-                    step_idx: self.step_idx,
-                    fuel: used,
-                }],
-                None,
-            )
-            .await
-        {
-            Ok(_) => {
-                self.live.fuel.fetch_add(used, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!("could not charge tool fuel: {e}"),
-        }
+        self.charge_tool_fuel(used.saturating_sub(reserved), "settle")
+            .await;
         let (status, code) = match &outcome.result {
             Ok(_) => ("ok", None),
             Err(f) => ("failed", Some(f.code.as_str())),
