@@ -609,11 +609,35 @@ async fn api_11_a_session_expires_after_its_ttl_and_expired_rows_are_deleted() {
         b.json(Method::GET, "/v1/session", false, None).await.0,
         StatusCode::OK
     );
+    // A stream opened with the session ends when the session does.
+    let resp = b
+        .req(Method::GET, "/v1/events", false)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut stream = resp.bytes_stream().eventsource();
+    let ended = tokio::spawn(async move {
+        loop {
+            match stream.next().await {
+                None | Some(Err(_)) => return std::time::SystemTime::now(),
+                Some(Ok(_)) => continue,
+            }
+        }
+    });
     // Well past its expiry.
     let wait = expires
         .duration_since(std::time::SystemTime::now())
         .unwrap_or_default();
     tokio::time::sleep(wait + Duration::from_secs(2)).await;
+    let ended = tokio::time::timeout(Duration::from_secs(30), ended)
+        .await
+        .expect("the session's stream ends when the session expires")
+        .unwrap();
+    assert!(
+        ended >= expires,
+        "the stream ended before the session expired"
+    );
     assert_eq!(
         b.json(Method::GET, "/v1/session", false, None).await.0,
         StatusCode::UNAUTHORIZED

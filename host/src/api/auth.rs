@@ -68,6 +68,9 @@ pub struct Caller {
     pub role: Role,
     /// The token's id (to notice revocation on long-lived streams).
     pub token_id: String,
+    /// When the browser session this caller came by expires (milliseconds since the
+    /// epoch); `None` for a bearer token. Long-lived streams end then.
+    pub session_expires_at: Option<i64>,
 }
 
 impl Caller {
@@ -348,6 +351,7 @@ fn session_caller(record: &SessionRecord) -> Caller {
         tenant_id: record.tenant_id.clone(),
         role: Role::parse(&record.role).unwrap_or(Role::Viewer),
         token_id: record.token_id.clone(),
+        session_expires_at: Some(record.expires_at),
     }
 }
 
@@ -439,6 +443,7 @@ impl FromRequestParts<AppState> for Caller {
                 role: Role::parse(&t.role).unwrap_or(Role::Viewer),
                 tenant_id: t.tenant_id,
                 token_id: t.id,
+                session_expires_at: None,
             });
         }
         let (reason, message) = if token.is_none() {

@@ -219,6 +219,8 @@ struct Live {
     done: bool,
     /// No frame sent yet (the first carries `retry:`).
     first: bool,
+    /// When the caller's browser session expires: the stream ends then.
+    expires: Option<tokio::time::Instant>,
 }
 
 impl Live {
@@ -227,7 +229,15 @@ impl Live {
         let period = (state.config.heartbeat / TICKS_PER_HEARTBEAT).max(Duration::from_millis(1));
         let (token, ticks) = (bus.watch_token(&caller.token_id), bus.ticker(period));
         crate::metrics::global().open_streams_add(1);
+        let expires = caller.session_expires_at.map(|at| {
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let left = u64::try_from(at.saturating_sub(now_ms)).unwrap_or(0);
+            tokio::time::Instant::now() + Duration::from_millis(left)
+        });
         Live {
+            expires,
             state,
             _slot: slot,
             token,
@@ -256,6 +266,7 @@ impl Live {
             tokio::select! {
                 biased;
                 () = self.state.shutdown.cancelled() => return None,
+                () = sleep_until(self.expires) => return None,
                 () = self.token.changed() => {
                     if self.token.revoked() {
                         return None;
@@ -278,6 +289,14 @@ impl Live {
                 },
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
