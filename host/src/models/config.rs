@@ -30,7 +30,7 @@ impl Provider {
 pub struct ModelConfig {
     /// `openai` or `anthropic`.
     pub provider: Provider,
-    /// e.g. `http://127.0.0.1:8000/v1` (http only for now).
+    /// e.g. `https://api.openai.com/v1` or `http://127.0.0.1:8000/v1`.
     pub base_url: String,
     /// The provider's model name.
     pub model: String,
