@@ -149,7 +149,11 @@ fn assert_ended_once(run: &RunRecord, events: &[Event]) -> String {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.seq, i as i64 + 1, "seq gap: {events:#?}");
     }
-    assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1, "{events:#?}");
+    assert_eq!(
+        events.iter().filter(|e| e.is_final()).count(),
+        1,
+        "{events:#?}"
+    );
     let last = events.last().unwrap();
     assert!(last.is_final(), "{events:#?}");
     assert!(run.is_terminal(), "{run:?}");
@@ -182,7 +186,8 @@ async fn dur_11_a_pause_lets_the_step_finish_and_resume_continues_with_the_next_
     );
     let id = env.submit(&p).await;
     let exec = env.execute(&id);
-    env.wait(&id, "s0 running", |e| has(e, "running", "s0")).await;
+    env.wait(&id, "s0 running", |e| has(e, "running", "s0"))
+        .await;
     let asked = env.runner.pause(&env.tenant, &id, false).await.unwrap();
     assert_eq!(asked.status, "running", "it pauses once s0's attempt ends");
     // The executor lets the run go once it has paused.
@@ -194,11 +199,18 @@ async fn dur_11_a_pause_lets_the_step_finish_and_resume_continues_with_the_next_
     assert_eq!(paused.payload["step_id"], "s1", "paused before s1");
     assert_eq!(paused.payload["interrupted"], false);
     let steps = env.runner.store().steps(&id).await.unwrap();
-    assert_eq!(steps[0].status, "succeeded", "the attempt finished: {steps:?}");
+    assert_eq!(
+        steps[0].status, "succeeded",
+        "the attempt finished: {steps:?}"
+    );
     assert_eq!((steps[1].status.as_str(), steps[1].attempts), ("queued", 0));
     // Pausing again changes nothing; a paused run is not claimed.
     assert_eq!(
-        env.runner.pause(&env.tenant, &id, true).await.unwrap().status,
+        env.runner
+            .pause(&env.tenant, &id, true)
+            .await
+            .unwrap()
+            .status,
         "paused"
     );
     env.runner.execute(&id).await.unwrap();
@@ -229,7 +241,11 @@ async fn dur_11_a_pause_lets_the_step_finish_and_resume_continues_with_the_next_
     assert_eq!(output["count"], 1, "{output}");
     let attempts = env.runner.store().attempts(&id).await.unwrap();
     assert_eq!(attempts.len(), 2, "{attempts:?}");
-    assert!(attempts.iter().all(|a| a.status == "succeeded" && a.attempt == 1));
+    assert!(
+        attempts
+            .iter()
+            .all(|a| a.status == "succeeded" && a.attempt == 1)
+    );
 
     // A finished run cannot be paused or resumed.
     let err = env.runner.pause(&env.tenant, &id, false).await.unwrap_err();
@@ -262,7 +278,8 @@ async fn dur_12_pause_now_interrupts_the_attempt_and_reruns_it_on_resume(db: Db)
     );
     let id = env.submit(&p).await;
     let exec = env.execute(&id);
-    env.wait(&id, "s0 running", |e| has(e, "running", "s0")).await;
+    env.wait(&id, "s0 running", |e| has(e, "running", "s0"))
+        .await;
     env.runner.pause(&env.tenant, &id, true).await.unwrap();
     exec.await.unwrap().unwrap();
     let events = env.events(&id).await;
@@ -272,7 +289,9 @@ async fn dur_12_pause_now_interrupts_the_attempt_and_reruns_it_on_resume(db: Db)
     assert_eq!(paused.payload["interrupted"], true);
     assert_eq!(paused.payload["attempt"], 1);
     assert!(
-        !events.iter().any(|e| e.kind == "complete" && e.payload["step_id"] == "s0"),
+        !events
+            .iter()
+            .any(|e| e.kind == "complete" && e.payload["step_id"] == "s0"),
         "s0 did not finish: {events:#?}"
     );
     let steps = env.runner.store().steps(&id).await.unwrap();
@@ -325,7 +344,8 @@ async fn dur_14_cancel_while_paused_ends_the_run_cancelled(db: Db) {
     env.runner.pause(&env.tenant, &queued, false).await.unwrap();
     let ran = env.submit(&p).await;
     let exec = env.execute(&ran);
-    env.wait(&ran, "s0 running", |e| has(e, "running", "s0")).await;
+    env.wait(&ran, "s0 running", |e| has(e, "running", "s0"))
+        .await;
     env.runner.pause(&env.tenant, &ran, false).await.unwrap();
     exec.await.unwrap().unwrap();
     for id in [&queued, &ran] {
@@ -356,7 +376,8 @@ async fn dur_16_the_time_budget_does_not_tick_while_paused(db: Db) {
     );
     let id = env.submit(&p).await;
     let exec = env.execute(&id);
-    env.wait(&id, "s0 running", |e| has(e, "running", "s0")).await;
+    env.wait(&id, "s0 running", |e| has(e, "running", "s0"))
+        .await;
     env.runner.pause(&env.tenant, &id, false).await.unwrap();
     exec.await.unwrap().unwrap();
     assert_paused(&env.run(&id).await, &env.events(&id).await);
@@ -377,7 +398,8 @@ async fn dur_16_the_time_budget_does_not_tick_while_paused(db: Db) {
     );
     let id = env.submit(&p).await;
     let exec = env.execute(&id);
-    env.wait(&id, "s0 running", |e| has(e, "running", "s0")).await;
+    env.wait(&id, "s0 running", |e| has(e, "running", "s0"))
+        .await;
     env.runner.pause(&env.tenant, &id, false).await.unwrap();
     exec.await.unwrap().unwrap();
     let paused = env.run(&id).await;
@@ -386,7 +408,11 @@ async fn dur_16_the_time_budget_does_not_tick_while_paused(db: Db) {
     env.runner.execute(&id).await.unwrap();
     let run = env.run(&id).await;
     assert_eq!(assert_ended_once(&run, &env.events(&id).await), "failed");
-    assert_eq!(run.error_code.as_deref(), Some("DEADLINE_EXCEEDED"), "{run:?}");
+    assert_eq!(
+        run.error_code.as_deref(),
+        Some("DEADLINE_EXCEEDED"),
+        "{run:?}"
+    );
 }
 
 both!(dur_17_a_paused_run_is_not_recovered_by_another_node_and_resumes_on_any);
@@ -395,7 +421,8 @@ async fn dur_17_a_paused_run_is_not_recovered_by_another_node_and_resumes_on_any
     let p = flaky_steps("", &[r#"{ sleep_ms = 500 }"#, r#"{ count_key = "s1" }"#]);
     let id = env.submit(&p).await;
     let exec = env.execute(&id);
-    env.wait(&id, "s0 running", |e| has(e, "running", "s0")).await;
+    env.wait(&id, "s0 running", |e| has(e, "running", "s0"))
+        .await;
     env.runner.pause(&env.tenant, &id, false).await.unwrap();
     exec.await.unwrap().unwrap();
     let before = env.events(&id).await;
@@ -410,7 +437,11 @@ async fn dur_17_a_paused_run_is_not_recovered_by_another_node_and_resumes_on_any
         .work(true, tokio_util::sync::CancellationToken::new())
         .await
         .unwrap();
-    assert_eq!(env.events(&id).await, before, "the paused run was left alone");
+    assert_eq!(
+        env.events(&id).await,
+        before,
+        "the paused run was left alone"
+    );
     assert_paused(&env.run(&id).await, &before);
 
     // Resumed through the other node, it finishes there.
@@ -710,9 +741,7 @@ async fn dur_15_pause_and_resume_over_the_api_and_the_cli_refuse_with_409(db: Op
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
-    let id = host
-        .submit(&[json!({"sleep_ms": 5000}), json!({})])
-        .await;
+    let id = host.submit(&[json!({"sleep_ms": 5000}), json!({})]).await;
     wait_events(&store, &id, "s0 running", |e| has(e, "running", "s0")).await;
     // Resuming a run that is not paused: 409 NOT_PAUSED (exit 2).
     let (status, body) = host.post(&format!("/v1/runs/{id}/resume"), None).await;
@@ -743,7 +772,9 @@ async fn dur_15_pause_and_resume_over_the_api_and_the_cli_refuse_with_409(db: Op
     }
     let (status, body) = host.post("/v1/runs/run_nope/pause?now=true", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
-    let (status, body) = host.post(&format!("/v1/runs/{id}/pause?now=maybe"), None).await;
+    let (status, body) = host
+        .post(&format!("/v1/runs/{id}/pause?now=maybe"), None)
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(store.run(&id).await.unwrap().unwrap().status, "succeeded");
 }

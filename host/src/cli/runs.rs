@@ -1436,7 +1436,12 @@ pub(super) async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<ExitC
             eprintln!(
                 "run {} resumed: queued for the next worker{}",
                 args.run_id,
-                if args.server.server.as_deref().is_some_and(|s| !s.trim().is_empty()) {
+                if args
+                    .server
+                    .server
+                    .as_deref()
+                    .is_some_and(|s| !s.trim().is_empty())
+                {
                     ""
                 } else {
                     " (the `corral run` showing it, `corral worker`, or a server on this database)"

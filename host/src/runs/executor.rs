@@ -34,7 +34,10 @@ pub(crate) fn agent_type(step: &Step) -> String {
 
 /// Why the run stopped before its last step succeeded.
 enum Stop {
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
     Cancelled,
     /// A pause took effect: the run commits `paused` and this host lets it go.
     Paused(Paused),

@@ -516,11 +516,7 @@ impl Runner {
             // Its host is gone: recovery pauses it (the request is stored).
             tracing::warn!("pausing orphaned run {run_id} failed (recovery will): {e}");
         }
-        let status = store
-            .run(run_id)
-            .await?
-            .map(|r| r.status)
-            .unwrap_or(status);
+        let status = store.run(run_id).await?.map(|r| r.status).unwrap_or(status);
         if crate::store::TERMINAL.contains(&status.as_str()) {
             return Err(RunError::AlreadyFinished(run_id.to_string(), status));
         }

@@ -795,12 +795,11 @@ impl Store {
     /// A run's cancel and pause requests and its status (polled by the executor, so
     /// requests made in another process take effect too); `None`: no such run.
     pub async fn run_requests(&self, run_id: &str) -> Result<Option<RunRequests>> {
-        let row = sqlx::query(
-            "SELECT cancel_requested, pause_requested, status FROM runs WHERE id = $1",
-        )
-        .bind(run_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row =
+            sqlx::query("SELECT cancel_requested, pause_requested, status FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| {
             Ok(RunRequests {
                 cancel: r.try_get::<i64, _>("cancel_requested")? != 0,
