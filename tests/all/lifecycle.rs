@@ -778,3 +778,89 @@ async fn dur_15_pause_and_resume_over_the_api_and_the_cli_refuse_with_409(db: Op
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(store.run(&id).await.unwrap().unwrap().status, "succeeded");
 }
+
+/// `corral pause` and `corral resume` on the local database, from other processes, while
+/// `corral run` shows the run: it shows the pause, waits, and finishes the run once it is
+/// resumed (exit 0).
+#[test]
+fn dur_19_an_embedded_run_is_paused_and_resumed_from_other_processes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let pipeline = dir.path().join("pipeline.toml");
+    let plugin = plugin_path("flaky");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"pausable\"\n\
+             [[steps]]\nname = \"s0\"\nplugin = \"{p}\"\nconfig = {{ sleep_ms = 1500 }}\n\
+             [[steps]]\nname = \"s1\"\nplugin = \"{p}\"\nconfig = {{ count_key = \"s1\" }}\n",
+            p = plugin.display()
+        ),
+    )
+    .unwrap();
+    let corral = || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
+        cmd.env("CORRAL_DATA_DIR", &data)
+            .env_remove("CORRAL_DATABASE_URL")
+            .env_remove("CORRAL_SERVER")
+            .env_remove("RUST_LOG");
+        cmd
+    };
+    let mut child = corral()
+        .arg("run")
+        .arg(&pipeline)
+        .args(["--output", "jsonl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let run_id = loop {
+        let event = next();
+        if event["type"] == "running" && event["payload"]["step_id"] == "s0" {
+            break event["run_id"].as_str().unwrap().to_string();
+        }
+    };
+    // Not paused yet: resume is refused.
+    let out = corral().args(["resume", &run_id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_PAUSED"));
+    let out = corral().args(["pause", &run_id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    loop {
+        let event = next();
+        assert!(
+            !event["payload"]["all_done"].as_bool().unwrap_or(false),
+            "{event}"
+        );
+        if event["type"] == "paused" {
+            assert_eq!(event["payload"]["step_id"], "s1", "{event}");
+            break;
+        }
+    }
+    let show = corral()
+        .args(["runs", "show", &run_id, "--json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(doc["run"]["status"], "paused", "{doc}");
+    let out = corral().args(["resume", &run_id]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut rest = Vec::new();
+    for line in lines {
+        rest.push(serde_json::from_str::<Value>(&line.unwrap()).unwrap());
+    }
+    assert_eq!(rest.first().unwrap()["type"], "resumed", "{rest:#?}");
+    assert_eq!(rest.last().unwrap()["payload"]["status"], "succeeded");
+    assert!(child.wait().unwrap().success());
+}

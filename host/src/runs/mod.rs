@@ -395,7 +395,11 @@ impl Runner {
         tracing::info!(run_id = %run_id, tenant = %tenant_id, status = %status, "run cancel requested");
         if let Some(live) = self.live(run_id) {
             live.cancel.cancel();
-            return Ok(());
+            // A run that paused has let go of its execution here (which may not have
+            // left yet): it is ended below.
+            if status != "paused" {
+                return Ok(());
+            }
         }
         match status.as_str() {
             // Nobody is executing it, and with the flag set nobody will claim or resume
