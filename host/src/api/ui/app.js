@@ -471,6 +471,8 @@
     else if (ev.type === "tool_call") text = (p.step_id ? "[" + p.step_id + "] " : "") + (p.tool || p.name || "") + " " + JSON.stringify(p);
     else if (ev.type === "model_call") text = (p.step_id ? "[" + p.step_id + "] " : "") + [p.alias, "(" + [p.provider, p.model].filter(Boolean).join(" ") + ")", p.status, num(p.input_tokens || 0) + " in + " + num(p.output_tokens || 0) + " out tokens", p.cached ? "cached" : "", p.replayed ? "replayed" : "", typeof p.latency_ms === "number" ? p.latency_ms + " ms" : "", p.error || ""].filter(Boolean).join(" ");
     else if (ev.type === "model") text = (p.step_id ? "[" + p.step_id + "] " : "") + (p.text || p.delta || JSON.stringify(p));
+    else if (ev.type === "paused") text = p.interrupted ? "[" + p.step_id + "] attempt " + p.attempt + " interrupted: it runs again on resume" : p.step_id ? "before [" + p.step_id + "]" : "";
+    else if (ev.type === "resumed") text = "queued again";
     else if (ev.type === "running" && p.progress_label) text = "[" + p.step_id + "] " + (p.progress_pct || 0) + "% " + p.progress_label;
     else text = JSON.stringify(p);
     return el("li", { "data-seq": ev.seq, "data-type": ev.type, class: p.level ? "lv-" + p.level : null },
