@@ -180,7 +180,7 @@ async fn dur_11_a_pause_lets_the_step_finish_and_resume_continues_with_the_next_
     let p = flaky_steps(
         "",
         &[
-            r#"{ sleep_ms = 1500, count_key = "s0" }"#,
+            r#"{ sleep_ms = 3000, count_key = "s0" }"#,
             r#"{ count_key = "s1" }"#,
         ],
     );
@@ -274,7 +274,7 @@ async fn dur_12_pause_now_interrupts_the_attempt_and_reruns_it_on_resume(db: Db)
     // s0 counts its runs only after its sleep: an interrupted run never gets there.
     let p = flaky_steps(
         "[defaults]\nmax_attempts = 1\ntimeout = \"120s\"",
-        &[r#"{ sleep_ms = 3000, count_key = "s0" }"#, "{}"],
+        &[r#"{ sleep_ms = 5000, count_key = "s0" }"#, "{}"],
     );
     let id = env.submit(&p).await;
     let exec = env.execute(&id);
@@ -338,7 +338,7 @@ async fn dur_12_pause_now_interrupts_the_attempt_and_reruns_it_on_resume(db: Db)
 both!(dur_14_cancel_while_paused_ends_the_run_cancelled);
 async fn dur_14_cancel_while_paused_ends_the_run_cancelled(db: Db) {
     let env = env(db).await;
-    let p = flaky_steps("", &[r#"{ sleep_ms = 500 }"#, "{}"]);
+    let p = flaky_steps("", &[r#"{ sleep_ms = 3000 }"#, "{}"]);
     // Paused while queued, and paused after a step.
     let queued = env.submit(&p).await;
     env.runner.pause(&env.tenant, &queued, false).await.unwrap();
@@ -372,7 +372,7 @@ async fn dur_16_the_time_budget_does_not_tick_while_paused(db: Db) {
     // Paused for longer than the whole budget: it still succeeds after the resume.
     let p = flaky_steps(
         "[budget]\ntimeout = \"10s\"",
-        &[r#"{ sleep_ms = 300 }"#, r#"{ sleep_ms = 300 }"#],
+        &[r#"{ sleep_ms = 2000 }"#, r#"{ sleep_ms = 300 }"#],
     );
     let id = env.submit(&p).await;
     let exec = env.execute(&id);
@@ -418,7 +418,7 @@ async fn dur_16_the_time_budget_does_not_tick_while_paused(db: Db) {
 both!(dur_17_a_paused_run_is_not_recovered_by_another_node_and_resumes_on_any);
 async fn dur_17_a_paused_run_is_not_recovered_by_another_node_and_resumes_on_any(db: Db) {
     let env = env(db).await;
-    let p = flaky_steps("", &[r#"{ sleep_ms = 500 }"#, r#"{ count_key = "s1" }"#]);
+    let p = flaky_steps("", &[r#"{ sleep_ms = 3000 }"#, r#"{ count_key = "s1" }"#]);
     let id = env.submit(&p).await;
     let exec = env.execute(&id);
     env.wait(&id, "s0 running", |e| has(e, "running", "s0"))
@@ -654,7 +654,7 @@ async fn dur_13_pause_and_resume_across_a_kill_9_of_the_host(db: Option<String>)
     // `done`: paused (committed) before the kill. `asked`: a pause requested from the host
     // mid-attempt, then the kill. `down`: running at the kill, paused while the host is down.
     let done = host
-        .submit(&[json!({"sleep_ms": 1000}), json!({"count_key": "s1"})])
+        .submit(&[json!({"sleep_ms": 3000}), json!({"count_key": "s1"})])
         .await;
     wait_events(&store, &done, "s0 running", |e| has(e, "running", "s0")).await;
     let (status, body) = host.post(&format!("/v1/runs/{done}/pause"), None).await;
@@ -793,7 +793,7 @@ fn dur_19_an_embedded_run_is_paused_and_resumed_from_other_processes() {
         &pipeline,
         format!(
             "name = \"pausable\"\n\
-             [[steps]]\nname = \"s0\"\nplugin = \"{p}\"\nconfig = {{ sleep_ms = 1500 }}\n\
+             [[steps]]\nname = \"s0\"\nplugin = \"{p}\"\nconfig = {{ sleep_ms = 5000 }}\n\
              [[steps]]\nname = \"s1\"\nplugin = \"{p}\"\nconfig = {{ count_key = \"s1\" }}\n",
             p = plugin.display()
         ),

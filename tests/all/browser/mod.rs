@@ -451,7 +451,7 @@ async fn dashboard_pause_and_resume_buttons_pause_and_resume_a_run() {
     let run = flaky_run(
         &server,
         &admin,
-        &[("slow", json!({"sleep_ms": 2000})), ("after", json!({}))],
+        &[("slow", json!({"sleep_ms": 4000})), ("after", json!({}))],
     )
     .await;
     show_run(&page, &run).await;
