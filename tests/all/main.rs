@@ -17,6 +17,7 @@ mod durability;
 mod egress;
 mod engine;
 mod hostile;
+mod lifecycle;
 mod logs;
 mod models;
 mod models_guest;

@@ -112,6 +112,7 @@ impl From<crate::runs::RunError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "ALREADY_FINISHED", message)
             }
             E::NotWaiting(_) => ApiError::new(StatusCode::CONFLICT, "NOT_WAITING", message),
+            E::NotPaused(..) => ApiError::new(StatusCode::CONFLICT, "NOT_PAUSED", message),
             E::InvalidAnswer(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "INVALID_ANSWER", message)
             }

@@ -429,15 +429,7 @@ pub(super) async fn list_runs(
         return Err(ApiError::bad_request("limit: between 1 and 1000"));
     }
     if let Some(s) = &q.status
-        && ![
-            "queued",
-            "running",
-            "waiting",
-            "succeeded",
-            "failed",
-            "cancelled",
-        ]
-        .contains(&s.as_str())
+        && !crate::store::RUN_STATUSES.contains(&s.as_str())
     {
         return Err(ApiError::bad_request(format!(
             "status: unknown status `{s}`"
@@ -512,6 +504,33 @@ pub(super) async fn cancel_run(
     Ok(Reply::accepted(CancelRequested {
         run_id: id,
         cancel_requested: true,
+    }))
+}
+
+pub(super) async fn pause_run(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    Query(q): Query<PauseQuery>,
+) -> Result<Reply<PauseRequested>, ApiError> {
+    let now = q.now.unwrap_or(false);
+    let done = state.runner.pause(&caller.tenant_id, &id, now).await?;
+    Ok(Reply::accepted(PauseRequested {
+        run_id: id,
+        status: done.status,
+        pause_requested: true,
+    }))
+}
+
+pub(super) async fn resume_run(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+) -> Result<Reply<Resumed>, ApiError> {
+    state.runner.resume(&caller.tenant_id, &id).await?;
+    Ok(Reply::accepted(Resumed {
+        run_id: id,
+        status: "queued".into(),
     }))
 }
 

@@ -416,6 +416,30 @@ pub const ROUTES: &[Route] = &[
     .also(&[409]),
     route(
         "POST",
+        "/v1/runs/{id}/pause",
+        "Pause a run: after its current step attempt, or at once with `now=true` (the \
+         interrupted attempt runs again on resume). A paused run holds no worker and its \
+         time budget does not tick.",
+        Some(O),
+        N,
+        202,
+        op!(post, handlers::pause_run),
+    )
+    // 409: the run has finished.
+    .also(&[409]),
+    route(
+        "POST",
+        "/v1/runs/{id}/resume",
+        "Resume a paused run: it is queued again and continues with its next step.",
+        Some(O),
+        N,
+        202,
+        op!(post, handlers::resume_run),
+    )
+    // 409: the run is not paused (NOT_PAUSED) or has finished.
+    .also(&[409]),
+    route(
+        "POST",
         "/v1/runs/{id}/input",
         "Answer the run's open question (the body is the answer JSON).",
         Some(O),

@@ -320,7 +320,7 @@ pub(super) struct RunCreated {
 #[serde(deny_unknown_fields)]
 pub(super) struct ListRuns {
     /// Only runs with this status.
-    #[schemars(extend("enum" = ["queued", "running", "waiting", "succeeded", "failed", "cancelled"]))]
+    #[schemars(extend("enum" = ["queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled"]))]
     pub status: Option<String>,
     /// Runs per page, 1 to 1000 (default 50).
     #[schemars(range(min = 1, max = 1000))]
@@ -359,6 +359,39 @@ pub(super) struct CancelRequested {
     pub run_id: String,
     /// Always `true`.
     pub cancel_requested: bool,
+}
+
+/// `POST /v1/runs/{id}/pause` query.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PauseQuery {
+    /// Interrupt the current step attempt instead of letting it finish; it runs again
+    /// (at-least-once) when the run is resumed. Default `false`.
+    pub now: Option<bool>,
+}
+
+/// `POST /v1/runs/{id}/pause`.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct PauseRequested {
+    /// The run.
+    pub run_id: String,
+    /// `paused` when the run has paused already (it was queued, or paused before);
+    /// `running` or `waiting` while the pause waits for the current step attempt to end
+    /// (its `paused` event says when it has).
+    #[schemars(extend("enum" = ["paused", "running", "waiting", "queued"]))]
+    pub status: String,
+    /// Always `true`.
+    pub pause_requested: bool,
+}
+
+/// `POST /v1/runs/{id}/resume`.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct Resumed {
+    /// The run.
+    pub run_id: String,
+    /// `queued`: the run waits for a worker, then continues with its next step.
+    #[schemars(extend("enum" = ["queued"]))]
+    pub status: String,
 }
 
 /// `POST /v1/runs/{id}/input`.

@@ -81,8 +81,12 @@ enum Command {
     Events(runs::EventsArgs),
     /// Answer the question a waiting run asked.
     Answer(runs::AnswerArgs),
-    /// Cancel a queued, running or waiting run.
+    /// Cancel a queued, running, waiting or paused run.
     Cancel(runs::CancelArgs),
+    /// Pause a run: after its current step attempt, or at once with --now.
+    Pause(runs::PauseArgs),
+    /// Resume a paused run: it continues with its next step.
+    Resume(runs::ResumeArgs),
     /// Execute queued runs (and recover runs of crashed hosts).
     Worker(RunsPlugins<runs::WorkerArgs>),
     /// Serve the HTTP API (REST + SSE) and execute runs.
@@ -156,6 +160,8 @@ pub fn main() -> ExitCode {
             Command::Events(args) => runs::events(&cli, args).await,
             Command::Answer(args) => runs::answer(&cli, args).await,
             Command::Cancel(args) => runs::cancel(&cli, args).await,
+            Command::Pause(args) => runs::pause(&cli, args).await,
+            Command::Resume(args) => runs::resume(&cli, args).await,
             Command::Worker(c) => runs::worker(&cli, &c.args).await,
             Command::Serve(c) => serve::serve(&cli, &c.args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,

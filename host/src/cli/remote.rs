@@ -665,6 +665,27 @@ impl Client {
         self.send(request, REQUEST_TIMEOUT).await.map(drop)
     }
 
+    /// `POST /v1/runs/{id}/pause` (`?now=true` with `now`): the run's status after the
+    /// request (`paused`, or `running`/`waiting` while the pause is pending).
+    pub(super) async fn pause(&self, run_id: &str, now: bool) -> Result<String, RemoteError> {
+        let mut request = self.request(Method::POST, &["v1", "runs", run_id, "pause"])?;
+        if now {
+            request = request.query(&[("now", "true")]);
+        }
+        let body = self.json(request).await?;
+        Ok(body
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("paused")
+            .to_string())
+    }
+
+    /// `POST /v1/runs/{id}/resume`.
+    pub(super) async fn resume(&self, run_id: &str) -> Result<(), RemoteError> {
+        let request = self.request(Method::POST, &["v1", "runs", run_id, "resume"])?;
+        self.send(request, REQUEST_TIMEOUT).await.map(drop)
+    }
+
     /// `POST /v1/runs/{id}/input` with the answer's JSON text.
     pub(super) async fn answer(&self, run_id: &str, answer: &str) -> Result<(), RemoteError> {
         let request = self

@@ -1,4 +1,5 @@
-//! Run commands: `corral run`, `runs list/show`, `events`, `answer`, `cancel`, `worker`.
+//! Run commands: `corral run`, `runs list/show`, `events`, `answer`, `cancel`, `pause`,
+//! `resume`, `worker`.
 //! Embedded, they use the SQLite database in the data directory unless `--database-url`;
 //! with `--server URL --token T` (all but `worker`) they use a server's HTTP API instead
 //! (see `remote.rs`), with the same output and exit codes.
@@ -196,6 +197,34 @@ pub(super) struct CancelArgs {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct PauseArgs {
+    /// The run id.
+    run_id: String,
+    /// Interrupt the current step attempt instead of letting it finish; it runs again
+    /// (at-least-once) on resume.
+    #[arg(long)]
+    now: bool,
+    #[command(flatten)]
+    tenant: TenantArgs,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ResumeArgs {
+    /// The run id.
+    run_id: String,
+    #[command(flatten)]
+    tenant: TenantArgs,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
 pub(super) struct WorkerArgs {
     /// Exit once the queue is empty (after recovering runs of crashed hosts), printing
     /// how many runs it executed and how each ended.
@@ -265,6 +294,7 @@ fn refuse(e: &RunError) -> ExitCode {
         | RunError::InvalidAnswer(_)
         | RunError::NotFound(_)
         | RunError::NotWaiting(_)
+        | RunError::NotPaused(..)
         | RunError::AlreadyFinished(..) => ExitCode::from(2),
         RunError::Store(_) | RunError::TooManyQueued(_) => ExitCode::from(1),
     }
@@ -392,7 +422,7 @@ async fn run_embedded(
     let mut events = runner.subscribe(&tenant, &run.id, 0).await?;
     let exec = {
         let (runner, id) = (runner.clone(), run.id.clone());
-        tokio::spawn(async move { runner.execute(&id).await })
+        tokio::spawn(async move { execute_through_pauses(&runner, &id).await })
     };
     // Ctrl-C cancels the run cleanly; the stream then shows its end.
     {
@@ -427,6 +457,25 @@ async fn run_embedded(
     }
     finish_run(cli, args, view, &doc, files)?;
     Ok(exit_for_status(&status))
+}
+
+/// Executes a run here to its end, across pauses: a run paused (by `corral pause` from
+/// anywhere) waits here until it is resumed, then continues in this process, unless
+/// another host (a worker or a server on the same database) claims it first; the event
+/// stream then shows that host's progress.
+async fn execute_through_pauses(runner: &Runner, run_id: &str) -> Result<(), RunError> {
+    loop {
+        runner.execute(run_id).await?;
+        loop {
+            match runner.store().run(run_id).await? {
+                Some(run) if run.status == "paused" => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Some(run) if run.status == "queued" => break,
+                _ => return Ok(()),
+            }
+        }
+    }
 }
 
 /// `corral run --server`: uploads the pipeline's plugin files (once: they are named by
@@ -934,6 +983,25 @@ impl HumanView {
             "cancelled" => {
                 self.say("  run cancelled".to_string());
             }
+            "paused" => {
+                let before = match (field(p, "step_id").as_str(), field(p, "interrupted")) {
+                    (Some(step), Value::Bool(true)) => {
+                        format!(" (step `{step}` interrupted: it runs again on resume)")
+                    }
+                    (Some(step), _) => format!(" before step `{step}`"),
+                    _ => String::new(),
+                };
+                self.say(format!(
+                    "  ‖ run paused{before}; continue with: corral resume {}{}",
+                    e.run_id, self.answer_flags
+                ));
+                if let Some(bar) = self.bar(p) {
+                    bar.set_message("paused");
+                }
+            }
+            "resumed" => {
+                self.say("  ▶ run resumed".to_string());
+            }
             _ => {}
         }
     }
@@ -1290,6 +1358,95 @@ pub(super) async fn cancel(cli: &Cli, args: &CancelArgs) -> anyhow::Result<ExitC
     match result {
         Ok(()) => {
             eprintln!("cancel requested for run {}", args.run_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCode> {
+    let result = match server(&args.server) {
+        Err(code) => return Ok(code),
+        Ok(Some(client)) => {
+            if let Err(code) = args.tenant.check_remote() {
+                return Ok(code);
+            }
+            client
+                .pause(&args.run_id, args.now)
+                .await
+                .map_err(|e| e.report())
+        }
+        Ok(None) => {
+            let runner = cli.runner(&args.db, 1).await?;
+            let tenant = match args.tenant.resolve(runner.store()).await? {
+                Ok(tenant) => tenant,
+                Err(code) => return Ok(code),
+            };
+            runner
+                .pause(&tenant, &args.run_id, args.now)
+                .await
+                .map(|p| p.status)
+                .map_err(|e| refuse(&e))
+        }
+    };
+    match result {
+        Ok(status) if status == "paused" => {
+            eprintln!("run {} paused", args.run_id);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(status) => {
+            eprintln!(
+                "pause requested for run {} ({status}); it pauses {}",
+                args.run_id,
+                if args.now {
+                    "within moments (its current step attempt is interrupted)"
+                } else {
+                    "once its current step attempt ends"
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(code) => Ok(code),
+    }
+}
+
+pub(super) async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<ExitCode> {
+    let result = match server(&args.server) {
+        Err(code) => return Ok(code),
+        Ok(Some(client)) => {
+            if let Err(code) = args.tenant.check_remote() {
+                return Ok(code);
+            }
+            client.resume(&args.run_id).await.map_err(|e| e.report())
+        }
+        Ok(None) => {
+            let runner = cli.runner(&args.db, 1).await?;
+            let tenant = match args.tenant.resolve(runner.store()).await? {
+                Ok(tenant) => tenant,
+                Err(code) => return Ok(code),
+            };
+            runner
+                .resume(&tenant, &args.run_id)
+                .await
+                .map_err(|e| refuse(&e))
+        }
+    };
+    match result {
+        Ok(()) => {
+            eprintln!(
+                "run {} resumed: queued for the next worker{}",
+                args.run_id,
+                if args
+                    .server
+                    .server
+                    .as_deref()
+                    .is_some_and(|s| !s.trim().is_empty())
+                {
+                    ""
+                } else {
+                    " (the `corral run` showing it, `corral worker`, or a server on this database)"
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(code) => Ok(code),

@@ -34,8 +34,25 @@ pub(crate) fn agent_type(step: &Step) -> String {
 
 /// Why the run stopped before its last step succeeded.
 enum Stop {
-    Failed { code: String, message: String },
+    Failed {
+        code: String,
+        message: String,
+    },
     Cancelled,
+    /// A pause took effect: the run commits `paused` and this host lets it go.
+    Paused(Paused),
+}
+
+/// A pause that took effect, to commit with the run's `paused` state.
+struct Paused {
+    /// The step the run stopped before, or whose attempt was interrupted.
+    step: Option<String>,
+    /// The interrupted attempt (its end, `interrupted`, is in `charge`).
+    interrupted: Option<(i64, i64)>,
+    /// The interrupted attempt's fuel and end, and its step queued again.
+    charge: Vec<Change>,
+    /// Wall clock executed since the run was claimed.
+    active_ms: i64,
 }
 
 impl From<StoreError> for Stop {
@@ -51,6 +68,7 @@ impl From<StoreError> for Stop {
 pub(crate) async fn execute(runner: Runner, run: RunRecord) {
     let cancel = CancellationToken::new();
     let live = Live {
+        interrupt: cancel.child_token(),
         cancel: cancel.clone(),
         answered: Arc::new(tokio::sync::Notify::new()),
         fuel: Arc::new(AtomicI64::new(run.fuel_used)),
@@ -59,6 +77,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
         tokens: Arc::new(std::sync::atomic::AtomicU64::new(
             u64::try_from(run.tokens_used).unwrap_or(0),
         )),
+        pause: CancellationToken::new(),
     };
     runner
         .inner
@@ -66,12 +85,16 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .insert(run.id.clone(), live.clone());
-    // A cancel requested before the claim (it raced it) stops the run before it starts.
+    // A cancel requested before the claim (it raced it) stops the run before it starts,
+    // and a pause requested then pauses it before its first step.
     if run.cancel_requested {
         cancel.cancel();
     }
-    // A cancel requested from another process arrives through the store.
-    let watcher = spawn_cancel_watcher(runner.clone(), run.id.clone(), cancel.clone());
+    if run.pause_requested {
+        live.request_pause(false);
+    }
+    // Cancels and pauses requested from another process arrive through the store.
+    let watcher = spawn_request_watcher(runner.clone(), run.id.clone(), live.clone());
     tracing::info!(
         run_id = %run.id,
         tenant = %run.tenant_id,
@@ -105,6 +128,7 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
                 .await
             }
             Err(Stop::Cancelled) => finish_cancelled(&runner, &run_ref, None, fuel).await,
+            Err(Stop::Paused(paused)) => pause_run(&runner, &run, paused, fuel, tries == 1).await,
             Err(Stop::Failed { code, message }) => {
                 finish(
                     &runner,
@@ -155,20 +179,117 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
         .remove(&run.id);
 }
 
-fn spawn_cancel_watcher(
+/// Polls the run's cancel and pause requests (made by any process) and signals them to
+/// its execution here. A pause of a run that is waiting for input interrupts the wait.
+fn spawn_request_watcher(
     runner: Runner,
     run_id: String,
-    cancel: CancellationToken,
+    live: Live,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            if let Ok(true) = runner.store().cancel_requested(&run_id).await {
-                cancel.cancel();
+            let Ok(Some(asked)) = runner.store().run_requests(&run_id).await else {
+                continue;
+            };
+            if asked.cancel {
+                live.cancel.cancel();
                 return;
+            }
+            if asked.pause > 0 {
+                live.request_pause(
+                    asked.pause >= crate::store::PAUSE_NOW || asked.status == "waiting",
+                );
             }
         }
     })
+}
+
+/// Commits a pause that took effect: the interrupted attempt's end (if any) and the run
+/// `paused` with its event, in one transaction, guarded on the run being live with no
+/// cancel request. A cancel that landed first ends the run cancelled instead. `Ok(false)`:
+/// the run had ended meanwhile (another host took it over).
+async fn pause_run(
+    runner: &Runner,
+    run: &RunRecord,
+    paused: &Paused,
+    fuel: i64,
+    first_try: bool,
+) -> Result<bool, StoreError> {
+    let run_ref = run.as_ref();
+    let mut changes = paused.charge.clone();
+    changes.push(Change::RunPause {
+        from: &["running", "waiting"],
+        active_ms: paused.active_ms,
+    });
+    let event = (
+        "paused",
+        super::json_paused(
+            &run.id,
+            paused.step.as_deref(),
+            paused.interrupted.map(|(_, attempt)| attempt),
+        ),
+    );
+    if runner.commit_many(&run_ref, &changes, &[event]).await? {
+        tracing::info!(
+            run_id = %run.id,
+            tenant = %run.tenant_id,
+            step = paused.step.as_deref().map(tracing::field::display),
+            interrupted = paused.interrupted.is_some(),
+            fuel,
+            "run paused"
+        );
+        return Ok(true);
+    }
+    // Refused: cancelled, or ended by someone else. A cancel wins over the pause, with
+    // the interrupted attempt's end in the same transaction.
+    let cancel_requested = runner
+        .store()
+        .run(&run.id)
+        .await?
+        .is_some_and(|r| r.cancel_requested && !r.is_terminal());
+    let mut changes: Vec<Change> = paused
+        .charge
+        .iter()
+        .filter(|c| !matches!(c, Change::StepInterrupted { .. }))
+        .cloned()
+        .collect();
+    if !cancel_requested {
+        // The interrupted attempt used its fuel all the same (not after a failed try,
+        // which may have committed it).
+        if first_try && !changes.is_empty() {
+            runner.commit(&run_ref, &changes, None).await?;
+        }
+        return Ok(false);
+    }
+    if let Some((idx, _)) = paused.interrupted {
+        changes.push(Change::StepFailed {
+            idx,
+            status: "cancelled",
+            error_code: code_str(ErrorCode::Cancelled).into(),
+            error_message: "cancelled while it was pausing".into(),
+        });
+    }
+    let ended = finish_cancelled_with(
+        runner,
+        &run_ref,
+        &changes,
+        Vec::new(),
+        paused.step.as_deref(),
+        fuel,
+    )
+    .await?;
+    if ended {
+        tracing::info!(
+            run_id = %run.id,
+            tenant = %run.tenant_id,
+            status = "cancelled",
+            code = "CANCELLED",
+            note = "cancelled while it was pausing",
+            "run finished"
+        );
+    }
+    Ok(ended)
 }
 
 /// The payload of a run's final `complete` event.
@@ -212,6 +333,8 @@ fn log_end(run: &RunRecord, result: &Result<String, Stop>, fuel: i64, started: I
             duration_ms,
             "run finished"
         ),
+        // `pause_run` logged it (or the cancel that won over it).
+        Err(Stop::Paused(_)) => {}
         Err(Stop::Failed { code, message }) => tracing::warn!(
             run_id,
             tenant,
@@ -357,7 +480,11 @@ struct Walk<'a> {
     models: Vec<Vec<String>>,
     steps: Vec<StepRecord>,
     live: &'a Live,
+    /// When this host started walking the steps.
     started: Instant,
+    /// Wall clock the run executed before its latest pause (a paused run's time budget
+    /// does not tick).
+    before: Duration,
     /// Where the last step's success goes, uncommitted, for the run's end to commit.
     last_step: &'a mut Transition,
 }
@@ -370,6 +497,14 @@ async fn drive(
 ) -> Result<String, Stop> {
     if live.cancel.is_cancelled() {
         return Err(Stop::Cancelled);
+    }
+    if live.pause.is_cancelled() {
+        return Err(Stop::Paused(Paused {
+            step: None,
+            interrupted: None,
+            charge: Vec::new(),
+            active_ms: 0,
+        }));
     }
     let pipeline = super::pipeline::parse_json(&run.spec, Some(std::path::Path::new("/")))
         .map_err(|e| Stop::Failed {
@@ -420,6 +555,7 @@ async fn drive(
         steps,
         live,
         started: Instant::now(),
+        before: Duration::from_millis(u64::try_from(run.active_ms).unwrap_or(0)),
     };
     walk.walk().await
 }
@@ -450,6 +586,22 @@ fn pristine_steps(pipeline: &Pipeline) -> Vec<StepRecord> {
 }
 
 impl Walk<'_> {
+    /// Wall clock the run has used of its `[budget] timeout`: what it executed before its
+    /// latest pause and since this host claimed it. Time spent paused is not counted.
+    fn elapsed(&self) -> Duration {
+        self.before.saturating_add(self.started.elapsed())
+    }
+
+    /// The pause of a run stopping before step `step` (or interrupting `charge`'s attempt).
+    fn paused(&self, step: &str, interrupted: Option<(i64, i64)>, charge: Vec<Change>) -> Stop {
+        Stop::Paused(Paused {
+            step: Some(step.to_string()),
+            interrupted,
+            charge,
+            active_ms: i64::try_from(self.started.elapsed().as_millis()).unwrap_or(i64::MAX),
+        })
+    }
+
     /// The input of step `idx`: the stored output of the step it names in `input_from`,
     /// else of the previous step; the run's input for the first step.
     fn input_of(&self, idx: usize) -> String {
@@ -577,9 +729,15 @@ impl Walk<'_> {
         let generation = record.as_ref().map(|s| s.loops).unwrap_or(0);
         let mut attempt = record.as_ref().map(|s| s.attempts).unwrap_or(0);
         let mut delay = step.backoff;
+        // A feedback loop's feedback lives only in this execution: a step given one is
+        // neither paused before its attempts nor interrupted; the run pauses after it.
+        let pausable = feedback.is_none();
         loop {
             if self.live.cancel.is_cancelled() {
                 return Err(Stop::Cancelled);
+            }
+            if pausable && self.live.pause.is_cancelled() {
+                return Err(self.paused(&step.name, None, Vec::new()));
             }
             attempt += 1;
             let limits = self.attempt_limits(step)?;
@@ -636,6 +794,46 @@ impl Walk<'_> {
             let fuel = i64::try_from(outcome.0).unwrap_or(i64::MAX);
             let (mut result, artifact_id) = (outcome.1, outcome.2);
             let (tokens, tokens_exhausted) = outcome.3;
+            // Interrupted by a pause (not a cancel): the attempt's end is committed with
+            // the pause, and the same attempt runs again on resume.
+            if pausable
+                && matches!(&result, Err(f) if f.code == ErrorCode::Cancelled)
+                && !self.live.cancel.is_cancelled()
+                && self.live.interrupt.is_cancelled()
+            {
+                tracing::info!(
+                    run_id = %self.run.id,
+                    tenant = %self.run.tenant_id,
+                    step = %step.name,
+                    attempt,
+                    fuel,
+                    status = "interrupted",
+                    "step finished"
+                );
+                self.live.fuel.fetch_add(fuel, Ordering::Relaxed);
+                let charge = vec![
+                    Change::AddFuel {
+                        step_idx: to_i64(idx),
+                        fuel,
+                    },
+                    Change::AttemptEnd {
+                        idx: to_i64(idx),
+                        generation,
+                        attempt,
+                        status: "interrupted",
+                        fuel,
+                        error_code: Some("PAUSED".into()),
+                        error_message: Some(
+                            "interrupted by a pause; the attempt runs again on resume".into(),
+                        ),
+                    },
+                    Change::StepInterrupted {
+                        idx: to_i64(idx),
+                        attempt,
+                    },
+                ];
+                return Err(self.paused(&step.name, Some((to_i64(idx), attempt)), charge));
+            }
             // A model call refused for, or charged past, a token budget fails the
             // attempt with BUDGET_EXHAUSTED, whatever the guest made of it.
             if tokens_exhausted && !matches!(&result, Err(f) if f.code == ErrorCode::Cancelled) {
@@ -799,12 +997,24 @@ impl Walk<'_> {
                 code = code_str(failure.code),
                 "step retrying"
             );
+            // A pause in the backoff takes effect at once; on resume the retry is not
+            // delayed again.
+            let paused = async {
+                if pausable {
+                    self.live.pause.cancelled().await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.live.cancel.cancelled() => {
                     let cancelled = Failure::new(ErrorCode::Cancelled, "cancelled during retry backoff");
                     self.commit_step_end(idx, "cancelled", &cancelled).await?;
                     return Err(Stop::Cancelled);
+                }
+                _ = paused => {
+                    return Err(self.paused(&step.name, None, Vec::new()));
                 }
             }
             delay = (delay * 2).min(step.backoff_max);
@@ -840,7 +1050,7 @@ impl Walk<'_> {
             memory_bytes: step.memory,
             ..Limits::default()
         };
-        let elapsed = self.started.elapsed();
+        let elapsed = self.elapsed();
         let left = self.pipeline.budget.timeout.saturating_sub(elapsed);
         if left.is_zero() {
             return Err(Stop::Failed {
@@ -867,7 +1077,7 @@ impl Walk<'_> {
             }
         }
         if failure.code == ErrorCode::DeadlineExceeded
-            && self.started.elapsed() >= self.pipeline.budget.timeout
+            && self.elapsed() >= self.pipeline.budget.timeout
         {
             return Ok(Some(Stop::Failed {
                 code: code_str(ErrorCode::DeadlineExceeded).into(),
@@ -953,7 +1163,13 @@ impl Walk<'_> {
             limits,
             observer: Some(events.observer()),
             services: Some(services.clone()),
-            cancel: self.live.cancel.child_token(),
+            // A pause interrupts the attempt through `interrupt` (a child of `cancel`),
+            // except one carrying a feedback loop's feedback (see `run_step`).
+            cancel: if feedback.is_some() {
+                self.live.cancel.child_token()
+            } else {
+                self.live.interrupt.child_token()
+            },
             deadline: Some(deadline),
             http: self.manifests.get(idx).and_then(|m| {
                 m.http_policy_for(
@@ -1263,17 +1479,32 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
         return Ok(ended);
     }
 
+    // A pause requested before (or while) its host died: the run ends up paused where it
+    // would otherwise be queued again, so the pause is never lost.
+    let back = |step: Option<&str>| -> (Change, Option<(&'static str, Value)>) {
+        if run.pause_requested {
+            (
+                Change::RunPause {
+                    from: &["running", "waiting"],
+                    active_ms: 0,
+                },
+                Some(("paused", super::json_paused(&run.id, step, None))),
+            )
+        } else {
+            (Change::RunRequeue, None)
+        }
+    };
     let Some(step) = interrupted else {
-        // Claimed but no step started: just queue it again.
-        let requeued = runner
-            .commit(&run_ref, &[orphaned, Change::RunRequeue], None)
-            .await?;
+        // Claimed but no step started: just queue it again (or pause it).
+        let (back, paused) = back(None);
+        let requeued = runner.commit(&run_ref, &[orphaned, back], paused).await?;
         if requeued {
             tracing::info!(
                 run_id = %run.id,
                 tenant = %run.tenant_id,
                 note = "its host stopped before a step started",
-                "run queued again"
+                "{}",
+                if run.pause_requested { "run paused" } else { "run queued again" }
             );
         }
         return Ok(requeued);
@@ -1315,6 +1546,8 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
             .commit_many(&run_ref, &changes, &[error, complete])
             .await?
     } else {
+        let (back, paused) = back(Some(&step.name));
+        let events: Vec<(&str, Value)> = std::iter::once(error).chain(paused).collect();
         runner
             .commit_many(
                 &run_ref,
@@ -1326,9 +1559,9 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
                         from: None,
                         to: "queued",
                     },
-                    Change::RunRequeue,
+                    back,
                 ],
-                &[error],
+                &events,
             )
             .await?
     };
@@ -1342,6 +1575,16 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
             code = HOST_CRASH,
             note = "its host stopped and the step is out of attempts",
             "run finished"
+        );
+    } else if committed && run.pause_requested {
+        tracing::info!(
+            run_id = %run.id,
+            tenant = %run.tenant_id,
+            step = %step.name,
+            attempt = step.attempts,
+            code = HOST_CRASH,
+            note = "its host stopped during the step; it gets another attempt on resume",
+            "run paused"
         );
     } else if committed {
         tracing::info!(

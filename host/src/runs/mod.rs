@@ -1,9 +1,10 @@
 //! Runs: pipelines as data, the durable run lifecycle, and the scheduler.
 //!
-//! A run moves `queued -> running -> (waiting) -> succeeded | failed | cancelled`; each
+//! A run moves `queued -> running -> (waiting) -> succeeded | failed | cancelled`, and
+//! `running | waiting | queued -> paused -> queued` when it is paused and resumed; each
 //! transition is committed with its event before the event is published. The executor
 //! (`executor.rs`) drives one run through its steps; the [`Runner`] owns the scheduler,
-//! crash recovery, cancellation and answers.
+//! crash recovery, cancellation, pauses and answers.
 
 mod executor;
 mod guest_events;
@@ -34,6 +35,9 @@ pub enum RunError {
     /// The run is not waiting for input.
     #[error("NOT_WAITING: run `{0}` is not waiting for input")]
     NotWaiting(String),
+    /// The run is not paused (resume); the second field is its status.
+    #[error("NOT_PAUSED: run `{0}` is not paused (it is {1})")]
+    NotPaused(String, String),
     /// The answer does not match the question's schema.
     #[error("INVALID_ANSWER: {0}")]
     InvalidAnswer(String),
@@ -60,6 +64,7 @@ impl RunError {
             RunError::NotFound(_) => "RUN_NOT_FOUND",
             RunError::AlreadyFinished(..) => "ALREADY_FINISHED",
             RunError::NotWaiting(_) => "NOT_WAITING",
+            RunError::NotPaused(..) => "NOT_PAUSED",
             RunError::InvalidAnswer(_) => "INVALID_ANSWER",
             RunError::InvalidPipeline(_) => "INVALID_PIPELINE",
             RunError::InvalidInput(_) => "INVALID_INPUT",
@@ -127,6 +132,31 @@ pub(crate) struct Live {
     /// The run's model tokens as committed (from its claim, plus every charge since), for
     /// its `[budget] tokens`.
     pub(crate) tokens: Arc<std::sync::atomic::AtomicU64>,
+    /// A pause was requested: the run pauses before its next step attempt.
+    pub(crate) pause: CancellationToken,
+    /// Stops the current step attempt without cancelling the run (a child of `cancel`):
+    /// a pause with `now`, or a pause of a run waiting for input. The attempt runs again
+    /// on resume.
+    pub(crate) interrupt: CancellationToken,
+}
+
+impl Live {
+    /// Asks the executing run to pause: after its current attempt, or interrupting it.
+    pub(crate) fn request_pause(&self, now: bool) {
+        self.pause.cancel();
+        if now {
+            self.interrupt.cancel();
+        }
+    }
+}
+
+/// What a pause request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PauseRequested {
+    /// The run's status now: `paused` when it has paused already (it was queued, or
+    /// paused before), else `running` or `waiting` (it pauses once its current attempt
+    /// ends, or within moments with `now`).
+    pub status: String,
 }
 
 impl Runner {
@@ -354,8 +384,8 @@ impl Runner {
         ))
     }
 
-    /// Cancels a queued, running, waiting or retrying run. A finished run is refused with
-    /// `ALREADY_FINISHED` and left unchanged.
+    /// Cancels a queued, running, waiting, retrying or paused run. A finished run is
+    /// refused with `ALREADY_FINISHED` and left unchanged.
     pub async fn cancel(&self, tenant_id: &str, run_id: &str) -> Result<(), RunError> {
         let store = &self.inner.store;
         let run = self.own_run(tenant_id, run_id).await?;
@@ -366,19 +396,23 @@ impl Runner {
         tracing::info!(run_id = %run_id, tenant = %tenant_id, status = %status, "run cancel requested");
         if let Some(live) = self.live(run_id) {
             live.cancel.cancel();
-            return Ok(());
+            // A run that paused has let go of its execution here (which may not have
+            // left yet): it is ended below.
+            if status != "paused" {
+                return Ok(());
+            }
         }
         match status.as_str() {
-            // Nobody is executing it, and with the flag set nobody will claim it: end it
-            // here (guarded, so it still ends exactly once whoever else tries).
-            "queued" => {
+            // Nobody is executing it, and with the flag set nobody will claim or resume
+            // it: end it here (guarded, so it still ends exactly once whoever else tries).
+            "queued" | "paused" => {
                 if executor::finish_cancelled(self, &run.as_ref(), None, run.fuel_used).await? {
                     tracing::info!(
                         run_id = %run_id,
                         tenant = %tenant_id,
                         status = "cancelled",
                         code = "CANCELLED",
-                        note = "cancelled while queued",
+                        note = if status == "paused" { "cancelled while paused" } else { "cancelled while queued" },
                         "run finished"
                     );
                 }
@@ -404,9 +438,10 @@ impl Runner {
         }
     }
 
-    /// Finishes queued runs that have a cancel request as cancelled (the scheduler never
-    /// claims them). A cancel normally ends a queued run itself; this covers a canceller
-    /// that died between setting the flag and ending the run.
+    /// Finishes queued and paused runs that have a cancel request as cancelled (the
+    /// scheduler never claims them). A cancel normally ends such a run itself; this covers
+    /// a canceller that died between setting the flag and ending the run, and a cancel
+    /// that raced the run's pause.
     pub async fn finish_cancel_requested(&self) -> Result<usize, RunError> {
         let runs = self.inner.store.cancel_requested_queued(100).await?;
         let mut n = 0;
@@ -417,13 +452,112 @@ impl Runner {
                     tenant = %run.tenant_id,
                     status = "cancelled",
                     code = "CANCELLED",
-                    note = "cancelled while queued",
+                    note = "cancelled while queued or paused",
                     "run finished"
                 );
                 n += 1;
             }
         }
         Ok(n)
+    }
+
+    /// Pauses a run. A queued run pauses at once, before it starts. A running run pauses
+    /// once its current step attempt ends (it commits `paused` before its next one), or
+    /// with `now` at once: the attempt is interrupted and runs again, under the same
+    /// attempt number, when the run is resumed (at-least-once, as after a crash). A run
+    /// waiting for input pauses at once either way (its step re-runs on resume; an answer
+    /// given meanwhile is recorded and replayed). A paused run holds no worker slot and no
+    /// lease, and crash recovery leaves it alone. Pausing a paused run changes nothing; a
+    /// finished run is refused with `ALREADY_FINISHED`.
+    pub async fn pause(
+        &self,
+        tenant_id: &str,
+        run_id: &str,
+        now: bool,
+    ) -> Result<PauseRequested, RunError> {
+        let store = &self.inner.store;
+        let run = self.own_run(tenant_id, run_id).await?;
+        if run.is_terminal() {
+            return Err(RunError::AlreadyFinished(run.id, run.status));
+        }
+        if run.status == "paused" {
+            return Ok(PauseRequested { status: run.status });
+        }
+        let mode = if now {
+            crate::store::PAUSE_NOW
+        } else {
+            crate::store::PAUSE_AFTER_ATTEMPT
+        };
+        let status = store.request_pause(run_id, mode).await?.unwrap_or_default();
+        tracing::info!(run_id = %run_id, tenant = %tenant_id, status = %status, now, "run pause requested");
+        if status == "queued" {
+            // Not started (or queued again): it pauses here, unless a scheduler claimed it
+            // meanwhile; then its executor sees the request before its first step.
+            let paused = self
+                .commit(
+                    &run.as_ref(),
+                    &[Change::RunPause {
+                        from: &["queued"],
+                        active_ms: 0,
+                    }],
+                    Some(("paused", json_paused(run_id, None, None))),
+                )
+                .await?;
+            if paused {
+                tracing::info!(run_id = %run_id, tenant = %tenant_id, note = "paused while queued", "run paused");
+                return Ok(PauseRequested {
+                    status: "paused".into(),
+                });
+            }
+        }
+        if let Some(live) = self.live(run_id) {
+            // Waiting for a person holds a worker slot for as long as nobody answers: a
+            // pause does not wait for that.
+            live.request_pause(now || status == "waiting");
+        } else if let Some(fresh) = store.run(run_id).await?
+            && fresh.is_orphaned(crate::store::now_ms())
+            && let Err(e) = executor::recover_run(self, &fresh).await
+        {
+            // Its host is gone: recovery pauses it (the request is stored).
+            tracing::warn!("pausing orphaned run {run_id} failed (recovery will): {e}");
+        }
+        let status = store.run(run_id).await?.map(|r| r.status).unwrap_or(status);
+        if crate::store::TERMINAL.contains(&status.as_str()) {
+            return Err(RunError::AlreadyFinished(run_id.to_string(), status));
+        }
+        Ok(PauseRequested { status })
+    }
+
+    /// Resumes a paused run: it is queued again and continues, on any node, with the step
+    /// after the last one that succeeded (or the attempt a pause interrupted). A run that
+    /// is not paused is refused with `NOT_PAUSED` (`ALREADY_FINISHED` when it has ended).
+    pub async fn resume(&self, tenant_id: &str, run_id: &str) -> Result<(), RunError> {
+        let run = self.own_run(tenant_id, run_id).await?;
+        if run.is_terminal() {
+            return Err(RunError::AlreadyFinished(run.id, run.status));
+        }
+        if run.status != "paused" {
+            return Err(RunError::NotPaused(run.id, run.status));
+        }
+        let resumed = self
+            .commit(
+                &run.as_ref(),
+                &[Change::RunResume],
+                Some(("resumed", serde_json::json!({"run_id": run_id}))),
+            )
+            .await?;
+        if !resumed {
+            // Resumed, cancelled or ended meanwhile.
+            let now = self.own_run(tenant_id, run_id).await?;
+            return Err(if now.is_terminal() {
+                RunError::AlreadyFinished(now.id, now.status)
+            } else {
+                RunError::NotPaused(now.id, now.status)
+            });
+        }
+        tracing::info!(run_id = %run_id, tenant = %tenant_id, "run resumed");
+        self.inner.wake.notify_one();
+        Ok(())
     }
 
     /// Answers the question a waiting run asked. The answer is validated against the
@@ -491,7 +625,9 @@ impl Runner {
     /// or fails `HOST_CRASH` when the step is out of attempts. Waiting runs are queued
     /// too: their step re-runs and answers already given are replayed. A run with a cancel
     /// request (made while its host was down) ends `cancelled` instead, with its final
-    /// event, in the same transaction. Returns how many runs were taken over.
+    /// event, in the same transaction; one with a pause request ends `paused` where it
+    /// would be queued again. Paused runs have no host and are never taken over. Returns
+    /// how many runs were taken over.
     pub async fn recover(&self) -> Result<usize, RunError> {
         let orphans = self.inner.store.orphaned_runs().await?;
         let mut n = 0;
@@ -768,6 +904,21 @@ pub fn validate_against(schema: &str, value: &serde_json::Value) -> Result<(), S
             })
         }
     }
+}
+
+/// The payload of a `paused` event: the step the run stopped before (or whose attempt
+/// was interrupted, with that attempt's number).
+pub(crate) fn json_paused(
+    run_id: &str,
+    step: Option<&str>,
+    interrupted_attempt: Option<i64>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "run_id": run_id,
+        "step_id": step,
+        "interrupted": interrupted_attempt.is_some(),
+        "attempt": interrupted_attempt,
+    })
 }
 
 /// `HOST_CRASH`: the code of a step interrupted by its host dying.

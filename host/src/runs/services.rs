@@ -181,6 +181,7 @@ impl StepServices {
     }
 
     async fn wait_for_answer(&self, q: &Question) -> Result<String, PluginError> {
+        let mut pause_seen = false;
         loop {
             let notified = self.live.answered.notified();
             tokio::pin!(notified);
@@ -195,10 +196,21 @@ impl StepServices {
                 return Ok(answer);
             }
             // Answers from this process wake us at once; answers written by another
-            // process (`corral answer`) are found by polling.
+            // process (`corral answer`) are found by polling. A pause does not wait for a
+            // person: it interrupts the attempt (the engine drops this call), and the step
+            // asks again on resume, where an answer given meanwhile is replayed.
             tokio::select! {
                 _ = notified => {}
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = async {
+                    if pause_seen {
+                        std::future::pending::<()>().await;
+                    }
+                    self.live.pause.cancelled().await;
+                } => {
+                    pause_seen = true;
+                    self.live.interrupt.cancel();
+                }
             }
         }
     }
@@ -1031,6 +1043,8 @@ mod tests {
             answered: Default::default(),
             fuel: Default::default(),
             tokens: Default::default(),
+            pause: Default::default(),
+            interrupt: Default::default(),
         };
         let services = super::StepServices::new(
             runner.clone(),

@@ -446,6 +446,10 @@ impl Store {
             created_at: now,
             started_at: None,
             finished_at: None,
+            pause_requested: false,
+            pause_now: false,
+            paused_at: None,
+            active_ms: 0,
         };
         let event = Event {
             kind: "queued".into(),
@@ -643,14 +647,14 @@ impl Store {
         rows.iter().map(RunRecord::from_row).collect()
     }
 
-    /// Queued runs with a cancel request (at most `limit`): the scheduler never claims
+    /// Queued or paused runs with a cancel request (at most `limit`): nobody executes
     /// them, so whoever finds one finishes it as cancelled. Normally the cancel that set
     /// the flag does that at once; this is for a canceller that died before it could.
     pub async fn cancel_requested_queued(&self, limit: i64) -> Result<Vec<RunRecord>> {
         let rows = sqlx::query(concat!(
             "SELECT ",
             run_columns!(),
-            " FROM runs WHERE status = 'queued' AND cancel_requested = 1 \
+            " FROM runs WHERE status IN ('queued', 'paused') AND cancel_requested = 1 \
              ORDER BY queue_seq LIMIT $1"
         ))
         .bind(limit.clamp(1, 10_000))
@@ -751,7 +755,7 @@ impl Store {
         let _w = self.write_guard().await;
         sqlx::query(
             "UPDATE runs SET cancel_requested = 1, updated_at = $2 \
-             WHERE id = $1 AND status IN ('queued', 'running', 'waiting')",
+             WHERE id = $1 AND status IN ('queued', 'running', 'waiting', 'paused')",
         )
         .bind(run_id)
         .bind(now_ms())
@@ -763,6 +767,47 @@ impl Store {
             .await?;
         row.map(|r| r.try_get("status").map_err(StoreError::from))
             .transpose()
+    }
+
+    /// Asks a live, unpaused run to pause: [`PAUSE_AFTER_ATTEMPT`] or [`PAUSE_NOW`] (a
+    /// request never weakens: `now` stays `now`). Returns the run's status at that moment
+    /// (a finished or paused run is left untouched).
+    pub async fn request_pause(&self, run_id: &str, mode: i64) -> Result<Option<String>> {
+        let _w = self.write_guard().await;
+        sqlx::query(
+            "UPDATE runs SET pause_requested = CASE WHEN pause_requested > $2 \
+             THEN pause_requested ELSE $2 END, updated_at = $3 \
+             WHERE id = $1 AND status IN ('queued', 'running', 'waiting')",
+        )
+        .bind(run_id)
+        .bind(mode)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("status").map_err(StoreError::from))
+            .transpose()
+    }
+
+    /// A run's cancel and pause requests and its status (polled by the executor, so
+    /// requests made in another process take effect too); `None`: no such run.
+    pub async fn run_requests(&self, run_id: &str) -> Result<Option<RunRequests>> {
+        let row =
+            sqlx::query("SELECT cancel_requested, pause_requested, status FROM runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(RunRequests {
+                cancel: r.try_get::<i64, _>("cancel_requested")? != 0,
+                pause: r.try_get("pause_requested")?,
+                status: r.try_get("status")?,
+            })
+        })
+        .transpose()
     }
 
     /// Whether cancellation was requested for a run (polled by the executor, so a cancel

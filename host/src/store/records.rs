@@ -14,20 +14,36 @@ macro_rules! run_columns {
     () => {
         "id, tenant_id, pipeline_id, pipeline_name, spec, input, output, status, error_code, \
          error_message, fuel_used, tokens_used, cost_micros, next_seq, cancel_requested, owner, lease_until, claim_seq, \
-         created_at, started_at, finished_at"
+         created_at, started_at, finished_at, pause_requested, active_ms, paused_at"
     };
 }
 
 /// Run statuses that end a run.
 pub const TERMINAL: &[&str] = &["succeeded", "failed", "cancelled"];
-/// Run statuses of a live run.
-pub const LIVE: &[&str] = &["queued", "running", "waiting"];
+/// Run statuses of a live run (`paused`: live, but nobody executes it until it is resumed).
+pub const LIVE: &[&str] = &["queued", "running", "waiting", "paused"];
+/// Every run status, for the places that list them (API filters, documents).
+pub const RUN_STATUSES: &[&str] = &[
+    "queued",
+    "running",
+    "waiting",
+    "paused",
+    "succeeded",
+    "failed",
+    "cancelled",
+];
+
+/// `pause_requested`: pause once the current step attempt ends.
+pub const PAUSE_AFTER_ATTEMPT: i64 = 1;
+/// `pause_requested`: pause now, interrupting the current attempt (re-run on resume).
+pub const PAUSE_NOW: i64 = 2;
 
 /// One event of a run's log. Its JSON is the wire format clients see.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// `queued`, `running`, `complete`, `error`, `retrying`, `log`, `artifact`,
-    /// `input_required`, `cancelled`.
+    /// `input_required`, `paused`, `resumed`, `cancelled` (and `tool_call`, `http`,
+    /// `model_call`, `model`).
     #[serde(rename = "type")]
     pub kind: String,
     /// The run.
@@ -61,6 +77,17 @@ impl Event {
     pub fn is_final(&self) -> bool {
         self.kind == "complete" && self.payload.get("all_done") == Some(&Value::Bool(true))
     }
+}
+
+/// What has been asked of a run, as its executor polls it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRequests {
+    /// A cancel was requested.
+    pub cancel: bool,
+    /// The pause requested: 0, [`PAUSE_AFTER_ATTEMPT`] or [`PAUSE_NOW`].
+    pub pause: i64,
+    /// The run's status.
+    pub status: String,
 }
 
 /// What identifies a run in a write: its id and tenant.
@@ -109,8 +136,8 @@ pub struct RunRecord {
     /// Output JSON of the last step, when succeeded.
     #[serde(skip)]
     pub output: Option<String>,
-    /// `queued`, `running`, `waiting`, `succeeded`, `failed`, `cancelled`.
-    #[schemars(extend("enum" = ["queued", "running", "waiting", "succeeded", "failed", "cancelled"]))]
+    /// `queued`, `running`, `waiting`, `paused`, `succeeded`, `failed`, `cancelled`.
+    #[schemars(extend("enum" = ["queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled"]))]
     pub status: String,
     /// Failure code, when failed.
     pub error_code: Option<String>,
@@ -145,6 +172,18 @@ pub struct RunRecord {
     pub started_at: Option<i64>,
     /// Unix ms.
     pub finished_at: Option<i64>,
+    /// Whether a pause was requested and has not taken effect yet (the run pauses once
+    /// its current step attempt ends, or at once with `now`).
+    pub pause_requested: bool,
+    /// Whether the requested pause interrupts the current attempt (`?now=true`).
+    #[serde(skip)]
+    pub pause_now: bool,
+    /// When the run paused (unix ms), while it is `paused`.
+    pub paused_at: Option<i64>,
+    /// Wall-clock milliseconds the run executed before its latest pause (its `[budget]
+    /// timeout` counts these, never the time it spent paused).
+    #[serde(skip)]
+    pub active_ms: i64,
 }
 
 impl RunRecord {
@@ -172,6 +211,10 @@ impl RunRecord {
             created_at: r.try_get("created_at")?,
             started_at: r.try_get("started_at")?,
             finished_at: r.try_get("finished_at")?,
+            pause_requested: r.try_get::<i64, _>("pause_requested")? != 0,
+            pause_now: r.try_get::<i64, _>("pause_requested")? >= PAUSE_NOW,
+            paused_at: r.try_get("paused_at")?,
+            active_ms: r.try_get("active_ms")?,
         })
     }
 
@@ -182,7 +225,8 @@ impl RunRecord {
 
     /// Whether the run is running or waiting under a lease that expired before `now` (unix
     /// ms): its host is gone (or is this one, and no longer executes it). Crash recovery
-    /// takes such runs over, except those the recovering process is executing itself.
+    /// takes such runs over, except those the recovering process is executing itself. A
+    /// paused run has no host and is never orphaned.
     pub fn is_orphaned(&self, now: i64) -> bool {
         matches!(self.status.as_str(), "running" | "waiting")
             && self.lease_until.is_none_or(|t| t < now)
@@ -263,8 +307,9 @@ pub struct AttemptRecord {
     pub generation: i64,
     /// 1-based attempt number within the step.
     pub attempt: i64,
-    /// `running`, `succeeded`, `failed`, `crashed`.
-    #[schemars(extend("enum" = ["running", "succeeded", "failed", "crashed"]))]
+    /// `running`, `succeeded`, `failed`, `crashed`, `interrupted` (by a pause with `now`;
+    /// the same attempt runs again on resume, and this row then records that run).
+    #[schemars(extend("enum" = ["running", "succeeded", "failed", "crashed", "interrupted"]))]
     pub status: String,
     /// Fuel used.
     pub fuel_used: i64,
@@ -399,6 +444,18 @@ pub enum Change {
     /// having been requested: a run with a cancel request is finished, never re-queued,
     /// because the scheduler never claims it).
     RunRequeue,
+    /// The run pauses (guarded on being in one of `from` with no cancel request: a run
+    /// being cancelled ends cancelled instead). It gives up its owner and lease, its pause
+    /// request is cleared, and `active_ms` (wall clock executed since its claim) is added to
+    /// what its `[budget] timeout` has used.
+    RunPause {
+        /// Allowed current statuses.
+        from: &'static [&'static str],
+        /// Milliseconds executed since the run was last claimed.
+        active_ms: i64,
+    },
+    /// A paused run goes back to the queue (guarded on `paused`).
+    RunResume,
     /// Guard of crash recovery: the run is still live under `owner` (the host that died)
     /// and that host's lease has expired. A host that renewed in time, or another
     /// recoverer that got there first, makes the whole transition a no-op.
@@ -449,7 +506,7 @@ pub enum Change {
         generation: i64,
         /// Attempt number within the generation.
         attempt: i64,
-        /// `succeeded`, `failed` or `crashed`.
+        /// `succeeded`, `failed`, `crashed` or `interrupted`.
         status: &'static str,
         /// Fuel used by the attempt.
         fuel: i64,
@@ -457,6 +514,14 @@ pub enum Change {
         error_code: Option<String>,
         /// Failure message.
         error_message: Option<String>,
+    },
+    /// A step's attempt was interrupted by a pause: the step is queued again and the same
+    /// attempt number runs on resume.
+    StepInterrupted {
+        /// Step position.
+        idx: i64,
+        /// The interrupted attempt.
+        attempt: i64,
     },
     /// A step succeeded with an output.
     StepSucceeded {
@@ -498,6 +563,8 @@ impl Change {
                 | Change::RunFinish { .. }
                 | Change::RunRequeue
                 | Change::RunOrphaned { .. }
+                | Change::RunPause { .. }
+                | Change::RunResume
         )
     }
 
@@ -533,7 +600,7 @@ impl Change {
                     "UPDATE runs SET status = $2, output = $3, error_code = $4, error_message = $5, \
                      finished_at = $6, updated_at = $6, owner = NULL, lease_until = NULL, \
                      next_seq = next_seq + $7 \
-                     WHERE id = $1 AND status IN ('queued', 'running', 'waiting') \
+                     WHERE id = $1 AND status IN ('queued', 'running', 'waiting', 'paused') \
                      RETURNING next_seq",
                     vec![
                         id,
@@ -577,7 +644,7 @@ impl Change {
             } => one(
                 "UPDATE runs SET status = $2, output = $3, error_code = $4, error_message = $5, \
                  finished_at = $6, updated_at = $6, owner = NULL, lease_until = NULL \
-                 WHERE id = $1 AND status IN ('queued', 'running', 'waiting')"
+                 WHERE id = $1 AND status IN ('queued', 'running', 'waiting', 'paused')"
                     .into(),
                 vec![
                     id(),
@@ -591,6 +658,23 @@ impl Change {
             Change::RunRequeue => one(
                 "UPDATE runs SET status = 'queued', owner = NULL, lease_until = NULL, updated_at = $2 \
                  WHERE id = $1 AND status IN ('running', 'waiting') AND cancel_requested = 0"
+                    .into(),
+                vec![id(), Int(now)],
+            ),
+            Change::RunPause { from, active_ms } => one(
+                format!(
+                    "UPDATE runs SET status = 'paused', owner = NULL, lease_until = NULL, \
+                     pause_requested = 0, paused_at = $3, updated_at = $3, \
+                     active_ms = active_ms + $2 \
+                     WHERE id = $1 AND status IN ({}) AND cancel_requested = 0",
+                    in_list(from)
+                )
+                .into(),
+                vec![id(), Int((*active_ms).max(0)), Int(now)],
+            ),
+            Change::RunResume => one(
+                "UPDATE runs SET status = 'queued', paused_at = NULL, pause_requested = 0, \
+                 updated_at = $2 WHERE id = $1 AND status = 'paused'"
                     .into(),
                 vec![id(), Int(now)],
             ),
@@ -643,8 +727,12 @@ impl Change {
                 attempt,
             } => vec![
                 Stmt::new(
+                    // An attempt a pause interrupted runs again under its own number.
                     "INSERT INTO attempts (run_id, step_idx, generation, attempt, status, started_at) \
-                     VALUES ($1, $2, $3, $4, 'running', $5)",
+                     VALUES ($1, $2, $3, $4, 'running', $5) \
+                     ON CONFLICT (run_id, step_idx, generation, attempt) DO UPDATE \
+                     SET status = 'running', started_at = $5, finished_at = NULL, \
+                     error_code = NULL, error_message = NULL",
                     vec![id(), Int(*idx), Int(*generation), Int(*attempt), Int(now)],
                 ),
                 Stmt::new(
@@ -677,7 +765,8 @@ impl Change {
                 error_code,
                 error_message,
             } => one(
-                "UPDATE attempts SET status = $5, fuel_used = $6, error_code = $7, \
+                // Added: an attempt interrupted by a pause keeps the fuel it used then.
+                "UPDATE attempts SET status = $5, fuel_used = fuel_used + $6, error_code = $7, \
                  error_message = $8, finished_at = $9 \
                  WHERE run_id = $1 AND step_idx = $2 AND generation = $3 AND attempt = $4"
                     .into(),
@@ -692,6 +781,11 @@ impl Change {
                     opt(error_message),
                     Int(now),
                 ],
+            ),
+            Change::StepInterrupted { idx, attempt } => one(
+                "UPDATE steps SET status = 'queued', attempts = $3 WHERE run_id = $1 AND idx = $2"
+                    .into(),
+                vec![id(), Int(*idx), Int(attempt.saturating_sub(1).max(0))],
             ),
             Change::StepSucceeded { idx, output } => one(
                 "UPDATE steps SET status = 'succeeded', output = $3, error_code = NULL, \

@@ -390,7 +390,7 @@ impl Store {
         let done = sqlx::query(
             "DELETE FROM plugins WHERE tenant_id = $1 AND id = $2 AND NOT EXISTS ( \
                SELECT 1 FROM run_plugins rp JOIN runs r ON r.id = rp.run_id \
-               WHERE rp.plugin_id = $2 AND r.status IN ('queued', 'running', 'waiting'))",
+               WHERE rp.plugin_id = $2 AND r.status IN ('queued', 'running', 'waiting', 'paused'))",
         )
         .bind(tenant_id)
         .bind(id)

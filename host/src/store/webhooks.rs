@@ -193,7 +193,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT a.run_id AS run_id FROM answers a JOIN runs r ON r.id = a.run_id \
              WHERE r.tenant_id = $1 AND a.question = $2 AND a.answer IS NULL \
-             AND r.status IN ('running', 'waiting') ORDER BY a.asked_at LIMIT 100",
+             AND r.status IN ('running', 'waiting', 'paused') ORDER BY a.asked_at LIMIT 100",
         )
         .bind(tenant_id)
         .bind(question)

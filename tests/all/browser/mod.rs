@@ -437,6 +437,64 @@ async fn dashboard_waiting_run_is_answered_through_the_form() {
     page.assert_no_errors().await;
 }
 
+/// The run page's Pause and Resume buttons (DUR-11 in a browser): the run pauses after
+/// its step, shows `paused` with only Resume and Cancel offered, and finishes once resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_pause_and_resume_buttons_pause_and_resume_a_run() {
+    let server = Server::start(&[]);
+    let admin = server.admin_token.clone();
+    upload(&server, &admin, "flaky").await;
+    let Some((_browser, page)) = open(&server).await else {
+        return;
+    };
+    login(&page, &admin).await;
+    let run = flaky_run(
+        &server,
+        &admin,
+        &[("slow", json!({"sleep_ms": 4000})), ("after", json!({}))],
+    )
+    .await;
+    show_run(&page, &run).await;
+    wait_run_status(&page, &run, "running").await;
+    page.wait_for("!document.querySelector('#resume:not([hidden])')", WAIT)
+        .await;
+    page.click("#pause").await;
+    wait_run_status(&page, &run, "paused").await;
+    page.wait_for(
+        "document.querySelector('#pause').hidden && !document.querySelector('#resume').hidden          && !document.querySelector('#cancel').hidden",
+        WAIT,
+    )
+    .await;
+    page.wait_for(
+        &format!(
+            "document.querySelector({}).dataset.state === 'succeeded' &&              document.querySelector({}).dataset.state === 'queued'",
+            js_str(&card("slow")),
+            js_str(&card("after"))
+        ),
+        WAIT,
+    )
+    .await;
+    page.screenshot(&shots_dir().join("paused-run.png")).await;
+    let (status, detail) = api(
+        &server,
+        Method::GET,
+        &format!("/v1/runs/{run}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["run"]["status"], "paused", "{detail}");
+    page.click("#resume").await;
+    wait_run_status(&page, &run, "succeeded").await;
+    page.wait_for(
+        "document.querySelector('#pause').hidden && document.querySelector('#resume').hidden",
+        WAIT,
+    )
+    .await;
+    page.assert_no_errors().await;
+}
+
 /// SSE-01 in a browser: the run page's stream survives a `kill -9` of the server and its
 /// restart on the same address; the page ends with every event once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

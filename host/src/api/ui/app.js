@@ -167,7 +167,7 @@
 
   async function runsPage(view, params) {
     const filter = el("select", { id: "status-filter", name: "status" },
-      ["", "queued", "running", "waiting", "succeeded", "failed", "cancelled"].map((s) =>
+      ["", "queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled"].map((s) =>
         el("option", { value: s }, s || "all")));
     const tbody = el("tbody");
     const table = el("table", { id: "runs" },
@@ -224,6 +224,8 @@
     const p = ev.payload || {};
     if (ev.type === "complete" && p.all_done) return p.status;
     if (ev.type === "input_required") return "waiting";
+    if (ev.type === "paused") return "paused";
+    if (ev.type === "resumed") return "queued";
     if (ev.type === "running") return "running";
     if (ev.type === "queued") return "queued";
     return null;
@@ -282,12 +284,36 @@
     const section = el("section", { id: "run", "data-run-id": run.id, "data-status": run.status });
     const statusBadge = el("span", { id: "run-status" }, badge(run.status));
     const cancel = el("button", { type: "button", id: "cancel", class: "danger" }, "Cancel run");
-    cancel.hidden = !canOperate() || !["queued", "running", "waiting"].includes(run.status);
     cancel.addEventListener("click", async () => {
       cancel.disabled = true;
       try { await api("POST", "/v1/runs/" + encodeURIComponent(run.id) + "/cancel"); toast("Cancel requested"); }
       catch (e) { toast(e.message, true); cancel.disabled = false; }
     });
+    // Pause lets the current step attempt finish; the run's `paused` event shows when it has.
+    const pause = el("button", { type: "button", id: "pause" }, "Pause");
+    pause.addEventListener("click", async () => {
+      pause.disabled = true;
+      try {
+        const r = await api("POST", "/v1/runs/" + encodeURIComponent(run.id) + "/pause");
+        toast(r && r.status === "paused" ? "Run paused" : "Pause requested: it pauses after the current step attempt");
+      } catch (e) { toast(e.message, true); pause.disabled = false; }
+    });
+    const resume = el("button", { type: "button", id: "resume" }, "Resume");
+    resume.addEventListener("click", async () => {
+      resume.disabled = true;
+      try { await api("POST", "/v1/runs/" + encodeURIComponent(run.id) + "/resume"); toast("Run resumed"); }
+      catch (e) { toast(e.message, true); resume.disabled = false; }
+    });
+    // Which of the buttons an operator sees for a run in status `s`.
+    function showActions(s) {
+      const op = canOperate();
+      cancel.hidden = !op || !["queued", "running", "waiting", "paused"].includes(s);
+      pause.hidden = !op || !["queued", "running", "waiting"].includes(s);
+      resume.hidden = !op || s !== "paused";
+      pause.disabled = false;
+      resume.disabled = false;
+    }
+    showActions(run.status);
     const cards = el("div", { class: "cards", id: "steps" });
     const byName = new Map();
     for (const s of data.steps || []) {
@@ -304,7 +330,7 @@
       el("h1", {}, "Run ", el("code", {}, run.id), " ", statusBadge),
       el("p", { class: "muted" }, "Pipeline ", run.pipeline_name || "-", " - started ", fmtTime(run.started_at || run.created_at),
         " - fuel ", el("span", { id: "run-fuel" }, num(run.fuel_used))),
-      cancel, runError, ask,
+      el("div", { class: "run-actions" }, pause, resume, cancel), runError, ask,
       el("h2", {}, "Steps"), cards,
       el("h2", {}, "Output"), output,
       el("h2", {}, "Artifacts"), artifacts,
@@ -314,9 +340,10 @@
 
     const terminal = (s) => ["succeeded", "failed", "cancelled"].includes(s);
     function setStatus(s) {
+      const changed = section.dataset.status !== s;
       section.dataset.status = s;
       statusBadge.replaceChildren(badge(s));
-      if (terminal(s)) cancel.hidden = true;
+      if (changed || terminal(s)) showActions(s);
     }
     function card(name) {
       let c = byName.get(name);
@@ -368,6 +395,14 @@
           break;
         case "cancelled":
           if (c) setCard(c, "cancelled", p);
+          break;
+        case "paused":
+          setStatus("paused");
+          // An interrupted attempt runs again on resume.
+          if (c && p.interrupted) setCard(c, "queued", p);
+          break;
+        case "resumed":
+          setStatus("queued");
           break;
         case "complete":
           if (p.all_done) {
@@ -436,6 +471,8 @@
     else if (ev.type === "tool_call") text = (p.step_id ? "[" + p.step_id + "] " : "") + (p.tool || p.name || "") + " " + JSON.stringify(p);
     else if (ev.type === "model_call") text = (p.step_id ? "[" + p.step_id + "] " : "") + [p.alias, "(" + [p.provider, p.model].filter(Boolean).join(" ") + ")", p.status, num(p.input_tokens || 0) + " in + " + num(p.output_tokens || 0) + " out tokens", p.cached ? "cached" : "", p.replayed ? "replayed" : "", typeof p.latency_ms === "number" ? p.latency_ms + " ms" : "", p.error || ""].filter(Boolean).join(" ");
     else if (ev.type === "model") text = (p.step_id ? "[" + p.step_id + "] " : "") + (p.text || p.delta || JSON.stringify(p));
+    else if (ev.type === "paused") text = p.interrupted ? "[" + p.step_id + "] attempt " + p.attempt + " interrupted: it runs again on resume" : p.step_id ? "before [" + p.step_id + "]" : "";
+    else if (ev.type === "resumed") text = "queued again";
     else if (ev.type === "running" && p.progress_label) text = "[" + p.step_id + "] " + (p.progress_pct || 0) + "% " + p.progress_label;
     else text = JSON.stringify(p);
     return el("li", { "data-seq": ev.seq, "data-type": ev.type, class: p.level ? "lv-" + p.level : null },
