@@ -515,6 +515,36 @@ pub(super) async fn cancel_run(
     }))
 }
 
+pub(super) async fn restart_run(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    Body(req): Body<RestartRun>,
+) -> Result<Reply<RunRestarted>, ApiError> {
+    let restart = crate::runs::Restart {
+        from_step: req.from_step,
+        feedback: req.feedback.as_ref().map(Value::to_string),
+        reason: req.reason,
+    };
+    let restarted = state
+        .runner
+        .restart(
+            &caller.tenant_id,
+            &id,
+            &restart,
+            Some(state.config.max_queued_per_tenant),
+        )
+        .await?;
+    Ok(Reply::accepted(RunRestarted {
+        run_id: restarted.run.id,
+        status: restarted.run.status,
+        from_step: restarted.step,
+        attempt: restarted.attempt,
+        restarts: restarted.run.restarts,
+        seq: restarted.seq,
+    }))
+}
+
 pub(super) async fn answer_run(
     State(state): State<AppState>,
     Operator(caller): Operator,

@@ -83,6 +83,8 @@ enum Command {
     Answer(runs::AnswerArgs),
     /// Cancel a queued, running or waiting run.
     Cancel(runs::CancelArgs),
+    /// Restart a finished or failed run from a step, with feedback for that step.
+    Restart(RunsPlugins<runs::RestartArgs>),
     /// Execute queued runs (and recover runs of crashed hosts).
     Worker(RunsPlugins<runs::WorkerArgs>),
     /// Serve the HTTP API (REST + SSE) and execute runs.
@@ -123,6 +125,7 @@ pub fn main() -> ExitCode {
     cli.scratch_dir = match &cli.command {
         Command::Call(c) => c.scratch_dir.clone(),
         Command::Run(c) => c.scratch_dir.clone(),
+        Command::Restart(c) => c.scratch_dir.clone(),
         Command::Worker(c) => c.scratch_dir.clone(),
         Command::Serve(c) => c.scratch_dir.clone(),
         _ => None,
@@ -156,6 +159,7 @@ pub fn main() -> ExitCode {
             Command::Events(args) => runs::events(&cli, args).await,
             Command::Answer(args) => runs::answer(&cli, args).await,
             Command::Cancel(args) => runs::cancel(&cli, args).await,
+            Command::Restart(c) => runs::restart(&cli, &c.args).await,
             Command::Worker(c) => runs::worker(&cli, &c.args).await,
             Command::Serve(c) => serve::serve(&cli, &c.args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,

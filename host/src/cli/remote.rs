@@ -665,6 +665,14 @@ impl Client {
         self.send(request, REQUEST_TIMEOUT).await.map(drop)
     }
 
+    /// `POST /v1/runs/{id}/restart`: `{run_id, status, from_step, attempt, restarts, seq}`.
+    pub(super) async fn restart(&self, run_id: &str, body: &Value) -> Result<Value, RemoteError> {
+        let request = self
+            .request(Method::POST, &["v1", "runs", run_id, "restart"])?
+            .json(body);
+        self.json(request).await
+    }
+
     /// `POST /v1/runs/{id}/input` with the answer's JSON text.
     pub(super) async fn answer(&self, run_id: &str, answer: &str) -> Result<(), RemoteError> {
         let request = self
