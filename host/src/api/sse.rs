@@ -171,7 +171,9 @@ impl Source {
                 let Some(event) = follower.next().await else {
                     return Next::End;
                 };
-                let is_final = event.is_final();
+                // The follower knows whether this final event is the latest (a restarted
+                // run's replay reads through its earlier segments' final events).
+                let is_final = event.is_final() && follower.is_done();
                 // Event JSON is one line (control characters are escaped), so it can never
                 // inject a second SSE event.
                 match &event.json {

@@ -696,6 +696,7 @@ impl Client {
             frames: VecDeque::new(),
             failures: 0,
             done: false,
+            after_final: false,
         }
     }
 }
@@ -798,6 +799,8 @@ pub(super) struct EventStream {
     /// Connection failures in a row, with no frame in between.
     failures: u32,
     done: bool,
+    /// The latest event delivered was a final event.
+    after_final: bool,
 }
 
 impl EventStream {
@@ -843,6 +846,10 @@ impl EventStream {
                     let why = format!("the event stream broke: {}", chain(&e));
                     self.reconnect_after(RemoteError::Transport(why)).await?;
                 }
+                Ok(None) if self.after_final => {
+                    self.done = true;
+                    self.body = None;
+                }
                 Ok(None) => {
                     let why = "the server closed the event stream before the run's final event";
                     self.reconnect_after(RemoteError::Transport(why.into()))
@@ -878,10 +885,9 @@ impl EventStream {
         }
         self.last = event.seq;
         self.quiet_since = tokio::time::Instant::now();
-        if event.is_final() {
-            self.done = true;
-            self.body = None;
-        }
+        // A restarted run has a final event per segment, and the server ends the stream
+        // after the latest: a stream that ends right after a final event is done.
+        self.after_final = event.is_final();
         Ok(Some(event))
     }
 

@@ -563,6 +563,12 @@ impl Follower {
         }
     }
 
+    /// Whether the event just delivered was the run's last: its final event, with no
+    /// more of its log after it.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
     fn deliver(&mut self, event: Arc<Published>) -> Arc<Published> {
         self.last = event.seq;
         // A restarted run has a final event per segment: one replayed from the log with

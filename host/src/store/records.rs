@@ -618,13 +618,8 @@ impl Change {
                 )
                 .guarded(),
             ),
-            Change::RunRestart {
-                max_queued,
-                queue_seq,
-                ..
-            } => Some(
-                restart_run_stmt(run, now, *max_queued, *queue_seq, Some(k)).guarded(),
-            ),
+            // Not a restart: it is several statements, and its run guard goes first of them
+            // (the events' own guard then holds: the run is live again).
             _ => None,
         }
     }
@@ -824,7 +819,7 @@ impl Change {
                 max_queued,
                 queue_seq,
             } => vec![
-                restart_run_stmt(run, now, *max_queued, *queue_seq, None).guarded(),
+                restart_run_stmt(run, now, *max_queued, *queue_seq).guarded(),
                 // The output each step had stays readable, on the attempt that made it (a
                 // succeeded step's latest attempt is the one that succeeded).
                 Stmt::new(
@@ -854,38 +849,24 @@ impl Change {
     }
 }
 
-/// The guarded statement that puts an ended run back in the queue for a restart (with
-/// `bump`, also moving its `next_seq` past that many events and returning it).
-fn restart_run_stmt(
-    run: &RunRef,
-    now: i64,
-    max_queued: Option<i64>,
-    queue_seq: i64,
-    bump: Option<i64>,
-) -> Stmt {
-    let (set_seq, returning) = match bump {
-        Some(_) => (", next_seq = next_seq + $6", " RETURNING next_seq"),
-        None => ("", ""),
-    };
+/// The guarded statement that puts an ended run back in the queue for a restart.
+fn restart_run_stmt(run: &RunRef, now: i64, max_queued: Option<i64>, queue_seq: i64) -> Stmt {
     let sql = format!(
         "UPDATE runs SET status = 'queued', output = NULL, error_code = NULL, \
          error_message = NULL, finished_at = NULL, cancel_requested = 0, owner = NULL, \
-         lease_until = NULL, queue_seq = $3, restarts = restarts + 1, updated_at = $2{set_seq} \
+         lease_until = NULL, queue_seq = $3, restarts = restarts + 1, updated_at = $2 \
          WHERE id = $1 AND status IN ({}) \
          AND ($4 < 0 OR (SELECT COUNT(*) FROM runs q WHERE q.tenant_id = $5 \
-                         AND q.status = 'queued') < $4){returning}",
+                         AND q.status = 'queued') < $4)",
         in_list(RESTARTABLE)
     );
-    let mut args = vec![
+    let args = vec![
         Text(run.id.clone()),
         Int(now),
         Int(queue_seq),
         Int(max_queued.map_or(-1, |n| n.max(0))),
         Text(run.tenant_id.clone()),
     ];
-    if let Some(k) = bump {
-        args.push(Int(k));
-    }
     Stmt::new(sql, args)
 }
 
