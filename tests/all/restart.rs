@@ -167,7 +167,10 @@ impl Host {
         for _ in 0..1200 {
             let (status, body) = self.get(&format!("/v1/runs/{id}")).await;
             assert_eq!(status, StatusCode::OK, "{body}");
-            let st = body["run"]["status"].as_str().unwrap_or_default().to_string();
+            let st = body["run"]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if body["run"]["restarts"] == restarts
                 && ["succeeded", "failed", "cancelled"].contains(&st.as_str())
             {
@@ -225,13 +228,20 @@ fn assert_segments(events: &[Event], segments: usize) -> Vec<Event> {
         assert_eq!(e.seq, i as i64 + 1, "seq not contiguous: {events:#?}");
     }
     let finals: Vec<Event> = events.iter().filter(|e| e.is_final()).cloned().collect();
-    assert_eq!(finals.len(), segments, "one final event per segment: {events:#?}");
+    assert_eq!(
+        finals.len(),
+        segments,
+        "one final event per segment: {events:#?}"
+    );
     assert!(events.last().unwrap().is_final(), "{events:#?}");
     let restarted: Vec<&Event> = events.iter().filter(|e| e.kind == "restarted").collect();
     assert_eq!(restarted.len(), segments - 1, "{events:#?}");
     for r in restarted {
         let before = &events[(r.seq - 2) as usize];
-        assert!(before.is_final(), "a restart follows a final event: {events:#?}");
+        assert!(
+            before.is_final(),
+            "a restart follows a final event: {events:#?}"
+        );
     }
     finals
 }
@@ -305,8 +315,15 @@ async fn dur_21_restart_from_a_middle_step_feeds_it_and_reuses_the_steps_before(
         (&a1[1]["generation"], &a1[1]["attempt"]),
         (&json!(1), &json!(2))
     );
-    assert_eq!(a1[1]["feedback"], feedback, "the attempt records its feedback");
-    assert_eq!(a1[1]["output"], Value::Null, "the current output is the step's");
+    assert_eq!(
+        a1[1]["feedback"], feedback,
+        "the attempt records its feedback"
+    );
+    assert_eq!(
+        a1[1]["output"],
+        Value::Null,
+        "the current output is the step's"
+    );
     let a2 = attempts_of(&doc, 2);
     assert_eq!(a2.len(), 2);
     assert_eq!(a2[0]["output"], old_s2, "s2's earlier output is history");
@@ -343,9 +360,7 @@ async fn dur_21_restart_from_a_middle_step_feeds_it_and_reuses_the_steps_before(
 }
 
 on_both_dbs!(dur_22_a_failed_run_restarted_from_its_failed_step_succeeds_in_the_second_segment);
-async fn dur_22_a_failed_run_restarted_from_its_failed_step_succeeds_in_the_second_segment(
-    db: Db,
-) {
+async fn dur_22_a_failed_run_restarted_from_its_failed_step_succeeds_in_the_second_segment(db: Db) {
     let host = Host::start(&db);
     let flaky = host.upload_flaky().await;
     // s1 fails for good on attempt 1 (permanent: no retry) and works from attempt 2.
@@ -365,14 +380,21 @@ async fn dur_22_a_failed_run_restarted_from_its_failed_step_succeeds_in_the_seco
     assert_eq!(first["steps"][2]["status"], "skipped");
 
     let (status, body) = host
-        .restart(&id, json!({"from_step": "s1", "feedback": "fixed the config"}))
+        .restart(
+            &id,
+            json!({"from_step": "s1", "feedback": "fixed the config"}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["attempt"], 2);
 
     let doc = host.ended(&id, 1).await;
     assert_eq!(doc["run"]["status"], "succeeded", "{doc:#}");
-    assert_eq!(doc["run"]["error_code"], Value::Null, "the old failure is cleared");
+    assert_eq!(
+        doc["run"]["error_code"],
+        Value::Null,
+        "the old failure is cleared"
+    );
     assert_eq!(doc["output"]["attempt"], 1, "s2 runs for the first time");
     assert_eq!(doc["output"]["input"]["attempt"], 2);
     assert_eq!(doc["output"]["input"]["feedback"], "fixed the config");
@@ -383,7 +405,12 @@ async fn dur_22_a_failed_run_restarted_from_its_failed_step_succeeds_in_the_seco
     assert_eq!(a1[1]["status"], "succeeded");
     assert_eq!(attempts_of(&doc, 0).len(), 1, "s0 is not run again");
 
-    let events = host.store().await.events_after(&id, 0, 10_000).await.unwrap();
+    let events = host
+        .store()
+        .await
+        .events_after(&id, 0, 10_000)
+        .await
+        .unwrap();
     let finals = assert_segments(&events, 2);
     assert_eq!(finals[0].payload["status"], "failed");
     assert_eq!(finals[1].payload["status"], "succeeded");
@@ -418,7 +445,10 @@ async fn dur_23_restarting_a_live_run_is_409_and_a_restart_asks_its_question_aga
     // The restarted step is a new generation: the earlier answer is not replayed, the
     // person is asked again.
     let (status, body) = host
-        .restart(&id, json!({"from_step": "s0", "feedback": {"ask": "again"}}))
+        .restart(
+            &id,
+            json!({"from_step": "s0", "feedback": {"ask": "again"}}),
+        )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     host.reaches(&id, "waiting").await;
@@ -428,7 +458,12 @@ async fn dur_23_restarting_a_live_run_is_409_and_a_restart_asks_its_question_aga
     assert_eq!(status, StatusCode::ACCEPTED);
     let doc = host.ended(&id, 1).await;
     assert_eq!(doc["run"]["status"], "cancelled");
-    let events = host.store().await.events_after(&id, 0, 10_000).await.unwrap();
+    let events = host
+        .store()
+        .await
+        .events_after(&id, 0, 10_000)
+        .await
+        .unwrap();
     let finals = assert_segments(&events, 2);
     assert_eq!(finals[1].payload["status"], "cancelled");
     assert_eq!(
@@ -542,7 +577,12 @@ async fn dur_25_a_restarted_run_survives_a_kill_9_of_its_host_with_its_feedback(
     assert!(s1["attempt"].as_i64().unwrap() >= 2, "{doc:#}");
     assert_eq!(s1["input"]["count"], 1, "s0 is not run again");
     assert_eq!(attempts_of(&doc, 0).len(), 1);
-    let events = host.store().await.events_after(&id, 0, 10_000).await.unwrap();
+    let events = host
+        .store()
+        .await
+        .events_after(&id, 0, 10_000)
+        .await
+        .unwrap();
     assert_segments(&events, 2);
 }
 
@@ -646,8 +686,12 @@ fn dur_27_corral_restart_runs_locally_from_a_step_with_feedback() {
         ),
     )
     .unwrap();
-    let (code, stdout, stderr) =
-        output_of(corral(&data).arg("run").arg(&pipeline).args(["-o", "jsonl"]));
+    let (code, stdout, stderr) = output_of(
+        corral(&data)
+            .arg("run")
+            .arg(&pipeline)
+            .args(["-o", "jsonl"]),
+    );
     assert_eq!(code, 0, "{stderr}");
     let first: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     let run_id = first["run_id"].as_str().unwrap().to_string();
@@ -733,8 +777,16 @@ async fn dur_28_corral_restart_with_server_restarts_and_follows_the_run(db: Db) 
         .filter_map(|e| e["seq"].as_i64())
         .collect();
     assert!(!seqs.is_empty(), "{stderr}");
-    let restarted_seq = host.store().await.events_after(&id, 0, 10_000).await.unwrap();
-    let r = restarted_seq.iter().find(|e| e.kind == "restarted").unwrap();
+    let restarted_seq = host
+        .store()
+        .await
+        .events_after(&id, 0, 10_000)
+        .await
+        .unwrap();
+    let r = restarted_seq
+        .iter()
+        .find(|e| e.kind == "restarted")
+        .unwrap();
     assert_eq!(seqs[0], r.seq, "{stderr}");
 
     // A run still going is refused with exit 2.

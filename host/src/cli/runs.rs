@@ -1445,7 +1445,7 @@ async fn restart_remote(
     let step = text_of(&doc, "from_step");
     let attempt = doc.get("attempt").and_then(Value::as_i64).unwrap_or(0);
     let seq = doc.get("seq").and_then(Value::as_i64).unwrap_or(1);
-    say_restarted(&args.run_id, &step, attempt);
+    say_restarted(&args.run_id, step, attempt);
     if args.detach {
         return Ok(ExitCode::SUCCESS);
     }

@@ -488,7 +488,11 @@ impl Runner {
                 (!value.is_null()).then(|| value.to_string())
             }
         };
-        let reason = req.reason.as_deref().map(str::trim).filter(|r| !r.is_empty());
+        let reason = req
+            .reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
         if let Some(r) = reason {
             if r.chars().count() > MAX_REASON_CHARS {
                 return Err(RunError::InvalidFeedback(format!(
@@ -541,7 +545,10 @@ impl Runner {
                     serde_json::from_str(text).unwrap_or_default(),
                 );
             } else {
-                obj.insert("feedback_omitted_bytes".into(), serde_json::json!(text.len()));
+                obj.insert(
+                    "feedback_omitted_bytes".into(),
+                    serde_json::json!(text.len()),
+                );
             }
         }
         let changes = [
