@@ -519,8 +519,13 @@ pub(super) async fn restart_run(
     State(state): State<AppState>,
     Operator(caller): Operator,
     Path(id): Path<String>,
-    Body(req): Body<RestartRun>,
+    req: Request,
 ) -> Result<Reply<RunRestarted>, ApiError> {
+    // Another tenant's run answers 404 whatever the body (API-01), so the run comes first.
+    let body = bytes(req).await?;
+    own_run(&state, &caller, &id).await?;
+    let req: RestartRun = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the restart body: {e}")))?;
     let restart = crate::runs::Restart {
         from_step: req.from_step,
         feedback: req.feedback.as_ref().map(Value::to_string),

@@ -423,6 +423,7 @@ pub const ROUTES: &[Route] = &[
         202,
         op!(post, handlers::restart_run),
     )
+    .request(doc::schema_of::<types::RestartRun>)
     // 409: the run is still live, or a step before `from_step` has not succeeded;
     // 422: the run has no such step (429, a full queue, is every token route's).
     .also(&[409, 422]),
