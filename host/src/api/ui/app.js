@@ -288,7 +288,7 @@
       try { await api("POST", "/v1/runs/" + encodeURIComponent(run.id) + "/cancel"); toast("Cancel requested"); }
       catch (e) { toast(e.message, true); cancel.disabled = false; }
     });
-    const restartBox = restartForm(run, data.steps || []);
+    let restartBox = restartForm(run, data.steps || []);
     const cards = el("div", { class: "cards", id: "steps" });
     const byName = new Map();
     for (const s of data.steps || []) {
@@ -399,6 +399,10 @@
               const fresh = await api("GET", "/v1/runs/" + encodeURIComponent(run.id));
               output.textContent = fresh.output === null || fresh.output === undefined ? "-" : pretty(fresh.output);
               for (const s of fresh.steps || []) { const cc = card(s.name); if (cc) setCard(cc, s.status, { fuel_used: s.fuel_used, attempt: s.attempts, message: s.error_message }); }
+              // Ended: it can be restarted, from the steps it reached.
+              const box = restartForm(fresh.run, fresh.steps || []);
+              restartBox.replaceWith(box);
+              restartBox = box;
               await loadArtifacts(run.id, artifacts);
             } catch (_) { /* the page keeps what the stream showed */ }
           } else if (c) {
@@ -478,8 +482,7 @@
   }
 
   function stepCard(s, attempts) {
-    const c = el("div", { class: "card", "data-step": s.name, "data-state": s.status });
-    c.append(
+    const c = el("div", { class: "card", "data-step": s.name, "data-state": s.status },
       el("h3", {}, s.name),
       el("div", { class: "meta" }, s.plugin || ""),
       el("div", { class: "state" }, badge(s.status)),
