@@ -804,3 +804,50 @@ async fn dur_28_corral_restart_with_server_restarts_and_follows_the_run(db: Db) 
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("RUN_ACTIVE"), "{stderr}");
 }
+
+on_both_dbs!(dur_29_racing_restarts_queue_the_run_once_and_large_feedback_stays_out_of_the_event);
+async fn dur_29_racing_restarts_queue_the_run_once_and_large_feedback_stays_out_of_the_event(
+    db: Db,
+) {
+    let host = Host::start(&db);
+    let flaky = host.upload_flaky().await;
+    let id = host.submit(&flaky, &[json!({}), json!({})]).await;
+    host.ended(&id, 0).await;
+    // 10 KiB of feedback: accepted (the cap is 64 KiB), stored whole, left out of the event.
+    let big = "f".repeat(10 << 10);
+    let body = json!({"from_step": "s1", "feedback": big});
+    let (a, b, c) = tokio::join!(
+        host.restart(&id, body.clone()),
+        host.restart(&id, body.clone()),
+        host.restart(&id, body.clone())
+    );
+    let mut statuses = vec![a.0, b.0, c.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::ACCEPTED,
+            StatusCode::CONFLICT,
+            StatusCode::CONFLICT
+        ],
+        "{a:?} {b:?} {c:?}"
+    );
+    for (status, answer) in [a, b, c] {
+        if status == StatusCode::CONFLICT {
+            assert_eq!(answer["error"]["code"], "RUN_ACTIVE", "{answer}");
+        }
+    }
+    let doc = host.ended(&id, 1).await;
+    assert_eq!(doc["run"]["status"], "succeeded");
+    assert_eq!(doc["output"]["feedback"], big.as_str());
+    let events = host
+        .store()
+        .await
+        .events_after(&id, 0, 10_000)
+        .await
+        .unwrap();
+    assert_segments(&events, 2);
+    let restarted = events.iter().find(|e| e.kind == "restarted").unwrap();
+    assert_eq!(restarted.payload["feedback"], Value::Null);
+    assert_eq!(restarted.payload["feedback_omitted_bytes"], big.len() + 2);
+}
