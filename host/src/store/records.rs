@@ -31,7 +31,7 @@ pub const RESTARTABLE: &[&str] = &["succeeded", "failed", "cancelled"];
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// `queued`, `running`, `complete`, `error`, `retrying`, `log`, `artifact`,
-    /// `input_required`, `cancelled`.
+    /// `input_required`, `cancelled`, `restarted`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The run.
