@@ -974,6 +974,7 @@ async fn dur_09_nodes_recovering_one_run_at_once_take_it_over_once(db: Db) {
                     idx: 0,
                     generation: 0,
                     attempt: 1,
+                    feedback: None,
                 }],
                 Some(("running", json!({"step_id": "a", "attempt": 1}))),
             )

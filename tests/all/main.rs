@@ -23,6 +23,7 @@ mod models;
 mod models_guest;
 mod openapi;
 mod remote;
+mod restart;
 mod runs;
 mod sdks;
 mod server;

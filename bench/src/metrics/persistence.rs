@@ -217,6 +217,7 @@ pub async fn corral_run(
                 idx: 0,
                 generation: 0,
                 attempt: 1,
+                feedback: None,
             },
         ],
         &[("running", t.started.clone())],

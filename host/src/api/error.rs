@@ -121,6 +121,16 @@ impl From<crate::runs::RunError> for ApiError {
             }
             E::InvalidInput(_) => ApiError::new(StatusCode::BAD_REQUEST, "INVALID_INPUT", message),
             E::TooManyQueued(_) => ApiError::too_many("TOO_MANY_QUEUED_RUNS", message, 5),
+            E::StillActive(..) => ApiError::new(StatusCode::CONFLICT, "RUN_ACTIVE", message),
+            E::UnknownStep(..) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "UNKNOWN_STEP", message)
+            }
+            E::StepNotReached(..) => {
+                ApiError::new(StatusCode::CONFLICT, "STEP_NOT_REACHED", message)
+            }
+            E::InvalidFeedback(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "INVALID_FEEDBACK", message)
+            }
             E::Store(e) => ApiError::from(e),
         }
     }

@@ -534,6 +534,41 @@ pub(super) async fn resume_run(
     }))
 }
 
+pub(super) async fn restart_run(
+    State(state): State<AppState>,
+    Operator(caller): Operator,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Reply<RunRestarted>, ApiError> {
+    // Another tenant's run answers 404 whatever the body (API-01), so the run comes first.
+    let body = bytes(req).await?;
+    own_run(&state, &caller, &id).await?;
+    let req: RestartRun = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the restart body: {e}")))?;
+    let restart = crate::runs::Restart {
+        from_step: req.from_step,
+        feedback: req.feedback.as_ref().map(Value::to_string),
+        reason: req.reason,
+    };
+    let restarted = state
+        .runner
+        .restart(
+            &caller.tenant_id,
+            &id,
+            &restart,
+            Some(state.config.max_queued_per_tenant),
+        )
+        .await?;
+    Ok(Reply::accepted(RunRestarted {
+        run_id: restarted.run.id,
+        status: restarted.run.status,
+        from_step: restarted.step,
+        attempt: restarted.attempt,
+        restarts: restarted.run.restarts,
+        seq: restarted.seq,
+    }))
+}
+
 pub(super) async fn answer_run(
     State(state): State<AppState>,
     Operator(caller): Operator,

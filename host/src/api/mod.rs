@@ -440,6 +440,19 @@ pub const ROUTES: &[Route] = &[
     .also(&[409]),
     route(
         "POST",
+        "/v1/runs/{id}/restart",
+        "Restart an ended or paused run from a step, with a person's feedback for that step.",
+        Some(O),
+        J,
+        202,
+        op!(post, handlers::restart_run),
+    )
+    .request(doc::schema_of::<types::RestartRun>)
+    // 409: the run is still live, or a step before `from_step` has not succeeded;
+    // 422: the run has no such step (429, a full queue, is every token route's).
+    .also(&[409, 422]),
+    route(
+        "POST",
         "/v1/runs/{id}/input",
         "Answer the run's open question (the body is the answer JSON).",
         Some(O),

@@ -2,7 +2,9 @@
 //! `?last_event_id=`) and follows live with no gap and no duplicate, sends a heartbeat after
 //! 15 to 22 s of silence (one clock shared by all streams), and closes after the final
 //! event; a reconnect from at or after a finished run's final event answers 204, which
-//! tells a browser's `EventSource` to stop. The first frame of every stream carries
+//! tells a browser's `EventSource` to stop. A restarted run has a final event per segment:
+//! its stream closes after the latest, a replay reads through the earlier ones, and a
+//! reconnect after an old one reopens the stream at the `restarted` event. The first frame of every stream carries
 //! `retry: 3000`, the reconnection delay for browsers. A slow client only slows its own stream: the run and other subscribers never wait
 //! for it (it catches up from the log). An open stream is only its response body: no task,
 //! no channel, no timer of its own, and no store query while it is idle.
@@ -133,8 +135,9 @@ pub(super) async fn run_events(
             seq
         }
     };
-    // The client has the final event: nothing will ever follow it, and 204 is how SSE
-    // says "do not reconnect" (SSE-08).
+    // The client has the final event: nothing follows it unless the run is restarted
+    // (then the run is live again, or has a later final event, and the stream reopens
+    // here at the `restarted` event), and 204 is how SSE says "do not reconnect" (SSE-08).
     if run.is_terminal() && after >= run.last_seq {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
@@ -168,7 +171,9 @@ impl Source {
                 let Some(event) = follower.next().await else {
                     return Next::End;
                 };
-                let is_final = event.is_final();
+                // The follower knows whether this final event is the latest (a restarted
+                // run's replay reads through its earlier segments' final events).
+                let is_final = event.is_final() && follower.is_done();
                 // Event JSON is one line (control characters are escaped), so it can never
                 // inject a second SSE event.
                 match &event.json {

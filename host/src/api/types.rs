@@ -394,6 +394,41 @@ pub(super) struct Resumed {
     pub status: String,
 }
 
+/// `POST /v1/runs/{id}/restart`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RestartRun {
+    /// The step the run goes on from (its name in the pipeline). Every step before it
+    /// must have succeeded: their outputs are reused, they do not run again.
+    pub from_step: String,
+    /// A person's feedback for that step (any JSON, at most 64 KiB): the step gets it as
+    /// `ctx.feedback` on each of its attempts in the restarted run.
+    #[serde(default)]
+    #[schemars(schema_with = "super::doc::any_json")]
+    pub feedback: Option<Value>,
+    /// Why the run is restarted, for its `restarted` event (at most 1000 characters).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// A run restarted from a step: queued again.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct RunRestarted {
+    /// The run (the same id: a restart continues it).
+    pub run_id: String,
+    /// Its status (`queued`).
+    pub status: String,
+    /// The step it goes on from.
+    pub from_step: String,
+    /// The attempt number that step's next attempt gets (its attempts go on counting).
+    pub attempt: i64,
+    /// How many times the run has been restarted, this one included.
+    pub restarts: i64,
+    /// The seq of the `restarted` event: follow the run's events from `seq - 1`
+    /// (`Last-Event-ID`) to see the restarted run without its earlier segments.
+    pub seq: i64,
+}
+
 /// `POST /v1/runs/{id}/input`.
 #[derive(Serialize, JsonSchema)]
 pub(super) struct Answered {

@@ -87,6 +87,8 @@ enum Command {
     Pause(runs::PauseArgs),
     /// Resume a paused run: it continues with its next step.
     Resume(runs::ResumeArgs),
+    /// Restart an ended or paused run from a step, with feedback for that step.
+    Restart(RunsPlugins<runs::RestartArgs>),
     /// Execute queued runs (and recover runs of crashed hosts).
     Worker(RunsPlugins<runs::WorkerArgs>),
     /// Serve the HTTP API (REST + SSE) and execute runs.
@@ -127,6 +129,7 @@ pub fn main() -> ExitCode {
     cli.scratch_dir = match &cli.command {
         Command::Call(c) => c.scratch_dir.clone(),
         Command::Run(c) => c.scratch_dir.clone(),
+        Command::Restart(c) => c.scratch_dir.clone(),
         Command::Worker(c) => c.scratch_dir.clone(),
         Command::Serve(c) => c.scratch_dir.clone(),
         _ => None,
@@ -162,6 +165,7 @@ pub fn main() -> ExitCode {
             Command::Cancel(args) => runs::cancel(&cli, args).await,
             Command::Pause(args) => runs::pause(&cli, args).await,
             Command::Resume(args) => runs::resume(&cli, args).await,
+            Command::Restart(c) => runs::restart(&cli, &c.args).await,
             Command::Worker(c) => runs::worker(&cli, &c.args).await,
             Command::Serve(c) => serve::serve(&cli, &c.args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,

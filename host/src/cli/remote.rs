@@ -686,6 +686,14 @@ impl Client {
         self.send(request, REQUEST_TIMEOUT).await.map(drop)
     }
 
+    /// `POST /v1/runs/{id}/restart`: `{run_id, status, from_step, attempt, restarts, seq}`.
+    pub(super) async fn restart(&self, run_id: &str, body: &Value) -> Result<Value, RemoteError> {
+        let request = self
+            .request(Method::POST, &["v1", "runs", run_id, "restart"])?
+            .json(body);
+        self.json(request).await
+    }
+
     /// `POST /v1/runs/{id}/input` with the answer's JSON text.
     pub(super) async fn answer(&self, run_id: &str, answer: &str) -> Result<(), RemoteError> {
         let request = self
@@ -709,6 +717,7 @@ impl Client {
             frames: VecDeque::new(),
             failures: 0,
             done: false,
+            after_final: false,
         }
     }
 }
@@ -811,6 +820,8 @@ pub(super) struct EventStream {
     /// Connection failures in a row, with no frame in between.
     failures: u32,
     done: bool,
+    /// The latest event delivered was a final event.
+    after_final: bool,
 }
 
 impl EventStream {
@@ -856,6 +867,10 @@ impl EventStream {
                     let why = format!("the event stream broke: {}", chain(&e));
                     self.reconnect_after(RemoteError::Transport(why)).await?;
                 }
+                Ok(None) if self.after_final => {
+                    self.done = true;
+                    self.body = None;
+                }
                 Ok(None) => {
                     let why = "the server closed the event stream before the run's final event";
                     self.reconnect_after(RemoteError::Transport(why.into()))
@@ -891,10 +906,9 @@ impl EventStream {
         }
         self.last = event.seq;
         self.quiet_since = tokio::time::Instant::now();
-        if event.is_final() {
-            self.done = true;
-            self.body = None;
-        }
+        // A restarted run has a final event per segment, and the server ends the stream
+        // after the latest: a stream that ends right after a final event is done.
+        self.after_final = event.is_final();
         Ok(Some(event))
     }
 

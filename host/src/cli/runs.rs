@@ -1,5 +1,5 @@
 //! Run commands: `corral run`, `runs list/show`, `events`, `answer`, `cancel`, `pause`,
-//! `resume`, `worker`.
+//! `resume`, `restart`, `worker`.
 //! Embedded, they use the SQLite database in the data directory unless `--database-url`;
 //! with `--server URL --token T` (all but `worker`) they use a server's HTTP API instead
 //! (see `remote.rs`), with the same output and exit codes.
@@ -225,6 +225,35 @@ pub(super) struct ResumeArgs {
 }
 
 #[derive(Debug, Args)]
+pub(super) struct RestartArgs {
+    /// The run id.
+    run_id: String,
+    /// The step to go on from (every step before it must have succeeded; their outputs
+    /// are reused).
+    #[arg(long = "from", value_name = "STEP")]
+    from: String,
+    /// Feedback for that step (JSON; the step reads it as `ctx.feedback`).
+    #[arg(long, value_name = "JSON", conflicts_with = "feedback_file")]
+    feedback: Option<String>,
+    /// Feedback for that step, read from a file (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    feedback_file: Option<PathBuf>,
+    /// Why, for the run's `restarted` event.
+    #[arg(long, value_name = "TEXT")]
+    reason: Option<String>,
+    /// Only queue the run again; don't wait for it (locally, a `corral worker` or
+    /// `corral serve` on the same database executes it).
+    #[arg(long)]
+    detach: bool,
+    #[command(flatten)]
+    tenant: TenantArgs,
+    #[command(flatten)]
+    db: DbArgs,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Args)]
 pub(super) struct WorkerArgs {
     /// Exit once the queue is empty (after recovering runs of crashed hosts), printing
     /// how many runs it executed and how each ended.
@@ -295,7 +324,11 @@ fn refuse(e: &RunError) -> ExitCode {
         | RunError::NotFound(_)
         | RunError::NotWaiting(_)
         | RunError::NotPaused(..)
-        | RunError::AlreadyFinished(..) => ExitCode::from(2),
+        | RunError::AlreadyFinished(..)
+        | RunError::StillActive(..)
+        | RunError::UnknownStep(..)
+        | RunError::StepNotReached(..)
+        | RunError::InvalidFeedback(_) => ExitCode::from(2),
         RunError::Store(_) | RunError::TooManyQueued(_) => ExitCode::from(1),
     }
 }
@@ -1451,6 +1484,152 @@ pub(super) async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<ExitC
         }
         Err(code) => Ok(code),
     }
+}
+
+/// The feedback of `corral restart`: `--feedback JSON` or `--feedback-file F` (`-`: stdin).
+fn restart_feedback(args: &RestartArgs) -> anyhow::Result<Option<String>> {
+    let text = match (&args.feedback, &args.feedback_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(path)) if path.as_os_str() == "-" => read_arg("@-")?,
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+        (None, None) => return Ok(None),
+    };
+    // Checked here for a clear message; the runner (or server) checks size and depth.
+    serde_json::from_str::<Value>(&text).map_err(|e| anyhow::anyhow!("not JSON: {e}"))?;
+    Ok(Some(text))
+}
+
+/// `corral restart RUN_ID --from STEP`: queues the run again from that step, then (unless
+/// `--detach`) follows it from its `restarted` event to its end, printing each event as a
+/// JSON line on stderr and the run's output on stdout; exits like `corral run`.
+pub(super) async fn restart(cli: &Cli, args: &RestartArgs) -> anyhow::Result<ExitCode> {
+    let client = match server(&args.server) {
+        Ok(client) => client,
+        Err(code) => return Ok(code),
+    };
+    if client.is_some()
+        && let Err(code) = args.tenant.check_remote()
+    {
+        return Ok(code);
+    }
+    let feedback = match restart_feedback(args) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("INVALID_FEEDBACK: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    match client {
+        Some(client) => restart_remote(args, &client, feedback).await,
+        None => restart_embedded(cli, args, feedback).await,
+    }
+}
+
+fn say_restarted(run_id: &str, step: &str, attempt: i64) {
+    eprintln!("restarted run {run_id} from step {step} (attempt {attempt})");
+}
+
+async fn restart_embedded(
+    cli: &Cli,
+    args: &RestartArgs,
+    feedback: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let runner = cli.runner(&args.db, 1).await?;
+    let tenant = match args.tenant.resolve(runner.store()).await? {
+        Ok(tenant) => tenant,
+        Err(code) => return Ok(code),
+    };
+    let req = crate::runs::Restart {
+        from_step: args.from.clone(),
+        feedback,
+        reason: args.reason.clone(),
+    };
+    let restarted = match runner.restart(&tenant, &args.run_id, &req, None).await {
+        Ok(r) => r,
+        Err(e) => return Ok(refuse(&e)),
+    };
+    say_restarted(&restarted.run.id, &restarted.step, restarted.attempt);
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let id = restarted.run.id.clone();
+    let mut events = runner.subscribe(&tenant, &id, restarted.seq - 1).await?;
+    let exec = {
+        let (runner, id) = (runner.clone(), id.clone());
+        tokio::spawn(async move { runner.execute(&id).await })
+    };
+    {
+        let (runner, tenant, id) = (runner.clone(), tenant.clone(), id.clone());
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = runner.cancel(&tenant, &id).await;
+            }
+        });
+    }
+    let status = follow_to_end(&mut events).await?;
+    if let Err(e) = exec.await? {
+        eprintln!("error: {e}");
+    }
+    let output = runner
+        .store()
+        .run_for_tenant(&tenant, &id)
+        .await?
+        .and_then(|r| r.output)
+        .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+        .unwrap_or(Value::Null);
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(exit_for_status(&status))
+}
+
+async fn restart_remote(
+    args: &RestartArgs,
+    client: &Client,
+    feedback: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let mut body = serde_json::json!({"from_step": args.from});
+    if let (Some(obj), Some(text)) = (body.as_object_mut(), &feedback) {
+        obj.insert("feedback".into(), serde_json::from_str(text)?);
+    }
+    if let (Some(obj), Some(reason)) = (body.as_object_mut(), &args.reason) {
+        obj.insert("reason".into(), Value::String(reason.clone()));
+    }
+    let doc = match client.restart(&args.run_id, &body).await {
+        Ok(doc) => doc,
+        Err(e) => return Ok(e.report()),
+    };
+    let step = text_of(&doc, "from_step");
+    let attempt = doc.get("attempt").and_then(Value::as_i64).unwrap_or(0);
+    let seq = doc.get("seq").and_then(Value::as_i64).unwrap_or(1);
+    say_restarted(&args.run_id, step, attempt);
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut stream = client.events(&args.run_id, seq - 1, false);
+    let status = follow_to_end(&mut stream).await?;
+    let doc = match client.run(&args.run_id).await {
+        Ok(doc) => doc,
+        Err(e) => return Ok(e.report()),
+    };
+    let output = doc.get("output").cloned().unwrap_or(Value::Null);
+    println!("{}", serde_json::to_string_pretty(&output)?);
+    Ok(exit_for_status(&status))
+}
+
+/// Prints each event as a JSON line on stderr until the run's final event; its status.
+async fn follow_to_end(events: &mut impl EventSource) -> anyhow::Result<String> {
+    while let Some(event) = events.next_event().await? {
+        eprintln!("{}", serde_json::to_string(&event)?);
+        if event.is_final() {
+            return Ok(event
+                .payload
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("failed")
+                .to_string());
+        }
+    }
+    Ok("failed".into())
 }
 
 pub(super) async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<ExitCode> {

@@ -224,8 +224,9 @@ impl Bus {
         if let Some(topic) = tenant {
             topic.published.insert(event.run_id.clone(), event.seq);
             if event.is_final() {
-                // Nothing is ever written after a run's final event: only copies of it
-                // come, and soon, so the oldest finished runs can be forgotten.
+                // After a run's final event only copies of it come (soon), or, if it is
+                // restarted, events with higher seqs, which pass a forgotten entry too:
+                // so the oldest finished runs can be forgotten.
                 topic.finished.push_back(event.run_id.clone());
                 if topic.finished.len() > FINISHED_KEPT
                     && let Some(old) = topic.finished.pop_front()
@@ -494,7 +495,9 @@ const PAGE: i64 = 500;
 /// A failed store read is tried again after this.
 const RETRY: Duration = Duration::from_millis(250);
 
-/// One run's events after a position, in order, each once, ending after the final event:
+/// One run's events after a position, in order, each once, ending after the final event
+/// (the latest one: a restarted run has one per segment, and a replay reads through the
+/// earlier ones):
 /// the log replayed from the store, then live from the bus, back to the store after a gap,
 /// a lag or a resync. No task of its own: whoever drives [`Follower::next`] runs it, and
 /// while it waits it holds only its bus receiver.
@@ -560,9 +563,18 @@ impl Follower {
         }
     }
 
+    /// Whether the event just delivered was the run's last: its final event, with no
+    /// more of its log after it.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
     fn deliver(&mut self, event: Arc<Published>) -> Arc<Published> {
         self.last = event.seq;
-        self.done = event.is_final();
+        // A restarted run has a final event per segment: one replayed from the log with
+        // more of the log after it (in this page, or in the next when the page was full)
+        // is not the end. The stream ends at the final event that is the latest.
+        self.done = event.is_final() && self.page.as_slice().is_empty() && !self.catch_up;
         event
     }
 

@@ -573,6 +573,10 @@ fn pristine_steps(pipeline: &Pipeline) -> Vec<StepRecord> {
             status: "queued".into(),
             attempts: 0,
             loops: 0,
+            restarts: 0,
+            attempt_base: 0,
+            loop_base: 0,
+            feedback: None,
             output: None,
             fuel_used: 0,
             tokens_used: 0,
@@ -640,14 +644,17 @@ impl Walk<'_> {
                 Err(failure) => {
                     // A plugin error in a step with a feedback loop goes back to an earlier step.
                     let target = step.on_failure.as_ref().and_then(|fl| {
-                        let loops = self.steps.get(idx).map(|s| s.loops).unwrap_or(0);
+                        let record = self.steps.get(idx);
+                        let loops = record.map(|s| s.loops).unwrap_or(0);
+                        // Loops since the latest restart: each segment gets `max_loops`.
+                        let looped = loops - record.map(|s| s.loop_base).unwrap_or(0);
                         let target = self
                             .pipeline
                             .steps
                             .iter()
                             .position(|s| s.name == fl.send_back_to)?;
                         (failure.code == ErrorCode::PluginError
-                            && loops < i64::from(fl.max_loops)
+                            && looped < i64::from(fl.max_loops)
                             && target < idx)
                             .then_some((target, loops + 1))
                     });
@@ -728,6 +735,18 @@ impl Walk<'_> {
         let record = self.steps.get(idx).cloned();
         let generation = record.as_ref().map(|s| s.loops).unwrap_or(0);
         let mut attempt = record.as_ref().map(|s| s.attempts).unwrap_or(0);
+        // After a restart the attempt numbers go on, and the step has its `max_attempts`
+        // again from there.
+        let attempt_base = record.as_ref().map(|s| s.attempt_base).unwrap_or(0);
+        // A feedback loop's feedback, else the person's from the restart of this step
+        // (stored, so it survives a host restart).
+        let feedback = feedback.or_else(|| {
+            record
+                .as_ref()
+                .and_then(|s| s.feedback.as_deref())
+                .and_then(|text| serde_json::from_str::<Value>(text).ok())
+        });
+        let feedback_text = feedback.as_ref().map(Value::to_string);
         let mut delay = step.backoff;
         // A feedback loop's feedback lives only in this execution: a step given one is
         // neither paused before its attempts nor interrupted; the run pauses after it.
@@ -753,6 +772,7 @@ impl Walk<'_> {
                             idx: to_i64(idx),
                             generation,
                             attempt,
+                            feedback: feedback_text.clone(),
                         },
                     ],
                     Some((
@@ -926,7 +946,8 @@ impl Walk<'_> {
                 (failure.code, failure.retry),
                 (ErrorCode::PluginError, Retry::Transient) | (ErrorCode::Trap, _)
             );
-            let will_retry = retryable && attempt < i64::from(step.max_attempts);
+            let will_retry =
+                retryable && attempt.saturating_sub(attempt_base) < i64::from(step.max_attempts);
             let (message, detail) = split_detail(&failure.message);
             tracing::warn!(
                 run_id = %self.run.id,
@@ -1520,7 +1541,8 @@ async fn recover_once(runner: &Runner, run: &RunRecord) -> Result<bool, RunError
         .unwrap_or(1);
     let was_waiting = step.status == "waiting";
     // A step that was waiting for a person did not fail: it re-runs and its answers replay.
-    let out_of_attempts = !was_waiting && step.attempts >= max_attempts;
+    let out_of_attempts =
+        !was_waiting && step.attempts.saturating_sub(step.attempt_base) >= max_attempts;
     let (attempt_end, error) = crashed(step, !out_of_attempts);
     let committed = if out_of_attempts {
         let failure = (

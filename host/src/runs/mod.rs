@@ -2,7 +2,9 @@
 //!
 //! A run moves `queued -> running -> (waiting) -> succeeded | failed | cancelled`, and
 //! `running | waiting | queued -> paused -> queued` when it is paused and resumed; each
-//! transition is committed with its event before the event is published. The executor
+//! transition is committed with its event before the event is published. A restart
+//! ([`Runner::restart`]) takes an ended (or paused) run back to `queued` for a new
+//! segment, which ends in exactly one terminal state of its own. The executor
 //! (`executor.rs`) drives one run through its steps; the [`Runner`] owns the scheduler,
 //! crash recovery, cancellation, pauses and answers.
 
@@ -47,6 +49,20 @@ pub enum RunError {
     /// The input is not acceptable.
     #[error("INVALID_INPUT: {0}")]
     InvalidInput(String),
+    /// The run is still queued, running or waiting: only an ended run can be restarted.
+    #[error("RUN_ACTIVE: run `{0}` is {1}; only an ended (succeeded, failed, cancelled) or paused run can be restarted")]
+    StillActive(String, String),
+    /// The run's pipeline has no step of that name.
+    #[error("UNKNOWN_STEP: run `{0}` has no step `{1}` (its steps: {2})")]
+    UnknownStep(String, String, String),
+    /// A step before the one to restart from has not succeeded, so it has no output to reuse.
+    #[error(
+        "STEP_NOT_REACHED: step `{0}` cannot be restarted: step `{1}` before it has not succeeded (restart from `{1}` or earlier)"
+    )]
+    StepNotReached(String, String),
+    /// The restart's feedback or reason is not acceptable.
+    #[error("INVALID_FEEDBACK: {0}")]
+    InvalidFeedback(String),
     /// The tenant has as many queued runs as it may; nothing was queued.
     #[error(
         "TOO_MANY_QUEUED_RUNS: this tenant already has {0} queued runs; wait for some to start"
@@ -69,9 +85,47 @@ impl RunError {
             RunError::InvalidPipeline(_) => "INVALID_PIPELINE",
             RunError::InvalidInput(_) => "INVALID_INPUT",
             RunError::TooManyQueued(_) => "TOO_MANY_QUEUED_RUNS",
+            RunError::StillActive(..) => "RUN_ACTIVE",
+            RunError::UnknownStep(..) => "UNKNOWN_STEP",
+            RunError::StepNotReached(..) => "STEP_NOT_REACHED",
+            RunError::InvalidFeedback(_) => "INVALID_FEEDBACK",
             RunError::Store(_) => "STORE_ERROR",
         }
     }
+}
+
+/// Largest feedback a restart accepts (JSON text; the answers' and run inputs' checks of
+/// depth apply too).
+pub const MAX_FEEDBACK_BYTES: usize = 64 << 10;
+/// Feedback up to this size is carried whole in the `restarted` event; larger feedback is
+/// left out of it (the event says how large it was) and read from the run's steps.
+pub const EVENT_FEEDBACK_BYTES: usize = 8 << 10;
+/// Longest reason a restart accepts, in characters.
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// A restart of an ended run from one of its steps (see [`Runner::restart`]).
+#[derive(Debug, Clone, Default)]
+pub struct Restart {
+    /// The step the run goes on from.
+    pub from_step: String,
+    /// A person's feedback for that step (JSON text), which it gets as `ctx.feedback`.
+    pub feedback: Option<String>,
+    /// Why, for the `restarted` event (free text).
+    pub reason: Option<String>,
+}
+
+/// A run queued again by [`Runner::restart`].
+#[derive(Debug, Clone)]
+pub struct Restarted {
+    /// The run, as queued again.
+    pub run: RunRecord,
+    /// The step it goes on from.
+    pub step: String,
+    /// The attempt number that step's next attempt gets.
+    pub attempt: i64,
+    /// The seq of the `restarted` event (a client following the run resumes after
+    /// `seq - 1`).
+    pub seq: i64,
 }
 
 /// Scheduler settings.
@@ -436,6 +490,145 @@ impl Runner {
                 Ok(())
             }
         }
+    }
+
+    /// Restarts an ended run (one of [`crate::store::RESTARTABLE`]) from step
+    /// `req.from_step`: the same run is queued again and goes on from that step, reusing
+    /// the outputs of the steps before it (never running them again). The step gets the
+    /// feedback as `ctx.feedback` and the next attempt number; it and the steps after it
+    /// start a new generation, and the outputs they had stay readable on their attempts.
+    /// The change and its `restarted` event are one transaction guarded on the run still
+    /// being ended, so two restarts racing queue it once. Spent fuel, tokens and cost keep
+    /// adding up (the run's fuel budget covers every segment); the wall-clock budget starts
+    /// again, as it does when a run is recovered.
+    pub async fn restart(
+        &self,
+        tenant_id: &str,
+        run_id: &str,
+        req: &Restart,
+        max_queued: Option<i64>,
+    ) -> Result<Restarted, RunError> {
+        let store = &self.inner.store;
+        let run = self.own_run(tenant_id, run_id).await?;
+        if !crate::store::RESTARTABLE.contains(&run.status.as_str()) {
+            return Err(RunError::StillActive(run.id, run.status));
+        }
+        let feedback = match req.feedback.as_deref() {
+            None => None,
+            Some(text) => {
+                json::check("feedback", text, MAX_FEEDBACK_BYTES)
+                    .map_err(RunError::InvalidFeedback)?;
+                let value: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| RunError::InvalidFeedback(format!("feedback: {e}")))?;
+                (!value.is_null()).then(|| value.to_string())
+            }
+        };
+        let reason = req
+            .reason
+            .as_deref()
+            .map(str::trim)
+            .filter(|r| !r.is_empty());
+        if let Some(r) = reason {
+            if r.chars().count() > MAX_REASON_CHARS {
+                return Err(RunError::InvalidFeedback(format!(
+                    "reason: at most {MAX_REASON_CHARS} characters"
+                )));
+            }
+            if r.contains('\0') {
+                return Err(RunError::InvalidFeedback("reason: contains NUL".into()));
+            }
+        }
+        let steps = store.steps(run_id).await?;
+        let Some(step) = steps.iter().find(|s| s.name == req.from_step) else {
+            let names: Vec<String> = steps.iter().map(|s| format!("`{}`", s.name)).collect();
+            return Err(RunError::UnknownStep(
+                run.id,
+                crate::capabilities::log::neutralise(&req.from_step, 100),
+                names.join(", "),
+            ));
+        };
+        if let Some(before) = steps
+            .iter()
+            .take_while(|s| s.idx < step.idx)
+            .find(|s| s.status != "succeeded")
+        {
+            return Err(RunError::StepNotReached(
+                step.name.clone(),
+                before.name.clone(),
+            ));
+        }
+        // Its plugins must still load (one may have been deleted since the run ended);
+        // the run is linked to them again, so none can be deleted while it is live.
+        let pipeline = pipeline::parse_json(&run.spec, Some(std::path::Path::new("/")))
+            .map_err(|e| RunError::InvalidPipeline(e.to_string()))?;
+        let registry = self.check_pipeline(tenant_id, &pipeline).await?;
+        let attempt = step.attempts + 1;
+        let mut payload = serde_json::json!({
+            "step_id": step.name,
+            "agent_type": step.plugin,
+            "attempt": attempt,
+            "restart": run.restarts + 1,
+            "previous_status": run.status,
+            "previous_error_code": run.error_code,
+            "reason": reason,
+            "feedback": null,
+        });
+        if let (Some(obj), Some(text)) = (payload.as_object_mut(), &feedback) {
+            if text.len() <= EVENT_FEEDBACK_BYTES {
+                obj.insert(
+                    "feedback".into(),
+                    serde_json::from_str(text).unwrap_or_default(),
+                );
+            } else {
+                obj.insert(
+                    "feedback_omitted_bytes".into(),
+                    serde_json::json!(text.len()),
+                );
+            }
+        }
+        let changes = [
+            crate::store::Change::RunRestart {
+                idx: step.idx,
+                feedback: feedback.clone(),
+                max_queued,
+                queue_seq: crate::store::order_stamp(),
+            },
+            crate::store::Change::LinkPlugins(registry.used()),
+        ];
+        let written = store
+            .commit_many(&run.as_ref(), &changes, &[("restarted", payload)])
+            .await?;
+        let Some(event) = written.and_then(|mut events| events.pop()) else {
+            // The guard failed: another restart (or, for a capped tenant, a full queue).
+            return Err(match store.run(run_id).await? {
+                Some(now) if crate::store::RESTARTABLE.contains(&now.status.as_str()) => {
+                    RunError::TooManyQueued(max_queued.unwrap_or(0))
+                }
+                Some(now) => RunError::StillActive(now.id, now.status),
+                None => RunError::NotFound(run_id.to_string()),
+            });
+        };
+        let seq = event.seq;
+        self.inner.bus.publish(event);
+        self.inner.wake.notify_one();
+        tracing::info!(
+            run_id = %run_id,
+            tenant = %tenant_id,
+            step = %step.name,
+            attempt,
+            previous_status = %run.status,
+            "run restarted"
+        );
+        let run = store
+            .run(run_id)
+            .await?
+            .ok_or_else(|| RunError::NotFound(run_id.to_string()))?;
+        Ok(Restarted {
+            run,
+            step: step.name.clone(),
+            attempt,
+            seq,
+        })
     }
 
     /// Finishes queued and paused runs that have a cancel request as cancelled (the

@@ -443,6 +443,7 @@ impl Store {
             owner: None,
             lease_until: None,
             claim_seq: None,
+            restarts: 0,
             created_at: now,
             started_at: None,
             finished_at: None,
@@ -514,9 +515,9 @@ impl Store {
     /// The steps of a run, in order.
     pub async fn steps(&self, run_id: &str) -> Result<Vec<StepRecord>> {
         let rows = sqlx::query(
-            "SELECT run_id, idx, name, plugin, status, attempts, loops, output, fuel_used, \
-             tokens_used, cost_micros, error_code, error_message, started_at, finished_at FROM steps WHERE run_id = $1 \
-             ORDER BY idx",
+            "SELECT run_id, idx, name, plugin, status, attempts, loops, restarts, attempt_base, \
+             loop_base, feedback, output, fuel_used, tokens_used, cost_micros, error_code, \
+             error_message, started_at, finished_at FROM steps WHERE run_id = $1 ORDER BY idx",
         )
         .bind(run_id)
         .fetch_all(&self.pool)
@@ -528,8 +529,8 @@ impl Store {
     pub async fn attempts(&self, run_id: &str) -> Result<Vec<AttemptRecord>> {
         let rows = sqlx::query(
             "SELECT run_id, step_idx, generation, attempt, status, fuel_used, error_code, \
-             error_message, started_at, finished_at FROM attempts WHERE run_id = $1 \
-             ORDER BY step_idx, generation, attempt",
+             error_message, started_at, finished_at, feedback, output FROM attempts \
+             WHERE run_id = $1 ORDER BY step_idx, generation, attempt",
         )
         .bind(run_id)
         .fetch_all(&self.pool)

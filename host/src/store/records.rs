@@ -14,7 +14,7 @@ macro_rules! run_columns {
     () => {
         "id, tenant_id, pipeline_id, pipeline_name, spec, input, output, status, error_code, \
          error_message, fuel_used, tokens_used, cost_micros, next_seq, cancel_requested, owner, lease_until, claim_seq, \
-         created_at, started_at, finished_at, pause_requested, active_ms, paused_at"
+         restarts, created_at, started_at, finished_at, pause_requested, active_ms, paused_at"
     };
 }
 
@@ -37,13 +37,16 @@ pub const RUN_STATUSES: &[&str] = &[
 pub const PAUSE_AFTER_ATTEMPT: i64 = 1;
 /// `pause_requested`: pause now, interrupting the current attempt (re-run on resume).
 pub const PAUSE_NOW: i64 = 2;
+/// Run statuses a run can be restarted from (`POST /v1/runs/{id}/restart`): the ended
+/// ones and `paused`. The restart is one transaction guarded on the run having one of these.
+pub const RESTARTABLE: &[&str] = &["succeeded", "failed", "cancelled", "paused"];
 
 /// One event of a run's log. Its JSON is the wire format clients see.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// `queued`, `running`, `complete`, `error`, `retrying`, `log`, `artifact`,
-    /// `input_required`, `paused`, `resumed`, `cancelled` (and `tool_call`, `http`,
-    /// `model_call`, `model`).
+    /// `input_required`, `paused`, `resumed`, `cancelled`, `restarted` (and `tool_call`,
+    /// `http`, `model_call`, `model`).
     #[serde(rename = "type")]
     pub kind: String,
     /// The run.
@@ -166,6 +169,8 @@ pub struct RunRecord {
     /// The scheduler's stamp of its latest claim (orders claims made within one millisecond).
     #[serde(skip)]
     pub claim_seq: Option<i64>,
+    /// How many times the run was restarted from a step (0: never).
+    pub restarts: i64,
     /// Unix ms.
     pub created_at: i64,
     /// Unix ms.
@@ -208,6 +213,7 @@ impl RunRecord {
             owner: r.try_get("owner")?,
             lease_until: r.try_get("lease_until")?,
             claim_seq: r.try_get("claim_seq")?,
+            restarts: r.try_get("restarts")?,
             created_at: r.try_get("created_at")?,
             started_at: r.try_get("started_at")?,
             finished_at: r.try_get("finished_at")?,
@@ -253,10 +259,23 @@ pub struct StepRecord {
     /// `queued`, `running`, `waiting`, `retrying`, `succeeded`, `failed`, `cancelled`, `skipped`.
     #[schemars(extend("enum" = ["queued", "running", "waiting", "retrying", "succeeded", "failed", "cancelled", "skipped"]))]
     pub status: String,
-    /// Attempts made in the current generation.
+    /// The number of its latest attempt (a restart does not reset it: the attempt after a
+    /// restart is the next number; a feedback loop starts its generation at 1 again).
     pub attempts: i64,
-    /// The generation: how many feedback loops re-ran this step.
+    /// The generation: how many feedback loops and restarts re-ran this step.
     pub loops: i64,
+    /// How many restarts re-ran this step.
+    pub restarts: i64,
+    /// Attempts made before the latest restart (retries are counted from here).
+    #[serde(skip)]
+    pub attempt_base: i64,
+    /// The generation the latest restart began (feedback loops are counted from here).
+    #[serde(skip)]
+    pub loop_base: i64,
+    /// The feedback the step's attempts get since the restart that gave it (JSON).
+    #[schemars(schema_with = "any_json_schema")]
+    #[serde(serialize_with = "as_json")]
+    pub feedback: Option<String>,
     /// Output JSON, when succeeded.
     #[serde(skip)]
     pub output: Option<String>,
@@ -286,6 +305,10 @@ impl StepRecord {
             status: r.try_get("status")?,
             attempts: r.try_get("attempts")?,
             loops: r.try_get("loops")?,
+            restarts: r.try_get("restarts")?,
+            attempt_base: r.try_get("attempt_base")?,
+            loop_base: r.try_get("loop_base")?,
+            feedback: r.try_get("feedback")?,
             output: r.try_get("output")?,
             fuel_used: r.try_get("fuel_used")?,
             tokens_used: r.try_get("tokens_used")?,
@@ -321,6 +344,30 @@ pub struct AttemptRecord {
     pub started_at: i64,
     /// Unix ms.
     pub finished_at: Option<i64>,
+    /// The feedback the attempt was given (a restart's, or a feedback loop's), if any.
+    #[schemars(schema_with = "any_json_schema")]
+    #[serde(serialize_with = "as_json")]
+    pub feedback: Option<String>,
+    /// The output of a succeeded attempt that a restart replaced (history; `null` for the
+    /// step's current output, which is the step's, and for attempts that failed).
+    #[schemars(schema_with = "any_json_schema")]
+    #[serde(serialize_with = "as_json")]
+    pub output: Option<String>,
+}
+
+/// Stored JSON text serialized as the JSON it holds (`null` for none, and for text that
+/// is not JSON, which the host never stores).
+pub(crate) fn as_json<S: serde::Serializer>(
+    text: &Option<String>,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    let value: Option<Value> = text.as_deref().and_then(|t| serde_json::from_str(t).ok());
+    value.serialize(serializer)
+}
+
+/// The schema of any JSON value (or `null`).
+pub(crate) fn any_json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({})
 }
 
 impl AttemptRecord {
@@ -335,6 +382,8 @@ impl AttemptRecord {
             error_message: r.try_get("error_message")?,
             started_at: r.try_get("started_at")?,
             finished_at: r.try_get("finished_at")?,
+            feedback: r.try_get("feedback")?,
+            output: r.try_get("output")?,
         })
     }
 }
@@ -488,6 +537,8 @@ pub enum Change {
         generation: i64,
         /// Attempt number within the generation.
         attempt: i64,
+        /// The feedback the attempt gets (JSON), recorded on its row.
+        feedback: Option<String>,
     },
     /// A step's status changes (guarded when `from` is given).
     StepStatus {
@@ -548,6 +599,24 @@ pub enum Change {
     },
     /// Steps still queued when a run ends are skipped.
     SkipRemaining,
+    /// A restart from step `idx` (guarded: the run's status is one of [`RESTARTABLE`] and
+    /// the tenant has fewer than `max_queued` queued runs): the run is queued again with
+    /// its end cleared; the output of each step from `idx` on is kept on the attempt that
+    /// made it, and those steps start a new generation with their attempt numbers going
+    /// on; step `idx` gets `feedback`.
+    RunRestart {
+        /// The step restarted from.
+        idx: i64,
+        /// The feedback (JSON) for that step.
+        feedback: Option<String>,
+        /// The tenant's queued-run cap (`None`: no cap).
+        max_queued: Option<i64>,
+        /// The queue stamp (see [`super::order_stamp`]).
+        queue_seq: i64,
+    },
+    /// Links the run to the registered plugins it uses (so none can be deleted while it
+    /// is live); links it already has are kept.
+    LinkPlugins(Vec<String>),
 }
 
 impl Change {
@@ -565,6 +634,7 @@ impl Change {
                 | Change::RunOrphaned { .. }
                 | Change::RunPause { .. }
                 | Change::RunResume
+                | Change::RunRestart { .. }
         )
     }
 
@@ -614,6 +684,8 @@ impl Change {
                 )
                 .guarded(),
             ),
+            // Not a restart: it is several statements, and its run guard goes first of them
+            // (the events' own guard then holds: the run is live again).
             _ => None,
         }
     }
@@ -725,15 +797,23 @@ impl Change {
                 idx,
                 generation,
                 attempt,
+                feedback,
             } => vec![
                 Stmt::new(
                     // An attempt a pause interrupted runs again under its own number.
-                    "INSERT INTO attempts (run_id, step_idx, generation, attempt, status, started_at) \
-                     VALUES ($1, $2, $3, $4, 'running', $5) \
+                    "INSERT INTO attempts (run_id, step_idx, generation, attempt, status, \
+                     started_at, feedback) VALUES ($1, $2, $3, $4, 'running', $5, $6) \
                      ON CONFLICT (run_id, step_idx, generation, attempt) DO UPDATE \
                      SET status = 'running', started_at = $5, finished_at = NULL, \
-                     error_code = NULL, error_message = NULL",
-                    vec![id(), Int(*idx), Int(*generation), Int(*attempt), Int(now)],
+                     error_code = NULL, error_message = NULL, feedback = $6",
+                    vec![
+                        id(),
+                        Int(*idx),
+                        Int(*generation),
+                        Int(*attempt),
+                        Int(now),
+                        opt(feedback),
+                    ],
                 ),
                 Stmt::new(
                     "UPDATE steps SET status = 'running', attempts = $3, \
@@ -815,7 +895,8 @@ impl Change {
             // count restarts and answers given to its previous generation are not replayed.
             Change::Loop { idx } => one(
                 "UPDATE steps SET status = 'queued', output = NULL, finished_at = NULL, \
-                 attempts = 0, loops = loops + 1 WHERE run_id = $1 AND idx >= $2"
+                 attempts = 0, attempt_base = 0, loops = loops + 1 \
+                 WHERE run_id = $1 AND idx >= $2"
                     .into(),
                 vec![id(), Int(*idx)],
             ),
@@ -824,8 +905,63 @@ impl Change {
                     .into(),
                 vec![id()],
             ),
+            Change::LinkPlugins(ids) => super::link_stmt(&run.id, ids).into_iter().collect(),
+            Change::RunRestart {
+                idx,
+                feedback,
+                max_queued,
+                queue_seq,
+            } => vec![
+                restart_run_stmt(run, now, *max_queued, *queue_seq).guarded(),
+                // The output each step had stays readable, on the attempt that made it (a
+                // succeeded step's latest attempt is the one that succeeded).
+                Stmt::new(
+                    "UPDATE attempts SET output = (SELECT s.output FROM steps s \
+                     WHERE s.run_id = attempts.run_id AND s.idx = attempts.step_idx) \
+                     WHERE run_id = $1 AND step_idx >= $2 AND status = 'succeeded' \
+                     AND EXISTS (SELECT 1 FROM steps s WHERE s.run_id = attempts.run_id \
+                     AND s.idx = attempts.step_idx AND s.status = 'succeeded' \
+                     AND s.loops = attempts.generation AND s.attempts = attempts.attempt)",
+                    vec![id(), Int(*idx)],
+                ),
+                // A new generation (answers and recorded model calls of the old one are not
+                // replayed); attempt numbers go on, retries and loops count from here.
+                Stmt::new(
+                    "UPDATE steps SET status = 'queued', output = NULL, error_code = NULL, \
+                     error_message = NULL, finished_at = NULL, feedback = NULL, \
+                     loops = loops + 1, loop_base = loops + 1, restarts = restarts + 1, \
+                     attempt_base = attempts WHERE run_id = $1 AND idx >= $2",
+                    vec![id(), Int(*idx)],
+                ),
+                Stmt::new(
+                    "UPDATE steps SET feedback = $3 WHERE run_id = $1 AND idx = $2",
+                    vec![id(), Int(*idx), opt(feedback)],
+                ),
+            ],
         }
     }
+}
+
+/// The guarded statement that puts an ended run back in the queue for a restart.
+fn restart_run_stmt(run: &RunRef, now: i64, max_queued: Option<i64>, queue_seq: i64) -> Stmt {
+    let sql = format!(
+        "UPDATE runs SET status = 'queued', output = NULL, error_code = NULL, \
+         error_message = NULL, finished_at = NULL, cancel_requested = 0, owner = NULL, \
+         lease_until = NULL, queue_seq = $3, restarts = restarts + 1, updated_at = $2, \
+         pause_requested = 0, paused_at = NULL, active_ms = 0 \
+         WHERE id = $1 AND status IN ({}) \
+         AND ($4 < 0 OR (SELECT COUNT(*) FROM runs q WHERE q.tenant_id = $5 \
+                         AND q.status = 'queued') < $4)",
+        in_list(RESTARTABLE)
+    );
+    let args = vec![
+        Text(run.id.clone()),
+        Int(now),
+        Int(queue_seq),
+        Int(max_queued.map_or(-1, |n| n.max(0))),
+        Text(run.tenant_id.clone()),
+    ];
+    Stmt::new(sql, args)
 }
 
 /// `'a', 'b'` for an `IN (...)` list. Only ever called with the `&'static` status names

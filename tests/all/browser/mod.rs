@@ -748,3 +748,83 @@ async fn sse_08_browser_eventsource_stops_after_the_final_event() {
     assert_eq!(connects(&page), 2, "the EventSource kept reconnecting");
     assert_eq!(page.eval("window.__es.opens").await, 1);
 }
+
+/// Restart from the dashboard (issue 15): an ended run's page has a restart form (step
+/// picker, feedback, reason); the restarted run goes on in the same page, and each step
+/// card then shows its history, the output a restart replaced among it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_restarts_an_ended_run_from_a_step_and_shows_its_history() {
+    let server = Server::start(&[]);
+    let admin = server.admin_token.clone();
+    upload(&server, &admin, "flaky").await;
+    let Some((_browser, page)) = open(&server).await else {
+        return;
+    };
+    login(&page, &admin).await;
+    let run = flaky_run(
+        &server,
+        &admin,
+        &[("draft", json!({})), ("review", json!({}))],
+    )
+    .await;
+    show_run(&page, &run).await;
+    wait_run_status(&page, &run, "succeeded").await;
+    page.click("#restart-open").await;
+    page.wait_for("!document.querySelector('#restart-form').hidden", WAIT)
+        .await;
+    page.fill("#restart-step", "draft").await;
+    page.fill("#restart-feedback", r#"{"note": "shorter"}"#)
+        .await;
+    page.fill("#restart-reason", "too long").await;
+    page.screenshot(&shots_dir().join("restart-form.png")).await;
+    page.click("#restart-submit").await;
+    // The page shows the run again, live: it goes on and succeeds once more.
+    page.wait_for(
+        "document.querySelectorAll(\"#events li[data-type='restarted']\").length === 1",
+        WAIT,
+    )
+    .await;
+    wait_run_status(&page, &run, "succeeded").await;
+    let (status, detail) = api(
+        &server,
+        Method::GET,
+        &format!("/v1/runs/{run}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(detail["run"]["restarts"], 1, "{detail}");
+    assert_eq!(
+        detail["output"]["input"]["feedback"],
+        json!({"note": "shorter"}),
+        "{detail}"
+    );
+    // Shown afresh, each card has its history: two attempts, the replaced output first.
+    page.eval("location.hash = '#/runs'").await;
+    page.wait_for("document.querySelector('table#runs')", WAIT)
+        .await;
+    show_run(&page, &run).await;
+    let draft = card("draft");
+    page.wait_for(
+        &format!(
+            "document.querySelectorAll({} + ' details.history li').length === 2",
+            js_str(&draft)
+        ),
+        WAIT,
+    )
+    .await;
+    let shown = page
+        .eval(&format!(
+            "(() => {{ const c = document.querySelector({}); c.querySelector('details').open = true; \
+               return [c.querySelector('.prior-output') !== null, \
+                       c.querySelector('pre.feedback').textContent]; }})()",
+            js_str(&draft)
+        ))
+        .await;
+    assert_eq!(shown[0], true, "{shown}");
+    assert!(shown[1].as_str().unwrap().contains("shorter"), "{shown}");
+    page.screenshot(&shots_dir().join("restart-history.png"))
+        .await;
+    page.assert_no_errors().await;
+}

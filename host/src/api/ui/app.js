@@ -227,7 +227,7 @@
     if (ev.type === "paused") return "paused";
     if (ev.type === "resumed") return "queued";
     if (ev.type === "running") return "running";
-    if (ev.type === "queued") return "queued";
+    if (ev.type === "queued" || ev.type === "restarted") return "queued";
     return null;
   }
 
@@ -314,10 +314,11 @@
       resume.disabled = false;
     }
     showActions(run.status);
+    let restartBox = restartForm(run, data.steps || []);
     const cards = el("div", { class: "cards", id: "steps" });
     const byName = new Map();
     for (const s of data.steps || []) {
-      const card = stepCard(s);
+      const card = stepCard(s, (data.attempts || []).filter((a) => a.step_idx === s.idx));
       byName.set(s.name, card);
       cards.append(card);
     }
@@ -330,7 +331,7 @@
       el("h1", {}, "Run ", el("code", {}, run.id), " ", statusBadge),
       el("p", { class: "muted" }, "Pipeline ", run.pipeline_name || "-", " - started ", fmtTime(run.started_at || run.created_at),
         " - fuel ", el("span", { id: "run-fuel" }, num(run.fuel_used))),
-      el("div", { class: "run-actions" }, pause, resume, cancel), runError, ask,
+      el("div", { class: "run-actions" }, pause, resume, cancel), runError, ask, restartBox,
       el("h2", {}, "Steps"), cards,
       el("h2", {}, "Output"), output,
       el("h2", {}, "Artifacts"), artifacts,
@@ -344,6 +345,7 @@
       section.dataset.status = s;
       statusBadge.replaceChildren(badge(s));
       if (changed || terminal(s)) showActions(s);
+      if (!terminal(s) && s !== "paused") restartBox.hidden = true;
     }
     function card(name) {
       let c = byName.get(name);
@@ -378,6 +380,17 @@
         case "queued":
           if (!p.step_id) setStatus("queued");
           break;
+        case "restarted": {
+          // A restarted run goes on in the same stream: the step and those after it start over.
+          setStatus("queued");
+          runError.hidden = true;
+          let from = false;
+          for (const [name, cc] of byName) {
+            if (name === p.step_id) from = true;
+            if (from) setCard(cc, "queued", {});
+          }
+          break;
+        }
         case "running":
           setStatus("running");
           if (c) setCard(c, "running", p);
@@ -410,6 +423,9 @@
             ask.replaceChildren();
             if (typeof p.fuel_used === "number") $("#run-fuel").textContent = num(p.fuel_used);
             if (p.message) { runError.textContent = (p.error_code ? p.error_code + ": " : "") + p.message; runError.hidden = false; }
+            // A restarted run's log has a final event per segment: the replay of an
+            // earlier one goes on (the server ends the stream after the latest).
+            if (ev.seq < run.last_seq) break;
             es.close();
             test.streamOpen = false;
             if (p.status === "succeeded") toast("Run succeeded");
@@ -418,6 +434,10 @@
               const fresh = await api("GET", "/v1/runs/" + encodeURIComponent(run.id));
               output.textContent = fresh.output === null || fresh.output === undefined ? "-" : pretty(fresh.output);
               for (const s of fresh.steps || []) { const cc = card(s.name); if (cc) setCard(cc, s.status, { fuel_used: s.fuel_used, attempt: s.attempts, message: s.error_message }); }
+              // Ended: it can be restarted, from the steps it reached.
+              const box = restartForm(fresh.run, fresh.steps || []);
+              restartBox.replaceWith(box);
+              restartBox = box;
               await loadArtifacts(run.id, artifacts);
             } catch (_) { /* the page keeps what the stream showed */ }
           } else if (c) {
@@ -433,9 +453,71 @@
     };
   }
 
-  function stepCard(s) {
-    const c = el("div", { class: "card", "data-step": s.name, "data-state": s.status });
-    c.append(
+  // ---- restarting an ended run from a step ----
+
+  function restartForm(run, steps) {
+    const box = el("div", { id: "restart" });
+    const ended = ["succeeded", "failed", "cancelled", "paused"].includes(run.status);
+    box.hidden = !canOperate() || !ended || !steps.length;
+    // A step can be restarted when every step before it succeeded (their outputs are reused).
+    const choices = [];
+    for (const s of steps) {
+      choices.push(s);
+      if (s.status !== "succeeded") break;
+    }
+    const open = el("button", { type: "button", id: "restart-open", class: "secondary" }, "Restart from a step");
+    const err = el("p", { class: "error", role: "alert", hidden: true });
+    const pick = el("select", { id: "restart-step", name: "from_step" },
+      choices.map((s) => el("option", { value: s.name, selected: s === choices[choices.length - 1] }, s.name)));
+    const form = el("form", { id: "restart-form", class: "panel", hidden: true },
+      el("h2", {}, "Restart this run"),
+      el("p", { class: "hint" }, "The run goes on from the step you pick; the steps before it keep their outputs. " +
+        "The step gets your feedback as ctx.feedback; its earlier output stays in its history."),
+      el("div", { class: "row" }, el("label", { for: "restart-step" }, "From step"), pick),
+      el("div", { class: "row" }, el("label", { for: "restart-feedback" }, "Feedback (JSON, or plain text)"),
+        el("textarea", { id: "restart-feedback", name: "feedback", spellcheck: "true" }, "")),
+      el("div", { class: "row" }, el("label", { for: "restart-reason" }, "Reason (optional)"),
+        el("input", { id: "restart-reason", name: "reason", type: "text", maxlength: 1000 })),
+      el("button", { type: "submit", id: "restart-submit" }, "Restart run"), err);
+    open.addEventListener("click", () => { form.hidden = !form.hidden; });
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      err.hidden = true;
+      const text = form.elements.feedback.value.trim();
+      let feedback;
+      if (text) { try { feedback = JSON.parse(text); } catch (_) { feedback = text; } }
+      const body = { from_step: pick.value };
+      if (feedback !== undefined) body.feedback = feedback;
+      if (form.elements.reason.value.trim()) body.reason = form.elements.reason.value.trim();
+      const submit = $("#restart-submit", form);
+      submit.disabled = true;
+      try {
+        const r = await api("POST", "/v1/runs/" + encodeURIComponent(run.id) + "/restart", body);
+        toast("Restarted from " + r.from_step + " (attempt " + r.attempt + ")");
+        route();
+      } catch (e) { err.textContent = e.message; err.hidden = false; submit.disabled = false; }
+    });
+    box.append(open, form);
+    return box;
+  }
+
+  // The earlier attempts of a step: each with the feedback it got and, once a restart
+  // replaced it, the output it had.
+  function historyOf(attempts) {
+    const past = attempts.filter((a) => a.output !== null && a.output !== undefined ||
+      a.feedback !== null && a.feedback !== undefined || a.status !== "succeeded");
+    if (attempts.length < 2 && !past.length) return null;
+    return el("details", { class: "history" },
+      el("summary", {}, "History (" + attempts.length + " attempt" + (attempts.length === 1 ? "" : "s") + ")"),
+      el("ol", {}, attempts.map((a) => el("li", { "data-attempt": a.attempt, "data-generation": a.generation },
+        "attempt " + a.attempt + " ", badge(a.status),
+        a.error_code ? el("span", { class: "muted" }, " " + a.error_code) : null,
+        a.feedback !== null && a.feedback !== undefined ? el("div", {}, el("span", { class: "muted" }, "feedback "), el("pre", { class: "feedback" }, pretty(a.feedback))) : null,
+        a.output !== null && a.output !== undefined ? el("div", {}, el("span", { class: "muted" }, "output "), el("pre", { class: "prior-output" }, pretty(a.output))) : null))));
+  }
+
+  function stepCard(s, attempts) {
+    const c = el("div", { class: "card", "data-step": s.name, "data-state": s.status },
       el("h3", {}, s.name),
       el("div", { class: "meta" }, s.plugin || ""),
       el("div", { class: "state" }, badge(s.status)),
@@ -443,7 +525,9 @@
       el("div", { class: "label meta" }),
       el("div", { class: "meta" }, "attempt ", el("span", { class: "attempt" }, s.attempts || 0),
         " - fuel ", el("span", { class: "fuel" }, num(s.fuel_used))),
-      el("p", { class: "error", hidden: !s.error_message }, s.error_message || ""));
+      s.restarts ? el("div", { class: "meta" }, "restarted " + s.restarts + "x") : null,
+      el("p", { class: "error", hidden: !s.error_message }, s.error_message || ""),
+      historyOf(attempts || []));
     return c;
   }
 
