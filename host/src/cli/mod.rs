@@ -4,6 +4,7 @@ mod call;
 mod plugin;
 mod remote;
 mod runs;
+mod schedule;
 mod secret;
 mod serve;
 
@@ -83,7 +84,10 @@ enum Command {
     Answer(runs::AnswerArgs),
     /// Cancel a queued, running or waiting run.
     Cancel(runs::CancelArgs),
-    /// Execute queued runs (and recover runs of crashed hosts).
+    /// Schedule pipelines by cron expression: create, list, show, delete.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
+    /// Execute queued runs, fire due schedules (and recover runs of crashed hosts).
     Worker(RunsPlugins<runs::WorkerArgs>),
     /// Serve the HTTP API (REST + SSE) and execute runs.
     Serve(RunsPlugins<serve::ServeArgs>),
@@ -156,6 +160,7 @@ pub fn main() -> ExitCode {
             Command::Events(args) => runs::events(&cli, args).await,
             Command::Answer(args) => runs::answer(&cli, args).await,
             Command::Cancel(args) => runs::cancel(&cli, args).await,
+            Command::Schedule(cmd) => schedule::schedule(&cli, cmd).await,
             Command::Worker(c) => runs::worker(&cli, &c.args).await,
             Command::Serve(c) => serve::serve(&cli, &c.args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,

@@ -14,7 +14,7 @@ macro_rules! run_columns {
     () => {
         "id, tenant_id, pipeline_id, pipeline_name, spec, input, output, status, error_code, \
          error_message, fuel_used, tokens_used, cost_micros, next_seq, cancel_requested, owner, lease_until, claim_seq, \
-         created_at, started_at, finished_at"
+         created_at, started_at, finished_at, schedule_id, scheduled_for"
     };
 }
 
@@ -145,6 +145,10 @@ pub struct RunRecord {
     pub started_at: Option<i64>,
     /// Unix ms.
     pub finished_at: Option<i64>,
+    /// The schedule that started it (`sch_...`), if a schedule did.
+    pub schedule_id: Option<String>,
+    /// The slot (unix ms) its schedule started it for.
+    pub scheduled_for: Option<i64>,
 }
 
 impl RunRecord {
@@ -172,6 +176,8 @@ impl RunRecord {
             created_at: r.try_get("created_at")?,
             started_at: r.try_get("started_at")?,
             finished_at: r.try_get("finished_at")?,
+            schedule_id: r.try_get("schedule_id")?,
+            scheduled_for: r.try_get("scheduled_for")?,
         })
     }
 
