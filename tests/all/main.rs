@@ -23,6 +23,7 @@ mod models_guest;
 mod openapi;
 mod remote;
 mod runs;
+mod schedules;
 mod sdks;
 mod server;
 mod sessions;

@@ -678,9 +678,7 @@ impl Client {
 
     /// `POST /v1/schedules`: the new schedule.
     pub(super) async fn create_schedule(&self, body: &Value) -> Result<Value, RemoteError> {
-        let request = self
-            .request(Method::POST, &["v1", "schedules"])?
-            .json(body);
+        let request = self.request(Method::POST, &["v1", "schedules"])?.json(body);
         self.json(request).await
     }
 

@@ -291,9 +291,7 @@ async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
 /// The scheduler loop's settings: a tick every 500 ms, and slots more than 60 s old when
 /// first seen count as missed (`CORRAL_SCHEDULE_TICK_MS` and `CORRAL_SCHEDULE_GRACE_MS`, for
 /// tests and tuning). Fires are refused while the tenant has `max_queued` queued runs.
-pub(super) fn scheduler_config(
-    max_queued: Option<i64>,
-) -> crate::runs::schedules::SchedulerConfig {
+pub(super) fn scheduler_config(max_queued: Option<i64>) -> crate::runs::schedules::SchedulerConfig {
     let defaults = crate::runs::schedules::SchedulerConfig::default();
     let ms = |name: &str| {
         std::env::var(name)
@@ -302,7 +300,9 @@ pub(super) fn scheduler_config(
             .map(std::time::Duration::from_millis)
     };
     crate::runs::schedules::SchedulerConfig {
-        tick: ms("CORRAL_SCHEDULE_TICK_MS").unwrap_or(defaults.tick).max(std::time::Duration::from_millis(10)),
+        tick: ms("CORRAL_SCHEDULE_TICK_MS")
+            .unwrap_or(defaults.tick)
+            .max(std::time::Duration::from_millis(10)),
         grace: ms("CORRAL_SCHEDULE_GRACE_MS").unwrap_or(defaults.grace),
         max_queued_per_tenant: max_queued,
     }
@@ -354,7 +354,11 @@ fn print_detail(doc: &Value) {
     let s = doc.get("schedule").unwrap_or(&Value::Null);
     println!("schedule {}", text(s, "id"));
     println!("  pipeline   {}", text(s, "pipeline_name"));
-    println!("  cron       `{}` ({})", text(s, "cron"), text(s, "timezone"));
+    println!(
+        "  cron       `{}` ({})",
+        text(s, "cron"),
+        text(s, "timezone")
+    );
     println!("  overlap    {}", text(s, "overlap"));
     println!("  catch_up   {}", text(s, "catch_up"));
     println!("  input      {}", s.get("input").unwrap_or(&Value::Null));

@@ -6,15 +6,15 @@
 #[macro_use]
 mod records;
 mod registry;
+mod schedules;
 mod secrets;
 mod sessions;
 pub(crate) mod watch;
-mod schedules;
 mod webhooks;
 mod writer;
+pub use schedules::{FireRecord, NewSchedule, ScheduleRecord};
 pub use secrets::SecretInfo;
 pub use sessions::{MAX_SESSIONS_PER_TOKEN, SessionRecord};
-pub use schedules::{FireRecord, NewSchedule, ScheduleRecord};
 pub use webhooks::{DueBatch, NewWebhook, WebhookRecord};
 
 pub use registry::*;
@@ -341,8 +341,15 @@ impl Store {
         max_queued: Option<i64>,
         plugin_ids: &[String],
     ) -> Result<Option<(RunRecord, Event)>> {
-        self.create_run_with(new_id("run"), new, max_queued, plugin_ids, Vec::new(), Vec::new())
-            .await
+        self.create_run_with(
+            new_id("run"),
+            new,
+            max_queued,
+            plugin_ids,
+            Vec::new(),
+            Vec::new(),
+        )
+        .await
     }
 
     /// [`Store::create_run_linked`] for the run `id`, with `before` and `after` in the same

@@ -242,9 +242,8 @@ impl Store {
 
     /// The tenant's schedules, oldest first.
     pub async fn schedules(&self, tenant_id: &str) -> Result<Vec<ScheduleRecord>> {
-        let q = format!(
-            "SELECT {COLUMNS} FROM schedules WHERE tenant_id = $1 ORDER BY created_at, id"
-        );
+        let q =
+            format!("SELECT {COLUMNS} FROM schedules WHERE tenant_id = $1 ORDER BY created_at, id");
         let rows = sqlx::query(sqlx::AssertSqlSafe(q))
             .bind(tenant_id)
             .fetch_all(&self.pool)
@@ -402,11 +401,7 @@ impl Store {
         let stmt = Stmt::new(
             "UPDATE schedules SET next_fire_at = $3 \
              WHERE id = $1 AND last_fire_at = $2",
-            vec![
-                Text(id.to_string()),
-                Int(cursor),
-                OptInt(next_fire_at),
-            ],
+            vec![Text(id.to_string()), Int(cursor), OptInt(next_fire_at)],
         );
         self.writer.write(vec![stmt]).await?;
         Ok(())
