@@ -13,6 +13,8 @@ use sqlx::any::AnyRow;
 
 /// Fires kept per schedule (older ones are dropped as new ones are recorded).
 pub const FIRES_KEPT: i64 = 100;
+/// Longest reason stored with a fire.
+const MAX_REASON_CHARS: usize = 2_000;
 
 /// A schedule row.
 #[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
@@ -319,7 +321,9 @@ impl Store {
         status: &str,
         reason: &str,
     ) -> Result<bool> {
-        let stmts = claim_stmts(schedule, fire_at, next_fire_at, status, None, Some(reason));
+        // Host-made text, but it may quote names a tenant chose: stored capped.
+        let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+        let stmts = claim_stmts(schedule, fire_at, next_fire_at, status, None, Some(&reason));
         Ok(self.writer.write(stmts).await?.is_some())
     }
 
