@@ -25,6 +25,7 @@ mod openapi;
 mod remote;
 mod restart;
 mod runs;
+mod schedules;
 mod sdks;
 mod server;
 mod sessions;

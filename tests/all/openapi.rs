@@ -305,6 +305,7 @@ struct Seeded {
     run: String,
     artifact: String,
     webhook: String,
+    schedule: String,
 }
 
 async fn seed(server: &Server, doc: &Value, checked: &mut usize) -> Seeded {
@@ -474,12 +475,35 @@ async fn seed(server: &Server, doc: &Value, checked: &mut usize) -> Seeded {
         format!("/v1/plugins/{plugin}"),
         |r| r
     );
+    let (status, schedule) = call!(
+        Method::POST,
+        "/v1/schedules",
+        "/v1/schedules",
+        |r: reqwest::RequestBuilder| r.json(&json!({"pipeline": pipeline, "cron": "@yearly"}))
+    );
+    assert_eq!(status, StatusCode::CREATED, "{schedule}");
+    let schedule = schedule["id"].as_str().unwrap().to_string();
+    let (status, _) = call!(
+        Method::POST,
+        "/v1/schedules",
+        "/v1/schedules",
+        |r: reqwest::RequestBuilder| r.json(&json!({"pipeline": pipeline, "cron": "never"}))
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    call!(Method::GET, "/v1/schedules", "/v1/schedules", |r| r);
+    call!(
+        Method::GET,
+        "/v1/schedules/{id}",
+        format!("/v1/schedules/{schedule}"),
+        |r| r
+    );
     Seeded {
         plugin,
         pipeline,
         run,
         artifact,
         webhook,
+        schedule,
     }
 }
 
@@ -559,6 +583,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         ("/v1/runs/", "id", &s.run),
         ("/v1/artifacts/", "id", &s.artifact),
         ("/v1/webhooks/", "id", &s.webhook),
+        ("/v1/schedules/", "id", &s.schedule),
         ("/v1/secrets/", "name", &"WH".to_string()),
     ] {
         toml.push_str(&format!(

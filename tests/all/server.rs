@@ -675,6 +675,15 @@ async fn api_01_tenant_b_gets_404_on_every_route_with_tenant_a_ids() {
         )
         .await;
     let webhook = hook["id"].as_str().unwrap().to_string();
+    let (_, sched) = api
+        .json(
+            Method::POST,
+            "/v1/schedules",
+            &a,
+            Some(json!({"pipeline": pipeline, "cron": "@yearly"})),
+        )
+        .await;
+    let schedule = sched["id"].as_str().unwrap().to_string();
 
     // Every route taking an id, from the route table (the same one /openapi.json lists).
     let (_, doc) = api.json(Method::GET, "/openapi.json", "", None).await;
@@ -690,6 +699,7 @@ async fn api_01_tenant_b_gets_404_on_every_route_with_tenant_a_ids() {
             "artifacts" => &artifact,
             "tokens" => &token,
             "webhooks" => &webhook,
+            "schedules" => &schedule,
             other => panic!("a new resource `{other}`: add it to this matrix"),
         };
         for method in ops.as_object().unwrap().keys() {

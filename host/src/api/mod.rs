@@ -12,6 +12,7 @@ mod extract;
 mod handlers;
 mod logging;
 pub mod metrics;
+mod schedules;
 pub mod server;
 mod session;
 mod sse;
@@ -501,6 +502,44 @@ pub const ROUTES: &[Route] = &[
     )
     // 400: a Last-Event-ID (this stream is live only).
     .also(&[400]),
+    route(
+        "POST",
+        "/v1/schedules",
+        "Schedule a stored or inline pipeline: {pipeline, cron, timezone, input, overlap, catch_up}.",
+        Some(O),
+        J,
+        201,
+        op!(post, schedules::create_schedule),
+    )
+    // 404: no stored pipeline of that id; 409: TOO_MANY_SCHEDULES.
+    .also(&[404, 409]),
+    route(
+        "GET",
+        "/v1/schedules",
+        "List schedules, with each one's next slot and latest run.",
+        Some(V),
+        N,
+        200,
+        op!(get, schedules::list_schedules),
+    ),
+    route(
+        "GET",
+        "/v1/schedules/{id}",
+        "Get a schedule and its latest fires (each slot: started, skipped, missed or failed).",
+        Some(V),
+        N,
+        200,
+        op!(get, schedules::get_schedule),
+    ),
+    route(
+        "DELETE",
+        "/v1/schedules/{id}",
+        "Delete a schedule (its runs stay).",
+        Some(O),
+        N,
+        204,
+        op!(delete, schedules::delete_schedule),
+    ),
     route(
         "POST",
         "/v1/tokens",

@@ -3,8 +3,8 @@
 //! describes exactly what goes on the wire.
 
 use crate::store::{
-    ArtifactRecord, AttemptRecord, PipelineRecord, PluginRecord, RunRecord, SecretInfo, StepRecord,
-    TokenRecord, WebhookRecord,
+    ArtifactRecord, AttemptRecord, FireRecord, PipelineRecord, PluginRecord, RunRecord,
+    ScheduleRecord, SecretInfo, StepRecord, TokenRecord, WebhookRecord,
 };
 use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
@@ -659,4 +659,57 @@ pub(super) struct DeliveryAccepted {
     pub batch_id: Option<String>,
     /// Waiting runs it woke (their ids).
     pub woken: Vec<String>,
+}
+
+// ---- schedules ----
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+/// `POST /v1/schedules`.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewScheduleBody {
+    /// A stored pipeline's id, or an inline pipeline document (stored with the schedule
+    /// as it is now: each fire runs this version).
+    #[schemars(schema_with = "super::doc::pipeline_or_id")]
+    pub pipeline: Value,
+    /// A cron expression: 5 fields (minute hour day-of-month month day-of-week), or 6 with
+    /// seconds first; `@hourly`, `@daily`, `@weekly`, `@monthly` and `@yearly` too. At most
+    /// 128 bytes.
+    #[schemars(length(min = 1, max = 128))]
+    pub cron: String,
+    /// The IANA time zone the expression is read in (default `UTC`).
+    #[serde(default = "utc")]
+    #[schemars(length(min = 1, max = 64))]
+    pub timezone: String,
+    /// Each run's input (JSON; `{}` when left out).
+    #[serde(default = "empty_object")]
+    #[schemars(schema_with = "super::doc::any_json")]
+    pub input: Value,
+    /// While the schedule's previous run is still active: `skip` this slot (the
+    /// default), `queue` the new run anyway, or `cancel_previous` and start the new one.
+    #[serde(default)]
+    pub overlap: crate::runs::schedules::Overlap,
+    /// Slots missed while no scheduler ran: fire `none` of them (the default), the
+    /// `latest` one, or `all` (at most 100 per schedule).
+    #[serde(default)]
+    pub catch_up: crate::runs::schedules::CatchUp,
+}
+
+/// `GET /v1/schedules`.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct ScheduleList {
+    /// The tenant's schedules, oldest first.
+    pub schedules: Vec<ScheduleRecord>,
+}
+
+/// `GET /v1/schedules/{id}`.
+#[derive(Serialize, JsonSchema)]
+pub(super) struct ScheduleDetail {
+    /// The schedule.
+    pub schedule: ScheduleRecord,
+    /// Its latest slots (at most 50, newest first) and what became of each.
+    pub fires: Vec<FireRecord>,
 }

@@ -4,6 +4,7 @@ mod call;
 mod plugin;
 mod remote;
 mod runs;
+mod schedule;
 mod secret;
 mod serve;
 
@@ -89,7 +90,10 @@ enum Command {
     Resume(runs::ResumeArgs),
     /// Restart an ended or paused run from a step, with feedback for that step.
     Restart(RunsPlugins<runs::RestartArgs>),
-    /// Execute queued runs (and recover runs of crashed hosts).
+    /// Schedule pipelines by cron expression: create, list, show, delete.
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
+    /// Execute queued runs, fire due schedules (and recover runs of crashed hosts).
     Worker(RunsPlugins<runs::WorkerArgs>),
     /// Serve the HTTP API (REST + SSE) and execute runs.
     Serve(RunsPlugins<serve::ServeArgs>),
@@ -166,6 +170,7 @@ pub fn main() -> ExitCode {
             Command::Pause(args) => runs::pause(&cli, args).await,
             Command::Resume(args) => runs::resume(&cli, args).await,
             Command::Restart(c) => runs::restart(&cli, &c.args).await,
+            Command::Schedule(cmd) => schedule::schedule(&cli, cmd).await,
             Command::Worker(c) => runs::worker(&cli, &c.args).await,
             Command::Serve(c) => serve::serve(&cli, &c.args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,

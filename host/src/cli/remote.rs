@@ -703,6 +703,34 @@ impl Client {
         self.send(request, REQUEST_TIMEOUT).await.map(drop)
     }
 
+    // ---- schedules ----
+
+    /// `POST /v1/schedules`: the new schedule.
+    pub(super) async fn create_schedule(&self, body: &Value) -> Result<Value, RemoteError> {
+        let request = self.request(Method::POST, &["v1", "schedules"])?.json(body);
+        self.json(request).await
+    }
+
+    /// `GET /v1/schedules`.
+    pub(super) async fn schedules(&self) -> Result<Vec<Value>, RemoteError> {
+        let doc = self
+            .json(self.request(Method::GET, &["v1", "schedules"])?)
+            .await?;
+        self.array(&doc, "schedules")
+    }
+
+    /// `GET /v1/schedules/{id}`: `{schedule, fires}`.
+    pub(super) async fn schedule(&self, id: &str) -> Result<Value, RemoteError> {
+        self.json(self.request(Method::GET, &["v1", "schedules", id])?)
+            .await
+    }
+
+    /// `DELETE /v1/schedules/{id}`.
+    pub(super) async fn delete_schedule(&self, id: &str) -> Result<(), RemoteError> {
+        let request = self.request(Method::DELETE, &["v1", "schedules", id])?;
+        self.send(request, REQUEST_TIMEOUT).await.map(drop)
+    }
+
     /// A run's events after seq `after`. With `snapshot`, the stream ends once the events
     /// logged so far are read (it has been quiet a moment); otherwise at the final event.
     pub(super) fn events(&self, run_id: &str, after: i64, snapshot: bool) -> EventStream {

@@ -45,7 +45,7 @@ pub(super) struct TenantArgs {
 
 impl TenantArgs {
     /// Refuses `--tenant` with `--server` (exit 2).
-    fn check_remote(&self) -> Result<(), ExitCode> {
+    pub(super) fn check_remote(&self) -> Result<(), ExitCode> {
         if self.tenant.is_some() {
             eprintln!(
                 "INVALID_REQUEST: --tenant is for the local database; with --server the token decides the tenant"
@@ -57,7 +57,7 @@ impl TenantArgs {
 
     /// The tenant's id on the local database: `local` is made when missing, any other
     /// must exist (else `TENANT_NOT_FOUND`, exit 2).
-    async fn resolve(&self, store: &Store) -> anyhow::Result<Result<String, ExitCode>> {
+    pub(super) async fn resolve(&self, store: &Store) -> anyhow::Result<Result<String, ExitCode>> {
         match &self.tenant {
             None => Ok(Ok(store.ensure_tenant(LOCAL_TENANT).await?)),
             Some(name) if name == LOCAL_TENANT => Ok(Ok(store.ensure_tenant(name).await?)),
@@ -300,7 +300,7 @@ pub(super) fn lease_from_env() -> Duration {
         .unwrap_or(RunnerConfig::default().lease)
 }
 
-fn read_arg(value: &str) -> anyhow::Result<String> {
+pub(super) fn read_arg(value: &str) -> anyhow::Result<String> {
     match value.strip_prefix('@') {
         None => Ok(value.to_string()),
         Some("-") => {
@@ -335,7 +335,7 @@ fn refuse(e: &RunError) -> ExitCode {
 
 /// The server client when `--server` is given, `None` to work embedded, or the exit code
 /// of a refused `--server`/`--token` (already printed).
-fn server(args: &ServerArgs) -> Result<Option<Client>, ExitCode> {
+pub(super) fn server(args: &ServerArgs) -> Result<Option<Client>, ExitCode> {
     args.client().map_err(|e| e.report())
 }
 
@@ -1119,6 +1119,12 @@ fn print_run(doc: &Value, json: bool) -> anyhow::Result<()> {
         Value::String(s) => s,
         _ => "-".to_string(),
     };
+    if let Some(schedule) = run.get("schedule_id").and_then(Value::as_str) {
+        println!(
+            "  schedule {schedule} (the slot of {})",
+            when("scheduled_for")
+        );
+    }
     println!("  queued   {}", when("created_at"));
     println!("  started  {}", when("started_at"));
     println!(
@@ -1646,7 +1652,16 @@ pub(super) async fn worker(cli: &Cli, args: &WorkerArgs) -> anyhow::Result<ExitC
         }
     });
     if !args.until_idle {
+        // A long-running worker fires due schedules too, as `corral serve` does.
+        let schedules = {
+            let (runner, stop) = (runner.clone(), stop.clone());
+            let config = super::schedule::scheduler_config(Some(
+                crate::api::ApiConfig::default().max_queued_per_tenant,
+            ));
+            tokio::spawn(async move { runner.run_schedules(config, stop).await })
+        };
         runner.work(false, stop).await?;
+        schedules.abort();
         return Ok(ExitCode::SUCCESS);
     }
     let mut claimed = runner.claims();

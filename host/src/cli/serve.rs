@@ -447,6 +447,13 @@ async fn serve_checked(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> 
         })
     };
 
+    // Schedules: every host ticks, and each slot fires once whichever host claims it.
+    let _schedules = {
+        let (runner, stop) = (runner.clone(), stop.clone());
+        let config = super::schedule::scheduler_config(Some(state.config.max_queued_per_tenant));
+        tokio::spawn(async move { runner.run_schedules(config, stop).await })
+    };
+
     let shutdown = state.shutdown.clone();
     crate::api::server::serve(listener, app, conn_limits, async move {
         shutdown_signal().await;

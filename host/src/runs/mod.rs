@@ -12,6 +12,7 @@ mod executor;
 mod guest_events;
 pub mod manifest;
 pub mod pipeline;
+pub mod schedules;
 mod services;
 pub mod webhooks;
 

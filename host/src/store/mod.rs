@@ -6,11 +6,13 @@
 #[macro_use]
 mod records;
 mod registry;
+mod schedules;
 mod secrets;
 mod sessions;
 pub(crate) mod watch;
 mod webhooks;
 mod writer;
+pub use schedules::{FireRecord, NewSchedule, ScheduleRecord};
 pub use secrets::SecretInfo;
 pub use sessions::{MAX_SESSIONS_PER_TOKEN, SessionRecord};
 pub use webhooks::{DueBatch, NewWebhook, WebhookRecord};
@@ -339,10 +341,32 @@ impl Store {
         max_queued: Option<i64>,
         plugin_ids: &[String],
     ) -> Result<Option<(RunRecord, Event)>> {
+        self.create_run_with(
+            new_id("run"),
+            new,
+            max_queued,
+            plugin_ids,
+            Vec::new(),
+            Vec::new(),
+        )
+        .await
+    }
+
+    /// [`Store::create_run_linked`] for the run `id`, with `before` and `after` in the same
+    /// transaction (around the run's own statements; a guarded one that matches no row
+    /// refuses the run too). A schedule's fire claims its slot this way.
+    pub(crate) async fn create_run_with(
+        &self,
+        id: String,
+        new: &NewRun,
+        max_queued: Option<i64>,
+        plugin_ids: &[String],
+        before: Vec<writer::Stmt>,
+        after: Vec<writer::Stmt>,
+    ) -> Result<Option<(RunRecord, Event)>> {
         use writer::Arg::{Int, OptText, Text};
         let now = now_ms();
-        let id = new_id("run");
-        let mut stmts = Vec::with_capacity(5);
+        let mut stmts = Vec::with_capacity(5 + before.len() + after.len());
         if max_queued.is_some() && self.backend == Backend::Postgres {
             // Serializes this tenant's capped submissions; each statement after it sees
             // what the previous holder committed. (Under READ COMMITTED two transactions
@@ -353,6 +377,7 @@ impl Store {
                 vec![Text(new.tenant_id.clone())],
             ));
         }
+        stmts.extend(before);
         // The count and the insert are one statement; the `queued` event is seq 1.
         stmts.push(
             writer::Stmt::new(
@@ -420,6 +445,7 @@ impl Store {
         if let Some(link) = link_stmt(&id, plugin_ids) {
             stmts.push(link);
         }
+        stmts.extend(after);
         if self.writer.write(stmts).await?.is_none() {
             return Ok(None);
         }
@@ -451,6 +477,8 @@ impl Store {
             pause_now: false,
             paused_at: None,
             active_ms: 0,
+            schedule_id: None,
+            scheduled_for: None,
         };
         let event = Event {
             kind: "queued".into(),

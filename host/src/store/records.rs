@@ -14,7 +14,8 @@ macro_rules! run_columns {
     () => {
         "id, tenant_id, pipeline_id, pipeline_name, spec, input, output, status, error_code, \
          error_message, fuel_used, tokens_used, cost_micros, next_seq, cancel_requested, owner, lease_until, claim_seq, \
-         restarts, created_at, started_at, finished_at, pause_requested, active_ms, paused_at"
+         restarts, created_at, started_at, finished_at, pause_requested, active_ms, paused_at, \
+         schedule_id, scheduled_for"
     };
 }
 
@@ -189,6 +190,10 @@ pub struct RunRecord {
     /// timeout` counts these, never the time it spent paused).
     #[serde(skip)]
     pub active_ms: i64,
+    /// The schedule that started it (`sch_...`), if a schedule did.
+    pub schedule_id: Option<String>,
+    /// The slot (unix ms) its schedule started it for.
+    pub scheduled_for: Option<i64>,
 }
 
 impl RunRecord {
@@ -221,6 +226,8 @@ impl RunRecord {
             pause_now: r.try_get::<i64, _>("pause_requested")? >= PAUSE_NOW,
             paused_at: r.try_get("paused_at")?,
             active_ms: r.try_get("active_ms")?,
+            schedule_id: r.try_get("schedule_id")?,
+            scheduled_for: r.try_get("scheduled_for")?,
         })
     }
 

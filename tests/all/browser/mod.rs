@@ -828,3 +828,89 @@ async fn dashboard_restarts_an_ended_run_from_a_step_and_shows_its_history() {
         .await;
     page.assert_no_errors().await;
 }
+
+/// DUR-38: the dashboard's schedules page lists a schedule (pipeline, cron, next fire, its
+/// latest run as a link), a run it started names it, and its delete button deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dur_38_dashboard_lists_schedules_runs_name_theirs_and_delete_works() {
+    let server = Server::start(&[("CORRAL_SCHEDULE_TICK_MS", "100")]);
+    let admin = server.admin_token.clone();
+    upload(&server, &admin, "echo").await;
+    let (status, s) = api(
+        &server,
+        Method::POST,
+        "/v1/schedules",
+        &admin,
+        Some(json!({
+            "pipeline": {"name": "nightly", "steps": [{"name": "say", "plugin": "echo@0.1.0"}]},
+            "cron": "* * * * * *",
+        })),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{s}");
+    let id = s["id"].as_str().unwrap().to_string();
+    // Its first run, seen over the API.
+    let mut fired = false;
+    for _ in 0..600 {
+        let (_, list) = api(&server, Method::GET, "/v1/schedules", &admin, None).await;
+        if list["schedules"][0]["last_run_id"].is_string() {
+            fired = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(fired, "the schedule never fired");
+    let Some((_browser, page)) = open(&server).await else {
+        return;
+    };
+    login(&page, &admin).await;
+    page.eval("location.hash = '#/schedules'").await;
+    let row = format!("tr[data-schedule-id=\"{id}\"]");
+    page.wait_for(
+        &format!(
+            "document.querySelector({})",
+            js_str(&format!("{row} .last-run a"))
+        ),
+        WAIT,
+    )
+    .await;
+    let text = page
+        .eval(&format!(
+            "document.querySelector({}).innerText",
+            js_str(&row)
+        ))
+        .await;
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains("nightly") && text.contains("* * * * * *"),
+        "{text}"
+    );
+    page.screenshot(&shots_dir().join("schedules.png")).await;
+    page.click(&format!("{row} .last-run a")).await;
+    page.wait_for(
+        &format!(
+            "(document.querySelector('#run-schedule') || {{innerText: ''}}).innerText.includes({})",
+            js_str(&id)
+        ),
+        WAIT,
+    )
+    .await;
+    page.eval("location.hash = '#/schedules'").await;
+    page.wait_for(&format!("document.querySelector({})", js_str(&row)), WAIT)
+        .await;
+    // The delete button asks first; the test says yes.
+    page.eval("window.confirm = () => true").await;
+    page.click(&format!("{row} button.delete-schedule")).await;
+    page.wait_for(&format!("!document.querySelector({})", js_str(&row)), WAIT)
+        .await;
+    let (status, _) = api(
+        &server,
+        Method::GET,
+        &format!("/v1/schedules/{id}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    page.assert_no_errors().await;
+}

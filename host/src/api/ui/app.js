@@ -158,6 +158,7 @@
       parts[0] === "runs" && parts[1] ? () => runPage(view, parts[1]) :
       parts[0] === "plugins" ? () => pluginsPage(view) :
       parts[0] === "pipelines" ? () => pipelinesPage(view) :
+      parts[0] === "schedules" ? () => schedulesPage(view) :
       parts[0] === "admin" ? () => adminPage(view) :
       () => runsPage(view, parts[0] === "runs" ? new URLSearchParams(hash.split("?")[1] || "") : new URLSearchParams());
     page().catch((e) => view.append(el("p", { class: "error", role: "alert" }, e.message)));
@@ -331,6 +332,8 @@
       el("h1", {}, "Run ", el("code", {}, run.id), " ", statusBadge),
       el("p", { class: "muted" }, "Pipeline ", run.pipeline_name || "-", " - started ", fmtTime(run.started_at || run.created_at),
         " - fuel ", el("span", { id: "run-fuel" }, num(run.fuel_used))),
+      run.schedule_id ? el("p", { class: "muted", id: "run-schedule" }, "Started by schedule ",
+        el("a", { href: "#/schedules" }, el("code", {}, run.schedule_id)), " for ", fmtTime(run.scheduled_for)) : null,
       el("div", { class: "run-actions" }, pause, resume, cancel), runError, ask, restartBox,
       el("h2", {}, "Steps"), cards,
       el("h2", {}, "Output"), output,
@@ -682,6 +685,33 @@
         el("ol", {}, steps.map((s) => el("li", {}, el("strong", {}, s.name), " - ", s.plugin || s.agent || ""))),
         canOperate() ? el("a", { class: "button", href: "#/runs?pipeline=" + encodeURIComponent(p.id) }, "Start run") : null));
     }
+  }
+
+  async function schedulesPage(view) {
+    view.append(el("h1", {}, "Schedules"));
+    const rows = el("tbody");
+    const table = el("div", { class: "table-wrap" }, el("table", { id: "schedules" },
+      el("thead", {}, el("tr", {}, el("th", {}, "Pipeline"), el("th", {}, "Cron"), el("th", { class: "hide-narrow" }, "Policies"),
+        el("th", {}, "Next fire"), el("th", {}, "Last run"), el("th", {}, ""))), rows));
+    const empty = el("p", { class: "muted", hidden: true }, "No schedules yet: POST one to /v1/schedules, or use corral schedule create.");
+    async function reload() {
+      const data = await api("GET", "/v1/schedules");
+      const list = data.schedules || [];
+      empty.hidden = list.length > 0;
+      rows.replaceChildren(...list.map((s) => el("tr", { "data-schedule-id": s.id },
+        el("td", {}, s.pipeline_name, " ", el("span", { class: "muted hide-narrow" }, s.id)),
+        el("td", {}, el("code", {}, s.cron), " ", el("span", { class: "muted" }, s.timezone)),
+        el("td", { class: "hide-narrow" }, "overlap " + s.overlap + ", catch-up " + s.catch_up),
+        el("td", { class: "next-fire" }, s.next_fire_at ? fmtTime(s.next_fire_at) : "never"),
+        el("td", { class: "last-run" }, s.last_run_id ? el("a", { href: "#/runs/" + encodeURIComponent(s.last_run_id) }, s.last_run_id) : "-"),
+        el("td", {}, canOperate() ? el("button", { type: "button", class: "danger delete-schedule", onclick: async () => {
+          if (!confirm("Delete schedule " + s.id + "? Its runs stay.")) return;
+          try { await api("DELETE", "/v1/schedules/" + encodeURIComponent(s.id)); toast("Schedule deleted"); await reload(); }
+          catch (e) { toast(e.message, true); }
+        } }, "Delete") : null))));
+    }
+    view.append(table, empty);
+    await reload();
   }
 
   async function adminPage(view) {
