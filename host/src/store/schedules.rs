@@ -364,7 +364,7 @@ impl Store {
         if cancel_previous {
             after.push(Stmt::new(
                 "UPDATE runs SET cancel_requested = 1, updated_at = $3 WHERE schedule_id = $1 \
-                 AND id <> $2 AND status IN ('queued', 'running', 'waiting')",
+                 AND id <> $2 AND status IN ('queued', 'running', 'waiting', 'paused')",
                 vec![
                     Text(schedule.id.clone()),
                     Text(run_id.clone()),
