@@ -268,8 +268,8 @@ async fn tools_are_listed_and_called(postgres: bool) {
     let run_id = result.meta.as_ref().unwrap().0["corral/run_id"].as_str().unwrap().to_string();
     let (status, run) = rest.json(Method::GET, &format!("/v1/runs/{run_id}"), &admin, None).await;
     assert_eq!(status, StatusCode::OK, "{run}");
-    assert_eq!(run["status"], "succeeded", "{run}");
-    assert!(run["fuel_used"].as_i64().unwrap() > 0, "{run}");
+    assert_eq!(run["run"]["status"], "succeeded", "{run}");
+    assert!(run["run"]["fuel_used"].as_i64().unwrap() > 0, "{run}");
     let (_, events) = rest
         .json(Method::GET, &format!("/v1/runs/{run_id}/events"), &admin, None)
         .await;
@@ -403,7 +403,7 @@ async fn pipelines_are_tasks(postgres: bool) {
     .await;
     assert!(matches!(done, TaskPayload::Cancelled), "{done:?}");
     let (_, run) = rest.json(Method::GET, &format!("/v1/runs/{task}"), &admin, None).await;
-    assert_eq!(run["status"], "cancelled", "{run}");
+    assert_eq!(run["run"]["status"], "cancelled", "{run}");
     // A second cancel: the run has ended.
     let err = mcp
         .peer()
