@@ -112,7 +112,13 @@ impl Rest {
         }
     }
 
-    async fn json(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> (StatusCode, Value) {
+    async fn json(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut r = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -148,8 +154,10 @@ impl Rest {
                     Method::POST,
                     "/v1/pipelines",
                     token,
-                    Some(json!({"name": name, "description": format!("The {name} pipeline."),
-                                "steps": [{"name": "only", "plugin": plugin}]})),
+                    Some(
+                        json!({"name": name, "description": format!("The {name} pipeline."),
+                                "steps": [{"name": "only", "plugin": plugin}]}),
+                    ),
                 )
                 .await;
             assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -164,14 +172,20 @@ fn args(v: Value) -> rmcp::model::JsonObject {
 /// Starts `pipeline.NAME` as a task; its id.
 async fn start_task(mcp: &Mcp, name: &str, input: Value) -> String {
     let response = mcp
-        .call_tool_once(CallToolRequestParams::new(format!("pipeline.{name}")).with_arguments(args(input)))
+        .call_tool_once(
+            CallToolRequestParams::new(format!("pipeline.{name}")).with_arguments(args(input)),
+        )
         .await
         .unwrap();
     match response {
         CallToolResponse::Task(created) => {
             assert_eq!(created.task.status, TaskStatus::Working);
             assert_eq!(created.task.poll_interval_ms, Some(500));
-            assert!(created.task.task_id.starts_with("run_"), "{:?}", created.task);
+            assert!(
+                created.task.task_id.starts_with("run_"),
+                "{:?}",
+                created.task
+            );
             created.task.task_id
         }
         other => panic!("expected a task, got {other:?}"),
@@ -249,36 +263,61 @@ async fn tools_are_listed_and_called(postgres: bool) {
             .find(|m| m.name == t["name"].as_str().unwrap())
             .unwrap_or_else(|| panic!("{t} is not listed over MCP"));
         assert_eq!(mine.description.as_deref(), t["description"].as_str());
-        assert_eq!(Value::Object((*mine.input_schema).clone()), t["inputSchema"]);
+        assert_eq!(
+            Value::Object((*mine.input_schema).clone()),
+            t["inputSchema"]
+        );
     }
     for name in ["pipeline.echoes", "pipeline.review"] {
         let p = tools.iter().find(|t| t.name == name).unwrap();
-        assert!(p.description.as_deref().unwrap().contains("durable"), "{p:?}");
+        assert!(
+            p.description.as_deref().unwrap().contains("durable"),
+            "{p:?}"
+        );
         assert_eq!(p.input_schema.get("type"), Some(&json!("object")));
     }
 
     // A tool call: a fresh sandbox, recorded as a short run, its fuel charged.
     let result = mcp
-        .call_tool(CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": "one two three"}))))
+        .call_tool(
+            CallToolRequestParams::new("word_count")
+                .with_arguments(args(json!({"text": "one two three"}))),
+        )
         .await
         .unwrap();
     assert_eq!(result.is_error, Some(false), "{result:?}");
-    assert_eq!(result.structured_content.as_ref().unwrap()["words"], 3, "{result:?}");
+    assert_eq!(
+        result.structured_content.as_ref().unwrap()["words"],
+        3,
+        "{result:?}"
+    );
     assert!(text_of(&result).contains("\"words\":3"), "{result:?}");
-    let run_id = result.meta.as_ref().unwrap().0["corral/run_id"].as_str().unwrap().to_string();
-    let (status, run) = rest.json(Method::GET, &format!("/v1/runs/{run_id}"), &admin, None).await;
+    let run_id = result.meta.as_ref().unwrap().0["corral/run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, run) = rest
+        .json(Method::GET, &format!("/v1/runs/{run_id}"), &admin, None)
+        .await;
     assert_eq!(status, StatusCode::OK, "{run}");
     assert_eq!(run["run"]["status"], "succeeded", "{run}");
     assert!(run["run"]["fuel_used"].as_i64().unwrap() > 0, "{run}");
     let (_, events) = rest
-        .json(Method::GET, &format!("/v1/runs/{run_id}/events"), &admin, None)
+        .json(
+            Method::GET,
+            &format!("/v1/runs/{run_id}/events"),
+            &admin,
+            None,
+        )
         .await;
     let events = events.as_str().unwrap_or_default().to_string();
     assert!(events.contains("tool_call"), "{events}");
 
     // Arguments that do not fit the schema: the tool's error, with the Corral code.
     let bad = mcp
-        .call_tool(CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": 5}))))
+        .call_tool(
+            CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": 5}))),
+        )
         .await
         .unwrap();
     assert_eq!(bad.is_error, Some(true), "{bad:?}");
@@ -292,24 +331,34 @@ async fn tools_are_listed_and_called(postgres: bool) {
     assert!(err.to_string().contains("unknown tool"), "{err}");
 
     // Without the Tasks extension a pipeline call waits for the run and answers its output.
-    let plain = ClientConfig::new(ClientCapabilities::default(), Implementation::new("plain", "0.1.0"))
-        .serve_with_lifecycle(
-            StreamableHttpClientTransport::from_config(
-                StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.url))
-                    .auth_header(admin.clone()),
-            ),
-            ClientLifecycleMode::Discover {
-                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
-            },
+    let plain = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("plain", "0.1.0"),
+    )
+    .serve_with_lifecycle(
+        StreamableHttpClientTransport::from_config(
+            StreamableHttpClientTransportConfig::with_uri(format!("{}/mcp", server.url))
+                .auth_header(admin.clone()),
+        ),
+        ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        },
+    )
+    .await
+    .unwrap();
+    let out = plain
+        .call_tool(
+            CallToolRequestParams::new("pipeline.echoes")
+                .with_arguments(args(json!({"hello": "world"}))),
         )
         .await
         .unwrap();
-    let out = plain
-        .call_tool(CallToolRequestParams::new("pipeline.echoes").with_arguments(args(json!({"hello": "world"}))))
-        .await
-        .unwrap();
     assert_eq!(out.is_error, Some(false), "{out:?}");
-    assert_eq!(out.structured_content, Some(json!({"hello": "world"})), "{out:?}");
+    assert_eq!(
+        out.structured_content,
+        Some(json!({"hello": "world"})),
+        "{out:?}"
+    );
     plain.cancel().await.unwrap();
     mcp.cancel().await.unwrap();
 }
@@ -338,7 +387,11 @@ async fn pipelines_are_tasks(postgres: bool) {
     let task = start_task(&mcp, "echoes", json!({"n": 1})).await;
     let done = poll_until(&mcp, &task, |p| !matches!(p, TaskPayload::Working)).await;
     let result = completed(&done);
-    assert_eq!(result.structured_content, Some(json!({"n": 1})), "{result:?}");
+    assert_eq!(
+        result.structured_content,
+        Some(json!({"n": 1})),
+        "{result:?}"
+    );
     assert!(text_of(&result).contains("\"n\":1"), "{result:?}");
 
     // A step that asks: the question is the task's input request; the answer resumes it.
@@ -346,15 +399,20 @@ async fn pipelines_are_tasks(postgres: bool) {
     let asking = poll_until(&mcp, &task, |p| !matches!(p, TaskPayload::Working)).await;
     let (key, request) = input_request(&asking);
     assert_eq!(request["method"], "elicitation/create", "{request}");
-    assert!(request["params"]["message"].as_str().unwrap().len() > 3, "{request}");
+    assert!(
+        request["params"]["message"].as_str().unwrap().len() > 3,
+        "{request}"
+    );
     assert_eq!(
-        request["params"]["requestedSchema"]["properties"]["approved"]["type"],
-        "boolean",
+        request["params"]["requestedSchema"]["properties"]["approved"]["type"], "boolean",
         "{request}"
     );
     // An answer that does not fit the question's schema is refused; the task still asks.
     let mut wrong = std::collections::BTreeMap::new();
-    wrong.insert(key.clone(), json!({"action": "accept", "content": {"approved": "yes"}}));
+    wrong.insert(
+        key.clone(),
+        json!({"action": "accept", "content": {"approved": "yes"}}),
+    );
     let err = mcp
         .peer()
         .update_task(UpdateTaskParams::new(task.clone(), wrong))
@@ -362,7 +420,10 @@ async fn pipelines_are_tasks(postgres: bool) {
         .unwrap_err();
     assert!(err.to_string().contains("INVALID_ANSWER"), "{err}");
     let mut answer = std::collections::BTreeMap::new();
-    answer.insert(key.clone(), json!({"action": "accept", "content": {"approved": true, "comment": "ok"}}));
+    answer.insert(
+        key.clone(),
+        json!({"action": "accept", "content": {"approved": true, "comment": "ok"}}),
+    );
     mcp.peer()
         .update_task(UpdateTaskParams::new(task.clone(), answer))
         .await
@@ -372,11 +433,18 @@ async fn pipelines_are_tasks(postgres: bool) {
     })
     .await;
     let result = completed(&done);
-    assert_eq!(result.structured_content.as_ref().unwrap()["approved"], true, "{result:?}");
+    assert_eq!(
+        result.structured_content.as_ref().unwrap()["approved"],
+        true,
+        "{result:?}"
+    );
 
     // Declining a question cancels the run.
     let task = start_task(&mcp, "review", json!({})).await;
-    let asking = poll_until(&mcp, &task, |p| matches!(p, TaskPayload::InputRequired { .. })).await;
+    let asking = poll_until(&mcp, &task, |p| {
+        matches!(p, TaskPayload::InputRequired { .. })
+    })
+    .await;
     let (key, _) = input_request(&asking);
     let mut decline = std::collections::BTreeMap::new();
     decline.insert(key, json!({"action": "decline"}));
@@ -392,7 +460,10 @@ async fn pipelines_are_tasks(postgres: bool) {
 
     // tasks/cancel cancels the run, as POST /v1/runs/{id}/cancel does.
     let task = start_task(&mcp, "review", json!({})).await;
-    poll_until(&mcp, &task, |p| matches!(p, TaskPayload::InputRequired { .. })).await;
+    poll_until(&mcp, &task, |p| {
+        matches!(p, TaskPayload::InputRequired { .. })
+    })
+    .await;
     mcp.peer()
         .cancel_task(CancelTaskParams::new(task.clone()))
         .await
@@ -402,7 +473,9 @@ async fn pipelines_are_tasks(postgres: bool) {
     })
     .await;
     assert!(matches!(done, TaskPayload::Cancelled), "{done:?}");
-    let (_, run) = rest.json(Method::GET, &format!("/v1/runs/{task}"), &admin, None).await;
+    let (_, run) = rest
+        .json(Method::GET, &format!("/v1/runs/{task}"), &admin, None)
+        .await;
     assert_eq!(run["run"]["status"], "cancelled", "{run}");
     // A second cancel: the run has ended.
     let err = mcp
@@ -414,15 +487,24 @@ async fn pipelines_are_tasks(postgres: bool) {
 
     // A task survives a restart: polled (and answered) through the new process.
     let task = start_task(&mcp, "review", json!({"after": "restart"})).await;
-    poll_until(&mcp, &task, |p| matches!(p, TaskPayload::InputRequired { .. })).await;
+    poll_until(&mcp, &task, |p| {
+        matches!(p, TaskPayload::InputRequired { .. })
+    })
+    .await;
     mcp.cancel().await.unwrap();
     let data = server.stop();
     let server = restart(data, &envs);
     let mcp = connect(&server.url, &admin).await;
-    let asking = poll_until(&mcp, &task, |p| matches!(p, TaskPayload::InputRequired { .. })).await;
+    let asking = poll_until(&mcp, &task, |p| {
+        matches!(p, TaskPayload::InputRequired { .. })
+    })
+    .await;
     let (key, _) = input_request(&asking);
     let mut answer = std::collections::BTreeMap::new();
-    answer.insert(key, json!({"action": "accept", "content": {"approved": true}}));
+    answer.insert(
+        key,
+        json!({"action": "accept", "content": {"approved": true}}),
+    );
     mcp.peer()
         .update_task(UpdateTaskParams::new(task.clone(), answer))
         .await
@@ -431,7 +513,10 @@ async fn pipelines_are_tasks(postgres: bool) {
         !matches!(p, TaskPayload::Working | TaskPayload::InputRequired { .. })
     })
     .await;
-    assert_eq!(completed(&done).structured_content.unwrap()["input"], json!({"after": "restart"}));
+    assert_eq!(
+        completed(&done).structured_content.unwrap()["input"],
+        json!({"after": "restart"})
+    );
     mcp.cancel().await.unwrap();
 }
 
@@ -455,7 +540,10 @@ async fn api_12_isolation_roles_and_caps(postgres: bool) {
     rest.seed(&admin).await;
     let mcp = connect(&server.url, &admin).await;
     let task = start_task(&mcp, "review", json!({})).await;
-    poll_until(&mcp, &task, |p| matches!(p, TaskPayload::InputRequired { .. })).await;
+    poll_until(&mcp, &task, |p| {
+        matches!(p, TaskPayload::InputRequired { .. })
+    })
+    .await;
 
     // Another tenant's token: none of the first tenant's tools, pipelines or tasks.
     let other = token(&server, &envs, "other", "admin");
@@ -478,7 +566,11 @@ async fn api_12_isolation_roles_and_caps(postgres: bool) {
     );
     assert!(err.to_string().contains("RUN_NOT_FOUND"), "{err}");
     for e in [
-        theirs.peer().cancel_task(CancelTaskParams::new(task.clone())).await.unwrap_err(),
+        theirs
+            .peer()
+            .cancel_task(CancelTaskParams::new(task.clone()))
+            .await
+            .unwrap_err(),
         theirs
             .peer()
             .update_task(UpdateTaskParams::new(task.clone(), Default::default()))
@@ -488,7 +580,9 @@ async fn api_12_isolation_roles_and_caps(postgres: bool) {
         assert!(e.to_string().contains("RUN_NOT_FOUND"), "{e}");
     }
     let err = theirs
-        .call_tool(CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": "a"}))))
+        .call_tool(
+            CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": "a"}))),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unknown tool"), "{err}");
@@ -499,36 +593,57 @@ async fn api_12_isolation_roles_and_caps(postgres: bool) {
     assert!(err.to_string().contains("unknown tool"), "{err}");
     theirs.cancel().await.unwrap();
     // The first tenant's task is untouched.
-    poll_until(&mcp, &task, |p| matches!(p, TaskPayload::InputRequired { .. })).await;
+    poll_until(&mcp, &task, |p| {
+        matches!(p, TaskPayload::InputRequired { .. })
+    })
+    .await;
 
     // A viewer lists and reads, but calls and cancels nothing.
     let viewer = token(&server, &envs, "default", "viewer");
     let view = connect(&server.url, &viewer).await;
     assert!(!view.list_all_tools().await.unwrap().is_empty());
-    view.peer().get_task(GetTaskParams::new(task.clone())).await.unwrap();
+    view.peer()
+        .get_task(GetTaskParams::new(task.clone()))
+        .await
+        .unwrap();
     let err = view
-        .call_tool(CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": "a"}))))
+        .call_tool(
+            CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": "a"}))),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("FORBIDDEN"), "{err}");
-    let err = view.peer().cancel_task(CancelTaskParams::new(task.clone())).await.unwrap_err();
+    let err = view
+        .peer()
+        .cancel_task(CancelTaskParams::new(task.clone()))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("FORBIDDEN"), "{err}");
     view.cancel().await.unwrap();
 
     // Arguments over the run input cap: invalid params naming the limit; nothing ran.
     let (_, before) = rest.json(Method::GET, "/v1/runs", &admin, None).await;
     let err = mcp
-        .call_tool(CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": "x".repeat(5000)}))))
+        .call_tool(
+            CallToolRequestParams::new("word_count")
+                .with_arguments(args(json!({"text": "x".repeat(5000)}))),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("4096-byte limit"), "{err}");
     let err = mcp
-        .call_tool_once(CallToolRequestParams::new("pipeline.echoes").with_arguments(args(json!({"text": "x".repeat(5000)}))))
+        .call_tool_once(
+            CallToolRequestParams::new("pipeline.echoes")
+                .with_arguments(args(json!({"text": "x".repeat(5000)}))),
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("4096-byte limit"), "{err}");
     let (_, after) = rest.json(Method::GET, "/v1/runs", &admin, None).await;
-    assert_eq!(before["runs"].as_array().unwrap().len(), after["runs"].as_array().unwrap().len());
+    assert_eq!(
+        before["runs"].as_array().unwrap().len(),
+        after["runs"].as_array().unwrap().len()
+    );
     mcp.cancel().await.unwrap();
 
     // Over HTTP: no token and a bad token are 401 like the REST API; a body over the
@@ -592,17 +707,32 @@ async fn mcp_stdio_serves_the_local_tools_and_pipelines() {
     let mcp = client_config().serve(transport).await.unwrap();
     let tools = mcp.list_all_tools().await.unwrap();
     assert!(tools.iter().any(|t| t.name == "word_count"), "{tools:?}");
-    assert!(tools.iter().any(|t| t.name == "pipeline.review"), "{tools:?}");
+    assert!(
+        tools.iter().any(|t| t.name == "pipeline.review"),
+        "{tools:?}"
+    );
     let result = mcp
-        .call_tool(CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": "a b"}))))
+        .call_tool(
+            CallToolRequestParams::new("word_count").with_arguments(args(json!({"text": "a b"}))),
+        )
         .await
         .unwrap();
-    assert_eq!(result.structured_content.as_ref().unwrap()["words"], 2, "{result:?}");
+    assert_eq!(
+        result.structured_content.as_ref().unwrap()["words"],
+        2,
+        "{result:?}"
+    );
     let task = start_task(&mcp, "review", json!({})).await;
-    let asking = poll_until(&mcp, &task, |p| matches!(p, TaskPayload::InputRequired { .. })).await;
+    let asking = poll_until(&mcp, &task, |p| {
+        matches!(p, TaskPayload::InputRequired { .. })
+    })
+    .await;
     let (key, _) = input_request(&asking);
     let mut answer = std::collections::BTreeMap::new();
-    answer.insert(key, json!({"action": "accept", "content": {"approved": true}}));
+    answer.insert(
+        key,
+        json!({"action": "accept", "content": {"approved": true}}),
+    );
     mcp.peer()
         .update_task(UpdateTaskParams::new(task.clone(), answer))
         .await
@@ -611,6 +741,9 @@ async fn mcp_stdio_serves_the_local_tools_and_pipelines() {
         !matches!(p, TaskPayload::Working | TaskPayload::InputRequired { .. })
     })
     .await;
-    assert_eq!(completed(&done).structured_content.unwrap()["approved"], true);
+    assert_eq!(
+        completed(&done).structured_content.unwrap()["approved"],
+        true
+    );
     mcp.cancel().await.unwrap();
 }

@@ -194,7 +194,11 @@ impl McpServer {
     }
 
     /// Who the request acts for, if at least `needed`.
-    fn caller(&self, ctx: &RequestContext<RoleServer>, needed: Role) -> Result<Principal, McpError> {
+    fn caller(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+        needed: Role,
+    ) -> Result<Principal, McpError> {
         let principal = match &self.local {
             Some(p) => p.clone(),
             None => {
@@ -357,7 +361,11 @@ impl McpServer {
     /// A pipeline call without the Tasks extension: waits (at most [`UNTASKED_WAIT`]) for
     /// the run to end. A run that asks a question is cancelled (the client cannot answer
     /// without tasks); one still running after the wait goes on, and the answer names it.
-    async fn wait_for_run(&self, tenant_id: &str, run_id: &str) -> Result<CallToolResult, McpError> {
+    async fn wait_for_run(
+        &self,
+        tenant_id: &str,
+        run_id: &str,
+    ) -> Result<CallToolResult, McpError> {
         let started = std::time::Instant::now();
         loop {
             let run = self

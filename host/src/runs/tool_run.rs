@@ -258,7 +258,8 @@ impl Runner {
             },
             Change::SkipRemaining,
         ];
-        let mut step_done = json!({"step_id": step, "agent_type": agent, "fuel_used": fuel, "attempt": 1});
+        let mut step_done =
+            json!({"step_id": step, "agent_type": agent, "fuel_used": fuel, "attempt": 1});
         let mut complete = json!({
             "run_id": run.id, "all_done": true, "status": status,
             "error": status != "succeeded", "fuel_used": fuel, "tokens_used": 0,
@@ -286,7 +287,10 @@ impl Runner {
             match self.commit_many(run, &changes, &events).await {
                 Ok(_) => break,
                 Err(e) if tries < 8 => {
-                    tracing::warn!("could not record the end of run {} (will retry): {e}", run.id);
+                    tracing::warn!(
+                        "could not record the end of run {} (will retry): {e}",
+                        run.id
+                    );
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
@@ -315,7 +319,10 @@ async fn pipeline_load(
 ) -> Result<Arc<crate::engine::Plugin>, RunError> {
     use super::pipeline::Registry;
     registry
-        .load(&super::pipeline::PluginRef::Id(plugin_id.to_string()), engine)
+        .load(
+            &super::pipeline::PluginRef::Id(plugin_id.to_string()),
+            engine,
+        )
         .await
         .map_err(RunError::InvalidPipeline)?
         .map_err(|f| RunError::InvalidPipeline(f.to_string()))
