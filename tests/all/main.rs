@@ -19,6 +19,7 @@ mod engine;
 mod hostile;
 mod lifecycle;
 mod logs;
+mod mcp;
 mod models;
 mod models_guest;
 mod openapi;

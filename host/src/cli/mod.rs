@@ -1,6 +1,7 @@
 //! The `corral` command line: one file per command. Exit codes: see [`runs::EXIT_CODES`].
 
 mod call;
+mod mcp;
 mod plugin;
 mod remote;
 mod runs;
@@ -97,6 +98,9 @@ enum Command {
     Worker(RunsPlugins<runs::WorkerArgs>),
     /// Serve the HTTP API (REST + SSE) and execute runs.
     Serve(RunsPlugins<serve::ServeArgs>),
+    /// Serve the local tenant's tools and pipelines over the Model Context Protocol
+    /// (`--stdio`), for MCP clients that start a process.
+    Mcp(RunsPlugins<mcp::McpArgs>),
     /// Manage tenants (offline, on the database).
     #[command(subcommand)]
     Tenant(serve::TenantCommand),
@@ -136,6 +140,7 @@ pub fn main() -> ExitCode {
         Command::Restart(c) => c.scratch_dir.clone(),
         Command::Worker(c) => c.scratch_dir.clone(),
         Command::Serve(c) => c.scratch_dir.clone(),
+        Command::Mcp(c) => c.scratch_dir.clone(),
         _ => None,
     };
     let format = cli
@@ -173,6 +178,7 @@ pub fn main() -> ExitCode {
             Command::Schedule(cmd) => schedule::schedule(&cli, cmd).await,
             Command::Worker(c) => runs::worker(&cli, &c.args).await,
             Command::Serve(c) => serve::serve(&cli, &c.args).await,
+            Command::Mcp(c) => mcp::mcp(&cli, &c.args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,
             Command::Token(cmd) => serve::token(&cli, cmd).await,
             Command::Secret(cmd) => secret::secret(&cli, cmd).await,

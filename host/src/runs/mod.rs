@@ -14,7 +14,10 @@ pub mod manifest;
 pub mod pipeline;
 pub mod schedules;
 mod services;
+mod tool_run;
 pub mod webhooks;
+
+pub use tool_run::{TOOL_CALL_FUEL, TOOL_CALL_TIMEOUT, ToolCallRun, stored_specs};
 
 use crate::engine::{Engine, ErrorCode, json};
 use crate::events::Bus;
@@ -51,7 +54,9 @@ pub enum RunError {
     #[error("INVALID_INPUT: {0}")]
     InvalidInput(String),
     /// The run is still queued, running or waiting: only an ended run can be restarted.
-    #[error("RUN_ACTIVE: run `{0}` is {1}; only an ended (succeeded, failed, cancelled) or paused run can be restarted")]
+    #[error(
+        "RUN_ACTIVE: run `{0}` is {1}; only an ended (succeeded, failed, cancelled) or paused run can be restarted"
+    )]
     StillActive(String, String),
     /// The run's pipeline has no step of that name.
     #[error("UNKNOWN_STEP: run `{0}` has no step `{1}` (its steps: {2})")]
