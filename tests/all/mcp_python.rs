@@ -3,7 +3,7 @@
 //! `tests/mcp_python/client_checks.py` against a real `corral serve` with a tenant's tool
 //! plugin and pipelines: tools/list, a tool call, a pipeline as a task to completion, its
 //! input request answered, a cancel, another tenant's token seeing nothing, and oversized
-//! arguments refused. `CORRAL_SKIP_MCP_PYTHON=1` skips it.
+//! arguments refused (API-12). `CORRAL_SKIP_MCP_PYTHON=1` skips it.
 
 use crate::util::*;
 use reqwest::{Client, Method, StatusCode};
@@ -104,14 +104,17 @@ fn token(server: &Server, envs: &[(&str, String)], tenant: &str, role: &str) -> 
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-async fn the_python_sdk_drives_tools_tasks_and_tenants(postgres: bool) {
+async fn api_12_the_python_sdk_drives_tools_tasks_and_tenants(postgres: bool) {
     let Some(python) = python() else {
         return;
     };
     let Some(envs) = database(postgres).await else {
         return;
     };
-    let settings: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut settings: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // A small run-input cap, so oversized arguments fit in a request body (1 MiB cap) and
+    // reach the MCP handler's own check.
+    settings.push(("CORRAL_MAX_INPUT_BYTES", "4096"));
     let server = Server::start(&settings);
     let url = server.url.clone();
     // Tenant `acme` has the tool plugin and the pipelines; tenant `other` has nothing.
@@ -168,8 +171,8 @@ async fn the_python_sdk_drives_tools_tasks_and_tenants(postgres: bool) {
         .args(["--expect-tools", &names.join(",")])
         .args(["--done-pipeline", "done", "--ask-pipeline", "ask"])
         .args(["--question", QUESTION])
-        // Over the run-input cap (16 MiB), so over every argument cap.
-        .args(["--oversize-bytes", &((16 << 20) + 1024).to_string()])
+        // Over the run-input cap.
+        .args(["--oversize-bytes", "5000"])
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("PYTHONUNBUFFERED", "1")
         .stdout(std::process::Stdio::piped())
@@ -216,11 +219,11 @@ async fn the_python_sdk_drives_tools_tasks_and_tenants(postgres: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdk_drives_tools_tasks_and_tenants_sqlite() {
-    the_python_sdk_drives_tools_tasks_and_tenants(false).await;
+async fn api_12_the_python_sdk_drives_tools_tasks_and_tenants_sqlite() {
+    api_12_the_python_sdk_drives_tools_tasks_and_tenants(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdk_drives_tools_tasks_and_tenants_postgres() {
-    the_python_sdk_drives_tools_tasks_and_tenants(true).await;
+async fn api_12_the_python_sdk_drives_tools_tasks_and_tenants_postgres() {
+    api_12_the_python_sdk_drives_tools_tasks_and_tenants(true).await;
 }
