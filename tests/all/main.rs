@@ -18,6 +18,7 @@ mod egress;
 mod engine;
 mod hostile;
 mod logs;
+mod mcp;
 mod mcp_python;
 mod models;
 mod models_guest;

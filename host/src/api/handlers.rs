@@ -234,7 +234,22 @@ pub(super) async fn list_tools(
     caller: Caller,
 ) -> Result<Json<ToolList>, ApiError> {
     let plugins = state.runner.store().plugins(&caller.tenant_id).await?;
-    let tools: Vec<ToolEntry> = plugins
+    Ok(Json(ToolList {
+        tools: tool_entries(&plugins),
+    }))
+}
+
+/// Every tool of the tool plugins among `plugins`, as `GET /v1/tools` and MCP's
+/// `tools/list` show them, with the plugin record each comes from.
+pub(super) fn tool_entries(plugins: &[PluginRecord]) -> Vec<ToolEntry> {
+    tools_of(plugins).map(|(entry, _)| entry).collect()
+}
+
+/// [`tool_entries`], each with its plugin.
+pub(super) fn tools_of(
+    plugins: &[PluginRecord],
+) -> impl Iterator<Item = (ToolEntry, &PluginRecord)> {
+    plugins
         .iter()
         .filter(|p| p.world == World::Tool.as_str())
         .flat_map(|p| {
@@ -247,16 +262,17 @@ pub(super) async fn list_tools(
             // Stored by the upload from the plugin's checked `list-tools`, so each parses.
             specs.into_iter().filter_map(move |spec| {
                 let spec: StoredTool = serde_json::from_value(spec).ok()?;
-                Some(ToolEntry {
-                    name: spec.name,
-                    description: spec.description,
-                    input_schema: spec.input_schema,
-                    plugin: format!("{}@{}", p.name, p.version),
-                })
+                Some((
+                    ToolEntry {
+                        name: spec.name,
+                        description: spec.description,
+                        input_schema: spec.input_schema,
+                        plugin: format!("{}@{}", p.name, p.version),
+                    },
+                    p,
+                ))
             })
         })
-        .collect();
-    Ok(Json(ToolList { tools }))
 }
 
 pub(super) async fn get_plugin(
@@ -307,7 +323,7 @@ async fn check_pipeline(
 }
 
 /// A pipeline document (a request's JSON) as a pipeline, or 400 `INVALID_PIPELINE`.
-fn parse_pipeline(doc: &Value) -> Result<pipeline::Pipeline, ApiError> {
+pub(super) fn parse_pipeline(doc: &Value) -> Result<pipeline::Pipeline, ApiError> {
     pipeline::parse_json(&doc.to_string(), None).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,

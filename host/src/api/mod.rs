@@ -3,6 +3,10 @@
 //! Every route is one row of [`ROUTES`]. The router is built from the table, and so is
 //! `/openapi.json`, so the document always lists exactly the routes that exist; the
 //! cross-tenant tests walk the same table.
+//!
+//! One route is not in the table: `POST /mcp`, the Model Context Protocol endpoint (see
+//! [`mcp`]). It speaks JSON-RPC, not REST, so it is not in `/openapi.json`; it takes the
+//! same bearer tokens, roles, throttling and body cap as the REST routes.
 
 mod auth;
 pub mod cors;
@@ -11,6 +15,7 @@ pub mod error;
 mod extract;
 mod handlers;
 mod logging;
+pub mod mcp;
 pub mod metrics;
 pub mod server;
 mod session;
@@ -597,6 +602,7 @@ pub fn router(state: AppState) -> Router {
         router = router.route(path, method_router);
     }
     router
+        .merge(mcp_router(&state))
         .merge(ui::router())
         .fallback(handlers::not_found)
         .method_not_allowed_fallback(handlers::method_not_allowed)
@@ -607,6 +613,61 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(logging::log_requests))
         .with_state(state)
+}
+
+/// `/mcp`: rmcp's streamable HTTP service, stateless (no sessions: any node answers any
+/// request), behind the REST API's authentication and body cap.
+fn mcp_router(state: &AppState) -> Router<AppState> {
+    use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
+    use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+    let server = mcp::McpServer::http(state.runner.clone(), state.config.max_queued_per_tenant);
+    let cap = state.config.max_body_bytes;
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        // Callers are named by their bearer token (cookies are not taken here), so a
+        // rebound DNS name gains a page nothing: the Host check is not needed, and would
+        // refuse every deployment not reached as localhost.
+        .disable_allowed_hosts()
+        .with_max_request_body_bytes(cap)
+        .with_cancellation_token(state.shutdown.child_token());
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(NeverSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .route_service("/mcp", service)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            mcp_auth,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            cap,
+            refuse_declared_oversize,
+        ))
+}
+
+/// The caller of an `/mcp` request, from its bearer token exactly as for the REST API
+/// (same lookup, same bad-token throttle), put in the request's extensions for the MCP
+/// handler. A session cookie is not a credential here.
+async fn mcp_auth(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::extract::FromRequestParts;
+    use axum::response::IntoResponse;
+    let (mut parts, body) = req.into_parts();
+    parts.headers.remove(axum::http::header::COOKIE);
+    match auth::Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => {
+            parts.extensions.insert(caller);
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn refuse_declared_oversize(

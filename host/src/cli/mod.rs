@@ -1,6 +1,7 @@
 //! The `corral` command line: one file per command. Exit codes: see [`runs::EXIT_CODES`].
 
 mod call;
+mod mcp;
 mod plugin;
 mod remote;
 mod runs;
@@ -87,6 +88,9 @@ enum Command {
     Worker(RunsPlugins<runs::WorkerArgs>),
     /// Serve the HTTP API (REST + SSE) and execute runs.
     Serve(RunsPlugins<serve::ServeArgs>),
+    /// Serve the local tenant's tools and pipelines over the Model Context Protocol
+    /// (`--stdio`), for MCP clients that start a process.
+    Mcp(RunsPlugins<mcp::McpArgs>),
     /// Manage tenants (offline, on the database).
     #[command(subcommand)]
     Tenant(serve::TenantCommand),
@@ -125,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Run(c) => c.scratch_dir.clone(),
         Command::Worker(c) => c.scratch_dir.clone(),
         Command::Serve(c) => c.scratch_dir.clone(),
+        Command::Mcp(c) => c.scratch_dir.clone(),
         _ => None,
     };
     let format = cli
@@ -158,6 +163,7 @@ pub fn main() -> ExitCode {
             Command::Cancel(args) => runs::cancel(&cli, args).await,
             Command::Worker(c) => runs::worker(&cli, &c.args).await,
             Command::Serve(c) => serve::serve(&cli, &c.args).await,
+            Command::Mcp(c) => mcp::mcp(&cli, &c.args).await,
             Command::Tenant(cmd) => serve::tenant(&cli, cmd).await,
             Command::Token(cmd) => serve::token(&cli, cmd).await,
             Command::Secret(cmd) => secret::secret(&cli, cmd).await,

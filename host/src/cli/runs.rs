@@ -56,7 +56,7 @@ impl TenantArgs {
 
     /// The tenant's id on the local database: `local` is made when missing, any other
     /// must exist (else `TENANT_NOT_FOUND`, exit 2).
-    async fn resolve(&self, store: &Store) -> anyhow::Result<Result<String, ExitCode>> {
+    pub(super) async fn resolve(&self, store: &Store) -> anyhow::Result<Result<String, ExitCode>> {
         match &self.tenant {
             None => Ok(Ok(store.ensure_tenant(LOCAL_TENANT).await?)),
             Some(name) if name == LOCAL_TENANT => Ok(Ok(store.ensure_tenant(name).await?)),

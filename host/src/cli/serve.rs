@@ -37,6 +37,10 @@ pub(super) struct ServeArgs {
     /// Queued runs per tenant before new submissions get 429. Default: 1000.
     #[arg(long, env = "CORRAL_MAX_QUEUED_PER_TENANT")]
     max_queued_per_tenant: Option<i64>,
+    /// Largest run input, and largest arguments of an MCP tool call, in bytes. Default:
+    /// 16777216 (16 MiB; a request body is capped at 1 MiB before that).
+    #[arg(long, env = "CORRAL_MAX_INPUT_BYTES")]
+    max_input_bytes: Option<usize>,
     /// Seconds a client has to send a request's headers (also the next request's, once its
     /// first byte arrived on a kept-alive connection). Default: 10.
     #[arg(long, env = "CORRAL_HEADER_READ_TIMEOUT_SECS")]
@@ -84,6 +88,7 @@ struct FileConfig {
     max_concurrent_runs: Option<usize>,
     max_streams_per_tenant: Option<usize>,
     max_queued_per_tenant: Option<i64>,
+    max_input_bytes: Option<usize>,
     shutdown_grace_secs: Option<u64>,
     heartbeat_secs: Option<u64>,
     header_read_timeout_secs: Option<u64>,
@@ -329,6 +334,11 @@ async fn serve_checked(cli: &Cli, args: &ServeArgs) -> anyhow::Result<ExitCode> 
             .or(file.max_concurrent_runs)
             .unwrap_or(8),
         lease: super::runs::lease_from_env(),
+        max_input_bytes: args
+            .max_input_bytes
+            .or(file.max_input_bytes)
+            .unwrap_or(RunnerConfig::default().max_input_bytes)
+            .max(1),
         ..RunnerConfig::default()
     };
     let lease = runner_config.lease;

@@ -10,7 +10,10 @@ mod guest_events;
 pub mod manifest;
 pub mod pipeline;
 mod services;
+mod tool_run;
 pub mod webhooks;
+
+pub use tool_run::{TOOL_CALL_FUEL, TOOL_CALL_TIMEOUT, ToolCallRun, stored_specs};
 
 use crate::engine::{Engine, ErrorCode, json};
 use crate::events::Bus;

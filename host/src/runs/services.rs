@@ -761,15 +761,37 @@ impl StepServices {
     /// `host.call-tool`: a granted tool, arguments checked against its schema before it
     /// runs, in its own fresh sandbox, its fuel charged to the run.
     async fn call_granted_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
-        let (tool, spec) = self.find_tool(name)?;
+        self.invoke_granted_tool(name, arguments)
+            .await
+            .map_err(|(_, e)| e)
+    }
+
+    /// [`StepServices::call_granted_tool`], with the Corral error code of a failure beside
+    /// the error the guest would see (an MCP tool call shows the code to its client).
+    pub(crate) async fn invoke_granted_tool(
+        &self,
+        name: &str,
+        arguments: &str,
+    ) -> Result<String, (&'static str, PluginError)> {
+        let invalid = |e: PluginError| ("INVALID_INPUT", e);
+        let (tool, spec) = self.find_tool(name).map_err(|e| match e {
+            PluginError::InvalidInput(_) => invalid(e),
+            e => ("NOT_GRANTED", e),
+        })?;
         crate::engine::json::check("arguments", arguments, 1 << 20)
-            .map_err(PluginError::InvalidInput)?;
-        let args: serde_json::Value = serde_json::from_str(arguments)
-            .map_err(|e| PluginError::InvalidInput(format!("arguments for `{name}`: {e}")))?;
+            .map_err(|e| invalid(PluginError::InvalidInput(e)))?;
+        let args: serde_json::Value = serde_json::from_str(arguments).map_err(|e| {
+            invalid(PluginError::InvalidInput(format!(
+                "arguments for `{name}`: {e}"
+            )))
+        })?;
         let qualified = format!("{}/{}", tool.name, spec.name);
         // Bad arguments never reach the tool.
-        super::validate_against(&spec.input_schema.to_string(), &args)
-            .map_err(|e| PluginError::InvalidInput(format!("arguments for `{qualified}`: {e}")))?;
+        super::validate_against(&spec.input_schema.to_string(), &args).map_err(|e| {
+            invalid(PluginError::InvalidInput(format!(
+                "arguments for `{qualified}`: {e}"
+            )))
+        })?;
         let summary = crate::capabilities::log::neutralise(arguments, 200);
         self.event(json!({"step_id": self.step, "tool": qualified, "phase": "started", "arguments": summary}))
             .await;
@@ -779,8 +801,9 @@ impl StepServices {
             let used = u64::try_from(self.live.fuel.load(Ordering::Relaxed)).unwrap_or(0);
             fuel = fuel.min(budget.saturating_sub(used));
             if fuel == 0 {
-                return Err(PluginError::Permanent(
-                    "the run's fuel budget is spent".into(),
+                return Err((
+                    "BUDGET_EXHAUSTED",
+                    PluginError::Permanent("the run's fuel budget is spent".into()),
                 ));
             }
         }
@@ -828,19 +851,22 @@ impl StepServices {
         .await;
         match outcome.result {
             Ok(crate::engine::Output::Json(text)) => Ok(text),
-            Ok(_) => Err(PluginError::Permanent(format!(
-                "`{qualified}` returned no JSON"
-            ))),
-            Err(f) if f.retry == crate::engine::Retry::Transient => Err(PluginError::Transient(
-                format!("`{qualified}`: {}", f.message),
+            Ok(_) => Err((
+                "PLUGIN_ERROR",
+                PluginError::Permanent(format!("`{qualified}` returned no JSON")),
             )),
-            Err(f) if f.code == crate::engine::ErrorCode::InvalidInput => Err(
+            Err(f) if f.retry == crate::engine::Retry::Transient => Err((
+                f.code.as_str(),
+                PluginError::Transient(format!("`{qualified}`: {}", f.message)),
+            )),
+            Err(f) if f.code == crate::engine::ErrorCode::InvalidInput => Err((
+                f.code.as_str(),
                 PluginError::InvalidInput(format!("`{qualified}`: {}", f.message)),
-            ),
-            Err(f) => Err(PluginError::Permanent(format!(
-                "`{qualified}` failed: {}: {}",
-                f.code, f.message
-            ))),
+            )),
+            Err(f) => Err((
+                f.code.as_str(),
+                PluginError::Permanent(format!("`{qualified}` failed: {}: {}", f.code, f.message)),
+            )),
         }
     }
 

@@ -339,8 +339,38 @@ impl Store {
         max_queued: Option<i64>,
         plugin_ids: &[String],
     ) -> Result<Option<(RunRecord, Event)>> {
-        use writer::Arg::{Int, OptText, Text};
+        self.insert_run(new, max_queued, plugin_ids, None).await
+    }
+
+    /// Creates a run already claimed by `owner` (status `running`, under a lease of
+    /// `lease`), for work this host does itself at once and no scheduler may take: an MCP
+    /// tool call recorded as a short run. If the host dies, recovery ends it like any
+    /// other run whose host died.
+    pub async fn create_run_claimed(
+        &self,
+        new: &NewRun,
+        plugin_ids: &[String],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<(RunRecord, Event)> {
+        self.insert_run(new, None, plugin_ids, Some((owner, lease)))
+            .await?
+            .ok_or_else(|| StoreError::Corrupt("an uncapped run was refused".into()))
+    }
+
+    async fn insert_run(
+        &self,
+        new: &NewRun,
+        max_queued: Option<i64>,
+        plugin_ids: &[String],
+        claim: Option<(&str, Duration)>,
+    ) -> Result<Option<(RunRecord, Event)>> {
+        use writer::Arg::{Int, OptInt, OptText, Text};
         let now = now_ms();
+        let lease_until = claim.map(|(_, lease)| {
+            now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        });
+        let claim_seq = claim.map(|_| order_stamp());
         let id = new_id("run");
         let mut stmts = Vec::with_capacity(5);
         if max_queued.is_some() && self.backend == Backend::Postgres {
@@ -357,8 +387,9 @@ impl Store {
         stmts.push(
             writer::Stmt::new(
                 "INSERT INTO runs (id, tenant_id, pipeline_id, pipeline_name, spec, input, \
-                 status, next_seq, queue_seq, created_at, updated_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, 'queued', 2, $7, $8, $8 \
+                 status, next_seq, queue_seq, created_at, updated_at, owner, lease_until, \
+                 started_at, claim_seq) \
+                 SELECT $1, $2, $3, $4, $5, $6, $10, 2, $7, $8, $8, $11, $12, $13, $14 \
                  WHERE $9 < 0 OR (SELECT COUNT(*) FROM runs \
                                   WHERE tenant_id = $2 AND status = 'queued') < $9",
                 vec![
@@ -371,6 +402,11 @@ impl Store {
                     Int(order_stamp()),
                     Int(now),
                     Int(max_queued.map_or(-1, |n| n.max(0))),
+                    Text(if claim.is_some() { "running" } else { "queued" }.into()),
+                    OptText(claim.map(|(owner, _)| owner.to_string())),
+                    OptInt(lease_until),
+                    OptInt(claim.map(|_| now)),
+                    OptInt(claim_seq),
                 ],
             )
             .guarded(),
@@ -431,7 +467,7 @@ impl Store {
             spec: new.spec.clone(),
             input: new.input.clone(),
             output: None,
-            status: "queued".into(),
+            status: if claim.is_some() { "running" } else { "queued" }.into(),
             error_code: None,
             error_message: None,
             fuel_used: 0,
@@ -440,11 +476,11 @@ impl Store {
             next_seq: 2,
             last_seq: 1,
             cancel_requested: false,
-            owner: None,
-            lease_until: None,
-            claim_seq: None,
+            owner: claim.map(|(owner, _)| owner.to_string()),
+            lease_until,
+            claim_seq,
             created_at: now,
-            started_at: None,
+            started_at: claim.map(|_| now),
             finished_at: None,
         };
         let event = Event {

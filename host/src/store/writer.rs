@@ -35,6 +35,7 @@ pub(crate) enum Arg {
     Text(String),
     OptText(Option<String>),
     Int(i64),
+    OptInt(Option<i64>),
     Bytes(Vec<u8>),
 }
 
@@ -454,6 +455,7 @@ fn bind<'q>(
             Arg::Text(t) => q.bind(t.clone()),
             Arg::OptText(t) => q.bind(t.clone()),
             Arg::Int(i) => q.bind(*i),
+            Arg::OptInt(i) => q.bind(*i),
             Arg::Bytes(b) => q.bind(b.clone()),
         };
     }
