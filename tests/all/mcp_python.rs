@@ -200,6 +200,7 @@ async fn api_12_the_python_sdk_drives_tools_tasks_and_tenants(postgres: bool) {
         "the MCP Python SDK checks failed ({status}):\n{out}\n{err}"
     );
     assert!(out.contains("mcp python checks: all"), "{out}\n{err}");
+    eprintln!("{out}");
     // Each task was a durable run of the tenant (the cancelled one among them), and
     // nothing it did leaked into the other tenant.
     let ours = call(&url, &acme, Method::GET, "/v1/runs", None).await;
