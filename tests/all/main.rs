@@ -20,6 +20,7 @@ mod hostile;
 mod lifecycle;
 mod logs;
 mod mcp;
+mod mcp_python;
 mod models;
 mod models_guest;
 mod openapi;

@@ -5,8 +5,9 @@
 //!   project-local `.venv`, created on first use; JavaScript plugins with componentize-js
 //!   from `sdk/js/node_modules`, see `js.rs`).
 //! - `test [ARGS]`: `build-plugins`, installs Debian's `chromium` for the browser tests
-//!   when it is missing (see `chromium.rs`) and schemathesis (pinned, into `.venv`) for
-//!   the API conformance test, then the whole test suite (`cargo test` ARGS).
+//!   when it is missing (see `chromium.rs`), schemathesis (pinned, into `.venv`) for
+//!   the API conformance test and the MCP Python SDK (pinned, into `.venv`) for the MCP
+//!   client test, then the whole test suite (`cargo test` ARGS).
 //! - `demo [--serve]`: `build-plugins`, then runs the ETL demo with the release `corral` binary
 //!   (`--serve`: on the web dashboard, see `demo_serve`).
 //! - `bench [--quick]`: `build-plugins`, then the benchmark harness (`bench/`).
@@ -26,6 +27,10 @@ const OPENAPI_VALIDATOR: &str = "openapi-spec-validator==0.7.2";
 /// Tests a live `corral serve` against its /openapi.json in the test suite
 /// (tests/all/openapi.rs); `CORRAL_SKIP_SCHEMATHESIS=1` skips it.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
+/// The official MCP Python SDK (a library, no command): the second, independent MCP client
+/// that drives `/mcp` in the test suite (tests/all/mcp_python.rs, tests/mcp_python/);
+/// `CORRAL_SKIP_MCP_PYTHON=1` skips it.
+const MCP_PYTHON: (&str, &str) = ("mcp", "2.3.0");
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -41,6 +46,11 @@ fn main() -> Result<()> {
                 println!("CORRAL_SKIP_SCHEMATHESIS=1: the schemathesis test will not run");
             } else {
                 python_tool(&root, "schemathesis", SCHEMATHESIS)?;
+            }
+            if std::env::var("CORRAL_SKIP_MCP_PYTHON").is_ok_and(|v| v == "1") {
+                println!("CORRAL_SKIP_MCP_PYTHON=1: the MCP Python SDK test will not run");
+            } else {
+                python_package(&root, MCP_PYTHON.0, MCP_PYTHON.1)?;
             }
             chromium::ensure()?;
             run(Command::new(cargo())
@@ -272,6 +282,36 @@ fn python_tool(root: &Path, command: &str, requirement: &str) -> Result<PathBuf>
         requirement,
     ]))?;
     Ok(tool)
+}
+
+/// A library from PyPI at exactly `version` in the project-local `.venv`: installed when
+/// it is missing or at another version (a library has no command whose presence tells).
+fn python_package(root: &Path, name: &str, version: &str) -> Result<()> {
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    if python.exists() {
+        let out = Command::new(&python)
+            .args([
+                "-c",
+                "import importlib.metadata, sys; print(importlib.metadata.version(sys.argv[1]))",
+                name,
+            ])
+            .output()
+            .with_context(|| format!("running {}", python.display()))?;
+        if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == version {
+            return Ok(());
+        }
+    } else {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    }
+    let requirement = format!("{name}=={version}");
+    println!("installing {requirement} into {}", venv.display());
+    run(Command::new(venv.join("bin/pip")).args([
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        &requirement,
+    ]))
 }
 
 fn demo(root: &Path, rest: &[String]) -> Result<()> {
