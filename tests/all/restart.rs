@@ -851,3 +851,52 @@ async fn dur_29_racing_restarts_queue_the_run_once_and_large_feedback_stays_out_
     assert_eq!(restarted.payload["feedback"], Value::Null);
     assert_eq!(restarted.payload["feedback_omitted_bytes"], big.len() + 2);
 }
+
+on_both_dbs!(dur_30_a_paused_run_restarted_from_a_step_goes_on_from_there_with_feedback);
+/// DUR-30: a paused run can be restarted from a step (issue 15 item 2 names finished, failed
+/// and paused runs): it is no longer paused, the steps before it are reused, and the step
+/// gets the feedback; the log has the `paused` and the `restarted` events and one final
+/// event.
+async fn dur_30_a_paused_run_restarted_from_a_step_goes_on_from_there_with_feedback(db: Db) {
+    let host = Host::start(&db);
+    let flaky = host.upload_flaky().await;
+    let id = host
+        .submit(&flaky, &[json!({"sleep_ms": 3000}), json!({}), json!({})])
+        .await;
+    host.reaches(&id, "running").await;
+    let (status, body) = host.post(&format!("/v1/runs/{id}/pause"), json!({})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let paused = host.reaches(&id, "paused").await;
+    assert_eq!(paused["steps"][0]["status"], "succeeded", "{paused:#}");
+
+    let (status, body) = host
+        .restart(
+            &id,
+            json!({"from_step": "s1", "feedback": {"note": "go on"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let doc = host.ended(&id, 1).await;
+    assert_eq!(doc["run"]["status"], "succeeded", "{doc:#}");
+    assert_eq!(doc["run"]["paused_at"], Value::Null, "{doc:#}");
+    assert_eq!(attempts_of(&doc, 0).len(), 1, "s0 is not run again");
+    let s1 = attempts_of(&doc, 1);
+    assert_eq!(s1.len(), 1, "{s1:#?}");
+    assert_eq!(s1[0]["feedback"], json!({"note": "go on"}), "{s1:#?}");
+
+    let events = host
+        .store()
+        .await
+        .events_after(&id, 0, 10_000)
+        .await
+        .unwrap();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as i64 + 1, "seq not contiguous: {events:#?}");
+    }
+    assert_eq!(events.iter().filter(|e| e.is_final()).count(), 1);
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let p = kinds.iter().position(|k| *k == "paused").unwrap();
+    let r = kinds.iter().position(|k| *k == "restarted").unwrap();
+    assert!(p < r, "{kinds:?}");
+    assert_eq!(events[r].payload["previous_status"], "paused");
+}
