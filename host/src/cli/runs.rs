@@ -1330,16 +1330,37 @@ async fn events_remote(client: &Client, args: &EventsArgs) -> anyhow::Result<Exi
     }
 }
 
-pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitCode> {
-    let client = match server(&args.server) {
-        Ok(client) => client,
-        Err(code) => return Ok(code),
-    };
-    if client.is_some()
-        && let Err(code) = args.tenant.check_remote()
-    {
-        return Ok(code);
+/// A command's action (`answer`, `cancel`, `pause`, `resume`, `schedule show|delete`):
+/// `remote` against the server when `--server` is given, else `local` against the local
+/// database as the `--tenant`; what it answered, or the exit code of its refusal.
+pub(super) async fn act_on_run<T>(
+    cli: &Cli,
+    server_args: &ServerArgs,
+    tenant: &TenantArgs,
+    db: &DbArgs,
+    remote: impl AsyncFnOnce(Client) -> Result<T, super::remote::RemoteError>,
+    local: impl AsyncFnOnce(Runner, String) -> Result<T, ExitCode>,
+) -> anyhow::Result<Result<T, ExitCode>> {
+    match server(server_args) {
+        Err(code) => Ok(Err(code)),
+        Ok(Some(client)) => {
+            if let Err(code) = tenant.check_remote() {
+                return Ok(Err(code));
+            }
+            Ok(remote(client).await.map_err(|e| e.report()))
+        }
+        Ok(None) => {
+            let runner = cli.runner(db, 1).await?;
+            let tenant = match tenant.resolve(runner.store()).await? {
+                Ok(tenant) => tenant,
+                Err(code) => return Ok(Err(code)),
+            };
+            Ok(local(runner, tenant).await)
+        }
     }
+}
+
+pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitCode> {
     let answer = match read_arg(&args.answer) {
         Ok(answer) => answer,
         Err(e) => {
@@ -1347,23 +1368,20 @@ pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitC
             return Ok(ExitCode::from(2));
         }
     };
-    let result = match client {
-        Some(client) => client
-            .answer(&args.run_id, &answer)
-            .await
-            .map_err(|e| e.report()),
-        None => {
-            let runner = cli.runner(&args.db, 1).await?;
-            let tenant = match args.tenant.resolve(runner.store()).await? {
-                Ok(tenant) => tenant,
-                Err(code) => return Ok(code),
-            };
+    let result = act_on_run(
+        cli,
+        &args.server,
+        &args.tenant,
+        &args.db,
+        async |client| client.answer(&args.run_id, &answer).await,
+        async |runner, tenant| {
             runner
                 .answer(&tenant, &args.run_id, &answer)
                 .await
                 .map_err(|e| refuse(&e))
-        }
-    };
+        },
+    )
+    .await?;
     match result {
         Ok(()) => {
             eprintln!("answered run {}", args.run_id);
@@ -1374,26 +1392,20 @@ pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitC
 }
 
 pub(super) async fn cancel(cli: &Cli, args: &CancelArgs) -> anyhow::Result<ExitCode> {
-    let result = match server(&args.server) {
-        Err(code) => return Ok(code),
-        Ok(Some(client)) => {
-            if let Err(code) = args.tenant.check_remote() {
-                return Ok(code);
-            }
-            client.cancel(&args.run_id).await.map_err(|e| e.report())
-        }
-        Ok(None) => {
-            let runner = cli.runner(&args.db, 1).await?;
-            let tenant = match args.tenant.resolve(runner.store()).await? {
-                Ok(tenant) => tenant,
-                Err(code) => return Ok(code),
-            };
+    let result = act_on_run(
+        cli,
+        &args.server,
+        &args.tenant,
+        &args.db,
+        async |client| client.cancel(&args.run_id).await,
+        async |runner, tenant| {
             runner
                 .cancel(&tenant, &args.run_id)
                 .await
                 .map_err(|e| refuse(&e))
-        }
-    };
+        },
+    )
+    .await?;
     match result {
         Ok(()) => {
             eprintln!("cancel requested for run {}", args.run_id);
@@ -1404,30 +1416,21 @@ pub(super) async fn cancel(cli: &Cli, args: &CancelArgs) -> anyhow::Result<ExitC
 }
 
 pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCode> {
-    let result = match server(&args.server) {
-        Err(code) => return Ok(code),
-        Ok(Some(client)) => {
-            if let Err(code) = args.tenant.check_remote() {
-                return Ok(code);
-            }
-            client
-                .pause(&args.run_id, args.now)
-                .await
-                .map_err(|e| e.report())
-        }
-        Ok(None) => {
-            let runner = cli.runner(&args.db, 1).await?;
-            let tenant = match args.tenant.resolve(runner.store()).await? {
-                Ok(tenant) => tenant,
-                Err(code) => return Ok(code),
-            };
+    let result = act_on_run(
+        cli,
+        &args.server,
+        &args.tenant,
+        &args.db,
+        async |client| client.pause(&args.run_id, args.now).await,
+        async |runner, tenant| {
             runner
                 .pause(&tenant, &args.run_id, args.now)
                 .await
                 .map(|p| p.status)
                 .map_err(|e| refuse(&e))
-        }
-    };
+        },
+    )
+    .await?;
     match result {
         Ok(status) if status == "paused" => {
             eprintln!("run {} paused", args.run_id);
@@ -1450,26 +1453,20 @@ pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCod
 }
 
 pub(super) async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<ExitCode> {
-    let result = match server(&args.server) {
-        Err(code) => return Ok(code),
-        Ok(Some(client)) => {
-            if let Err(code) = args.tenant.check_remote() {
-                return Ok(code);
-            }
-            client.resume(&args.run_id).await.map_err(|e| e.report())
-        }
-        Ok(None) => {
-            let runner = cli.runner(&args.db, 1).await?;
-            let tenant = match args.tenant.resolve(runner.store()).await? {
-                Ok(tenant) => tenant,
-                Err(code) => return Ok(code),
-            };
+    let result = act_on_run(
+        cli,
+        &args.server,
+        &args.tenant,
+        &args.db,
+        async |client| client.resume(&args.run_id).await,
+        async |runner, tenant| {
             runner
                 .resume(&tenant, &args.run_id)
                 .await
                 .map_err(|e| refuse(&e))
-        }
-    };
+        },
+    )
+    .await?;
     match result {
         Ok(()) => {
             eprintln!(

@@ -4,7 +4,7 @@
 
 use super::Cli;
 use super::remote::ServerArgs;
-use super::runs::{DbArgs, TenantArgs, read_arg, server};
+use super::runs::{DbArgs, TenantArgs, act_on_run, read_arg, server};
 use crate::runs::pipeline;
 use crate::runs::schedules::{CatchUp, Overlap, ScheduleError, ScheduleRequest};
 use clap::{Args, Subcommand};
@@ -143,28 +143,21 @@ pub(super) async fn schedule(cli: &Cli, cmd: &ScheduleCommand) -> anyhow::Result
             db,
             server: server_args,
         } => {
-            let doc = match server(server_args) {
+            let doc = act_on_run(
+                cli,
+                server_args,
+                tenant,
+                db,
+                async |client| client.schedule(id).await,
+                async |runner, tenant| match runner.schedule(&tenant, id).await {
+                    Ok((schedule, fires)) => Ok(json!({"schedule": schedule, "fires": fires})),
+                    Err(e) => Err(refuse(&e)),
+                },
+            )
+            .await?;
+            let doc = match doc {
+                Ok(doc) => doc,
                 Err(code) => return Ok(code),
-                Ok(Some(client)) => {
-                    if let Err(code) = tenant.check_remote() {
-                        return Ok(code);
-                    }
-                    match client.schedule(id).await {
-                        Ok(doc) => doc,
-                        Err(e) => return Ok(e.report()),
-                    }
-                }
-                Ok(None) => {
-                    let runner = cli.runner(db, 1).await?;
-                    let tenant = match tenant.resolve(runner.store()).await? {
-                        Ok(t) => t,
-                        Err(code) => return Ok(code),
-                    };
-                    match runner.schedule(&tenant, id).await {
-                        Ok((schedule, fires)) => json!({"schedule": schedule, "fires": fires}),
-                        Err(e) => return Ok(refuse(&e)),
-                    }
-                }
             };
             if *json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
@@ -179,26 +172,22 @@ pub(super) async fn schedule(cli: &Cli, cmd: &ScheduleCommand) -> anyhow::Result
             db,
             server: server_args,
         } => {
-            match server(server_args) {
-                Err(code) => return Ok(code),
-                Ok(Some(client)) => {
-                    if let Err(code) = tenant.check_remote() {
-                        return Ok(code);
-                    }
-                    if let Err(e) = client.delete_schedule(id).await {
-                        return Ok(e.report());
-                    }
-                }
-                Ok(None) => {
-                    let runner = cli.runner(db, 1).await?;
-                    let tenant = match tenant.resolve(runner.store()).await? {
-                        Ok(t) => t,
-                        Err(code) => return Ok(code),
-                    };
-                    if let Err(e) = runner.delete_schedule(&tenant, id).await {
-                        return Ok(refuse(&e));
-                    }
-                }
+            let deleted = act_on_run(
+                cli,
+                server_args,
+                tenant,
+                db,
+                async |client| client.delete_schedule(id).await,
+                async |runner, tenant| {
+                    runner
+                        .delete_schedule(&tenant, id)
+                        .await
+                        .map_err(|e| refuse(&e))
+                },
+            )
+            .await?;
+            if let Err(code) = deleted {
+                return Ok(code);
             }
             eprintln!("deleted schedule {id}");
             Ok(ExitCode::SUCCESS)
