@@ -504,18 +504,6 @@ async fn status_codes_401_403_404_413_422_and_429() {
     assert_eq!(last, StatusCode::TOO_MANY_REQUESTS);
 }
 
-/// Sends a request the server refuses before reading all of its body and then closes:
-/// the client may lose that race and fail writing the rest (broken pipe) before it reads
-/// the answer, so it tries a few times until it reads one.
-async fn send_refused_early(make: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
-    for _ in 0..10 {
-        if let Ok(resp) = make().send().await {
-            return resp;
-        }
-    }
-    panic!("no answer to a request refused before its body was read, in 10 tries");
-}
-
 /// Sends raw bytes and returns what the server answers first.
 async fn raw_request(url: &str, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

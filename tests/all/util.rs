@@ -238,3 +238,15 @@ pub async fn status_and_body(resp: reqwest::Response) -> (reqwest::StatusCode, s
         serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
     )
 }
+
+/// Sends a request the server refuses before reading all of its body and then closes:
+/// the client may lose that race and fail writing the rest (broken pipe) before it reads
+/// the answer, so it tries a few times until it reads one.
+pub async fn send_refused_early(make: impl Fn() -> reqwest::RequestBuilder) -> reqwest::Response {
+    for _ in 0..10 {
+        if let Ok(resp) = make().send().await {
+            return resp;
+        }
+    }
+    panic!("no answer to a request refused before its body was read, in 10 tries");
+}

@@ -577,7 +577,8 @@ pub(super) async fn restart_run(
         .await?;
     Ok(Reply::accepted(RunRestarted {
         run_id: restarted.run.id,
-        status: restarted.run.status,
+        // What the restart did; a worker may have started the run since.
+        status: "queued".into(),
         from_step: restarted.step,
         attempt: restarted.attempt,
         restarts: restarted.run.restarts,

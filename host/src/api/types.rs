@@ -416,7 +416,8 @@ pub(super) struct RestartRun {
 pub(super) struct RunRestarted {
     /// The run (the same id: a restart continues it).
     pub run_id: String,
-    /// Its status (`queued`).
+    /// `queued`: the restart queued the run (a worker may have started it since).
+    #[schemars(extend("enum" = ["queued"]))]
     pub status: String,
     /// The step it goes on from.
     pub from_step: String,
