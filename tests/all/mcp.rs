@@ -31,10 +31,15 @@ fn client_config() -> ClientConfig {
 
 /// An rmcp client of `url`/mcp with `token`, on the stateless 2026-07-28 revision.
 async fn connect(url: &str, token: &str) -> Mcp {
+    connect_as(url, token, client_config()).await
+}
+
+/// [`connect`] with `config`'s capabilities.
+async fn connect_as(url: &str, token: &str, config: ClientConfig) -> Mcp {
     let transport = StreamableHttpClientTransport::from_config(
         StreamableHttpClientTransportConfig::with_uri(format!("{url}/mcp")).auth_header(token),
     );
-    client_config()
+    config
         .serve_with_lifecycle(
             transport,
             ClientLifecycleMode::Discover {
@@ -749,5 +754,41 @@ async fn mcp_stdio_serves_the_local_tools_and_pipelines() {
         completed(&done).structured_content.unwrap()["approved"],
         true
     );
+    mcp.cancel().await.unwrap();
+}
+
+/// Without the Tasks extension a pipeline call waits for its run and answers its output;
+/// a pipeline that asks is cancelled and answered `INPUT_REQUIRED`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_pipeline_called_without_tasks_answers_its_output_or_input_required() {
+    let Some(envs) = database_envs(false).await else {
+        return;
+    };
+    let server = start(&envs, &[]);
+    let admin = server.admin_token.clone();
+    let rest = Rest::new(&server);
+    rest.seed(&admin).await;
+    let plain = ClientConfig::new(
+        ClientCapabilities::default(),
+        Implementation::new("corral-tests-plain", "0.1.0"),
+    );
+    let mcp = connect_as(&server.url, &admin, plain).await;
+    let done = mcp
+        .call_tool(
+            CallToolRequestParams::new("pipeline.echoes").with_arguments(args(json!({"n": 2}))),
+        )
+        .await
+        .unwrap();
+    assert_ne!(done.is_error, Some(true), "{done:?}");
+    assert_eq!(done.structured_content, Some(json!({"n": 2})), "{done:?}");
+    let asked = mcp
+        .call_tool(
+            CallToolRequestParams::new("pipeline.review")
+                .with_arguments(args(json!({"records": [1]}))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(asked.is_error, Some(true), "{asked:?}");
+    assert!(text_of(&asked).starts_with("INPUT_REQUIRED"), "{asked:?}");
     mcp.cancel().await.unwrap();
 }

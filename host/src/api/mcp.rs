@@ -366,7 +366,14 @@ impl McpServer {
         tenant_id: &str,
         run_id: &str,
     ) -> Result<CallToolResult, McpError> {
-        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + UNTASKED_WAIT;
+        // The run's events wake the wait; only its end or a question needs a fresh look
+        // at the run (the stream ends after its final event).
+        let mut events = self
+            .runner
+            .subscribe(tenant_id, run_id, 0)
+            .await
+            .map_err(|e| run_error(e, run_id))?;
         loop {
             let run = self
                 .runner
@@ -395,7 +402,7 @@ impl McpServer {
                         ),
                     ));
                 }
-                _ if started.elapsed() >= UNTASKED_WAIT => {
+                _ if tokio::time::Instant::now() >= deadline => {
                     return Ok(error_result(
                         "STILL_RUNNING",
                         &format!(
@@ -405,7 +412,18 @@ impl McpServer {
                         ),
                     ));
                 }
-                _ => tokio::time::sleep(Duration::from_millis(250)).await,
+                _ => loop {
+                    match tokio::time::timeout_at(deadline, events.recv()).await {
+                        Ok(Some(e)) if !e.is_final() && e.kind != "input_required" => continue,
+                        Ok(Some(_)) | Err(_) => break,
+                        // The stream ended (after the final event): read the run again,
+                        // without waiting on a closed stream.
+                        Ok(None) => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            break;
+                        }
+                    }
+                },
             }
         }
     }
