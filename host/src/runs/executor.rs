@@ -1238,8 +1238,10 @@ impl Walk<'_> {
                 }
             },
         };
-        // The invocations are over: end the queue and wait until every event the guest
-        // reported is committed, so they come before this attempt's outcome.
+        // The invocations are over: settle the tool calls they made, end the queue and
+        // wait until every event the guest reported is committed, so they come before
+        // this attempt's outcome.
+        services.finish_tool_calls().await;
         events.close();
         if let Err(e) = committer.await {
             tracing::warn!("guest event committer failed: {e}");

@@ -101,6 +101,19 @@ pub(crate) struct StepServices {
     tokens_exhausted: std::sync::atomic::AtomicBool,
     /// Model calls this attempt made, for the per-step record.
     model_calls: AtomicI64,
+    /// The attempt's tool calls in flight (see [`StepServices::finish_tool_calls`]).
+    tool_calls: ToolCalls,
+}
+
+/// The tool calls of one attempt. Each runs in a task of its own, so that once a tool
+/// has returned, its fuel is settled and its `completed` event committed even when the
+/// step that called it is stopped at that moment (its deadline, a cancel or a pause drop
+/// the step's future, and with it the host call waiting on the tool).
+#[derive(Default)]
+struct ToolCalls {
+    /// Stops the tools still running when the attempt is over.
+    stop: tokio_util::sync::CancellationToken,
+    running: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The reserved state key under which a connector step reads its config.
@@ -118,6 +131,7 @@ impl StepServices {
         live: Live,
         grant: ToolGrant,
     ) -> Self {
+        let stop_tools = live.cancel.child_token();
         StepServices {
             grant,
             runner,
@@ -134,6 +148,29 @@ impl StepServices {
             tokens_used: Default::default(),
             tokens_exhausted: Default::default(),
             model_calls: AtomicI64::new(0),
+            tool_calls: ToolCalls {
+                stop: stop_tools,
+                running: Mutex::default(),
+            },
+        }
+    }
+
+    /// Ends the attempt's tool calls: stops those still running and waits until each has
+    /// settled its fuel and committed its `completed` event, so they come before the
+    /// attempt's outcome in the run's log and in its fuel total.
+    pub(crate) async fn finish_tool_calls(&self) {
+        self.tool_calls.stop.cancel();
+        let running = std::mem::take(
+            &mut *self
+                .tool_calls
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for call in running {
+            if let Err(e) = call.await {
+                tracing::warn!("a tool call task failed: {e}");
+            }
         }
     }
 
@@ -775,25 +812,18 @@ impl StepServices {
     /// Adds `fuel` (negative to give some back) to the run, the step and the tenant, and to
     /// the run's live total the budget checks read.
     async fn charge_tool_fuel(&self, fuel: i64, what: &str) {
-        if fuel == 0 {
-            return;
-        }
-        match self
-            .runner
-            .commit(
-                &self.run,
-                &[Change::AddFuel {
-                    step_idx: self.step_idx,
-                    fuel,
-                }],
-                None,
-            )
-            .await
-        {
-            Ok(_) => {
-                self.live.fuel.fetch_add(fuel, Ordering::Relaxed);
-            }
-            Err(e) => tracing::warn!("could not {what} tool fuel: {e}"),
+        self.ledger().commit(fuel, what, None).await;
+    }
+
+    /// What a tool call needs to record itself after its caller is gone.
+    fn ledger(&self) -> ToolLedger {
+        ToolLedger {
+            runner: self.runner.clone(),
+            run: self.run.clone(),
+            step: self.step.clone(),
+            step_idx: self.step_idx,
+            live: self.live.clone(),
+            guest_events: self.guest_events.clone(),
         }
     }
 
@@ -850,7 +880,10 @@ impl StepServices {
                 timeout: self.grant.timeout,
                 ..crate::engine::Limits::default()
             },
-            cancel: self.live.cancel.child_token(),
+            // Stopped with the attempt (see `finish_tool_calls`), or by the run's cancel.
+            cancel: self.tool_calls.stop.child_token(),
+            // The step's own clock: a tool call never outlives the step that made it.
+            deadline: Some(self.deadline.clone()),
             ..crate::engine::Invocation::default()
         };
         let call = crate::engine::Call::CallTool {
@@ -858,26 +891,45 @@ impl StepServices {
             arguments: arguments.to_string(),
         };
         // Reserve the call's whole fuel grant before it starts, in memory and in the
-        // database: a call stopped by the step's deadline or a cancel has its future dropped
-        // mid-call and never settles, so it stays charged its reservation (what it burnt is
-        // unknown, and a budget a guest could dodge by timing out is no budget). A call that
-        // returns is settled to the fuel it used below.
+        // database. A call that returns is settled to the fuel it used, with its
+        // `completed` event, in one commit; one whose settling never happens (the host
+        // died mid-call) stays charged its reservation, since what it burnt is unknown and
+        // a budget a guest could dodge is no budget.
         let reserved = i64::try_from(fuel).unwrap_or(i64::MAX);
         self.charge_tool_fuel(reserved, "reserve").await;
-        let outcome = self.runner.engine().invoke(&tool.plugin, call, how).await;
-        let used = i64::try_from(outcome.fuel_used).unwrap_or(i64::MAX);
-        self.charge_tool_fuel(used.saturating_sub(reserved), "settle")
-            .await;
-        let (status, code) = match &outcome.result {
-            Ok(_) => ("ok", None),
-            Err(f) => ("failed", Some(f.code.as_str())),
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let runner = self.runner.clone();
+        let ledger = self.ledger();
+        let plugin = tool.plugin.clone();
+        let task = tokio::spawn(async move {
+            let outcome = runner.engine().invoke(&plugin, call, how).await;
+            let used = i64::try_from(outcome.fuel_used).unwrap_or(i64::MAX);
+            let (status, code) = match &outcome.result {
+                Ok(_) => ("ok", None),
+                Err(f) => ("failed", Some(f.code.as_str())),
+            };
+            let payload = json!({
+                "step_id": ledger.step, "tool": qualified, "phase": "completed", "status": status,
+                "error_code": code, "fuel_used": used,
+                "duration_ms": u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+            });
+            ledger
+                .commit(used.saturating_sub(reserved), "settle", Some(payload))
+                .await;
+            // The caller may be gone (its step was stopped); the call is settled anyway.
+            let _ = tx.send((outcome, qualified));
+        });
+        self.tool_calls
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+        let Ok((outcome, qualified)) = rx.await else {
+            return Err((
+                "PLUGIN_ERROR",
+                PluginError::Permanent("the tool call stopped before it returned".into()),
+            ));
         };
-        self.event(json!({
-            "step_id": self.step, "tool": qualified, "phase": "completed", "status": status,
-            "error_code": code, "fuel_used": used,
-            "duration_ms": u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-        }))
-        .await;
         match outcome.result {
             Ok(crate::engine::Output::Json(text)) => Ok(text),
             Ok(_) => Err((
@@ -950,13 +1002,47 @@ impl StepServices {
 
     /// Commits and publishes a `tool_call` event.
     async fn event(&self, payload: serde_json::Value) {
-        self.flush_guest_events().await;
-        if let Err(e) = self
+        self.ledger().commit(0, "record", Some(payload)).await;
+    }
+}
+
+/// Where a tool call records its fuel and its `tool_call` events.
+struct ToolLedger {
+    runner: Runner,
+    run: RunRef,
+    step: String,
+    step_idx: i64,
+    live: Live,
+    guest_events: Option<super::guest_events::GuestEvents>,
+}
+
+impl ToolLedger {
+    /// Adds `fuel` to the run, its step and its tenant (and to the run's live total) and
+    /// commits `event` as a `tool_call` event after the guest's queued events, in one
+    /// commit.
+    async fn commit(&self, fuel: i64, what: &str, event: Option<serde_json::Value>) {
+        if fuel == 0 && event.is_none() {
+            return;
+        }
+        if event.is_some()
+            && let Some(events) = &self.guest_events
+        {
+            events.flush().await;
+        }
+        let changes: &[Change] = &[Change::AddFuel {
+            step_idx: self.step_idx,
+            fuel,
+        }];
+        let changes = if fuel == 0 { &[] } else { changes };
+        match self
             .runner
-            .commit(&self.run, &[], Some(("tool_call", payload)))
+            .commit(&self.run, changes, event.map(|e| ("tool_call", e)))
             .await
         {
-            tracing::warn!("could not record a tool call: {e}");
+            Ok(_) => {
+                self.live.fuel.fetch_add(fuel, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!("could not {what} a tool call: {e}"),
         }
     }
 }
