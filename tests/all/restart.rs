@@ -900,3 +900,45 @@ async fn dur_30_a_paused_run_restarted_from_a_step_goes_on_from_there_with_feedb
     assert!(p < r, "{kinds:?}");
     assert_eq!(events[r].payload["previous_status"], "paused");
 }
+
+on_both_dbs!(dur_39_a_run_restarted_as_often_as_a_run_may_be_is_refused_restart_limit);
+/// Each restart keeps the replaced attempts as history, so a client restarting one run in
+/// a loop is stopped at `MAX_RESTARTS` (100) with 409 `RESTART_LIMIT`, and the refusal
+/// changes nothing. (The count is set in the database: 100 real restarts would only
+/// take time.)
+async fn dur_39_a_run_restarted_as_often_as_a_run_may_be_is_refused_restart_limit(db: Db) {
+    let host = Host::start(&db);
+    let flaky = host.upload_flaky().await;
+    let id = host.submit(&flaky, &[json!({})]).await;
+    let done = host.ended(&id, 0).await;
+    assert_eq!(done["run"]["status"], "succeeded", "{done:#}");
+    let url = match &host.db {
+        None => format!("sqlite://{}/corral.db", host.data.path().display()),
+        Some(url) => url.clone(),
+    };
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let set = |n: i64| {
+        sqlx::query("UPDATE runs SET restarts = $1 WHERE id = $2")
+            .bind(n)
+            .bind(id.clone())
+            .execute(&pool)
+    };
+    set(99).await.unwrap();
+    let (status, body) = host.restart(&id, json!({"from_step": "s0"})).await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "the 100th restart is allowed: {body}"
+    );
+    let doc = host.ended(&id, 100).await;
+    assert_eq!(doc["run"]["status"], "succeeded", "{doc:#}");
+    let (status, body) = host.restart(&id, json!({"from_step": "s0"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["error"]["code"], "RESTART_LIMIT", "{body}");
+    let (_, after) = host.get(&format!("/v1/runs/{id}")).await;
+    assert_eq!(after["run"]["status"], "succeeded");
+    assert_eq!(after["run"]["restarts"], 100);
+    assert_eq!(after["run"]["last_seq"], doc["run"]["last_seq"]);
+    pool.close().await;
+}

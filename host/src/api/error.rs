@@ -131,6 +131,7 @@ impl From<crate::runs::RunError> for ApiError {
             E::InvalidFeedback(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "INVALID_FEEDBACK", message)
             }
+            E::RestartLimit(..) => ApiError::new(StatusCode::CONFLICT, "RESTART_LIMIT", message),
             E::Store(e) => ApiError::from(e),
         }
     }

@@ -328,6 +328,7 @@ fn refuse(e: &RunError) -> ExitCode {
         | RunError::StillActive(..)
         | RunError::UnknownStep(..)
         | RunError::StepNotReached(..)
+        | RunError::RestartLimit(..)
         | RunError::InvalidFeedback(_) => ExitCode::from(2),
         RunError::Store(_) | RunError::TooManyQueued(_) => ExitCode::from(1),
     }

@@ -69,6 +69,11 @@ pub enum RunError {
     /// The restart's feedback or reason is not acceptable.
     #[error("INVALID_FEEDBACK: {0}")]
     InvalidFeedback(String),
+    /// The run was restarted as often as a run may be.
+    #[error(
+        "RESTART_LIMIT: run `{0}` was restarted {1} times, as often as a run may be; start a new run"
+    )]
+    RestartLimit(String, i64),
     /// The tenant has as many queued runs as it may; nothing was queued.
     #[error(
         "TOO_MANY_QUEUED_RUNS: this tenant already has {0} queued runs; wait for some to start"
@@ -95,6 +100,7 @@ impl RunError {
             RunError::UnknownStep(..) => "UNKNOWN_STEP",
             RunError::StepNotReached(..) => "STEP_NOT_REACHED",
             RunError::InvalidFeedback(_) => "INVALID_FEEDBACK",
+            RunError::RestartLimit(..) => "RESTART_LIMIT",
             RunError::Store(_) => "STORE_ERROR",
         }
     }
@@ -108,6 +114,9 @@ pub const MAX_FEEDBACK_BYTES: usize = 64 << 10;
 pub const EVENT_FEEDBACK_BYTES: usize = 8 << 10;
 /// Longest reason a restart accepts, in characters.
 pub const MAX_REASON_CHARS: usize = 1000;
+/// Most restarts of one run: each keeps the replaced outputs and attempts as history, so
+/// a client restarting in a loop must not grow a run's record without end.
+pub const MAX_RESTARTS: i64 = 100;
 
 /// A restart of an ended run from one of its steps (see [`Runner::restart`]).
 #[derive(Debug, Clone, Default)]
@@ -518,6 +527,9 @@ impl Runner {
         let run = self.own_run(tenant_id, run_id).await?;
         if !crate::store::RESTARTABLE.contains(&run.status.as_str()) {
             return Err(RunError::StillActive(run.id, run.status));
+        }
+        if run.restarts >= MAX_RESTARTS {
+            return Err(RunError::RestartLimit(run.id, run.restarts));
         }
         let feedback = match req.feedback.as_deref() {
             None => None,
