@@ -326,138 +326,11 @@ fn ctrl_c_cancels_an_embedded_run_cleanly_and_exits_130() {
 
 // ---- `corral serve` killed and restarted on SQLite or Postgres (DUR-08/09/10) ----
 
-/// The database a test's servers share.
-enum Db {
-    Sqlite,
-    Postgres(String),
-}
-
-/// Runs `body(Db)` on SQLite and, when CORRAL_TEST_POSTGRES_URL is set, on Postgres in a
-/// schema of its own.
-macro_rules! on_both_dbs {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Db::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-                    Ok(url) if !url.is_empty() => {
-                        let url = crate::runs::postgres_schema(&url).await;
-                        super::$name(super::Db::Postgres(url)).await
-                    }
-                    _ => eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run"),
-                }
-            }
-        }
-    };
-}
-
 /// One `corral serve` host that can be killed with SIGKILL and started again on the same
 /// database (and data directory, so its compiled-code cache survives).
-struct Host {
-    data: std::sync::Arc<tempfile::TempDir>,
-    db: Option<String>,
-    envs: Vec<(String, String)>,
-    server: Option<Server>,
-    url: String,
-    token: String,
-    http: reqwest::Client,
-}
+type Host = ServerHost;
 
 impl Host {
-    fn start(db: &Db, envs: &[(&str, &str)]) -> Host {
-        let mut envs: Vec<(String, String)> = envs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let db = match db {
-            Db::Sqlite => None,
-            Db::Postgres(url) => {
-                envs.push(("CORRAL_DATABASE_URL".into(), url.clone()));
-                Some(url.clone())
-            }
-        };
-        let mut host = Host {
-            data: std::sync::Arc::new(tempfile::tempdir().unwrap()),
-            db,
-            envs,
-            server: None,
-            url: String::new(),
-            token: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-        };
-        host.boot();
-        host
-    }
-
-    fn boot(&mut self) {
-        let envs: Vec<(&str, &str)> = self
-            .envs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let server = Server::start_in(self.data.clone(), &envs);
-        if self.token.is_empty() {
-            self.token = server.admin_token.clone();
-            assert!(!self.token.is_empty(), "no admin token on first start");
-        }
-        self.url = server.url.clone();
-        self.server = Some(server);
-    }
-
-    /// `kill -9`.
-    fn kill(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.kill();
-        }
-    }
-
-    fn restart(&mut self) {
-        self.kill();
-        self.boot();
-    }
-
-    /// The database, opened by this test process as another node would.
-    async fn store(&self) -> Store {
-        match &self.db {
-            None => Store::open_in_dir(self.data.path()).await.unwrap(),
-            Some(url) => Store::open(url).await.unwrap(),
-        }
-    }
-
-    async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        status_and_body(r.send().await.unwrap()).await
-    }
-
-    /// Uploads `flaky` and returns its plugin id.
-    async fn upload_flaky(&self) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/v1/plugins", self.url))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/wasm")
-            .body(std::fs::read(crate::util::plugin_path("flaky")).unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        let body: Value = resp.json().await.unwrap();
-        body["id"].as_str().unwrap().to_string()
-    }
-
     /// Submits a run of `flaky` steps, one per config; `(status, body)`.
     async fn submit(
         &self,
@@ -478,12 +351,6 @@ impl Host {
             ),
         )
         .await
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -567,7 +434,7 @@ on_both_dbs!(dur_09_cancel_while_the_host_is_down_ends_the_run_cancelled_after_r
 async fn dur_09_cancel_while_the_host_is_down_ends_the_run_cancelled_after_recovery(db: Db) {
     let lease = LEASE_MS.to_string();
     let mut host = Host::start(&db, &[("CORRAL_LEASE_MS", &lease)]);
-    let flaky = host.upload_flaky().await;
+    let flaky = host.upload("flaky").await;
     let store = host.store().await;
     let long = json!({"timeout": "120s", "backoff": "1h", "max_attempts": 10});
     // Running (a long sleep), waiting (for an answer), in retry backoff (an hour long),
@@ -650,7 +517,7 @@ async fn dur_10_the_queued_run_cap_is_exact_under_concurrent_submissions(db: Db)
             ("CORRAL_MAX_CONCURRENT_RUNS", "1"),
         ],
     );
-    let flaky = host.upload_flaky().await;
+    let flaky = host.upload("flaky").await;
     let store = host.store().await;
     // One long run takes the only slot, so nothing else leaves the queue meanwhile.
     let (status, body) = host
@@ -768,7 +635,7 @@ async fn dur_08_soak_kills_cancels_and_answers_leave_every_run_ended_once(db: Db
             ("CORRAL_MAX_CONCURRENT_RUNS", "4"),
         ],
     );
-    let flaky = host.upload_flaky().await;
+    let flaky = host.upload("flaky").await;
     let store = host.store().await;
     let tenant = store.ensure_tenant("default").await.unwrap();
     let node = other_node(store.clone()).await;

@@ -2,7 +2,7 @@
 //! CORRAL_TEST_POSTGRES_URL is set, on Postgres in a fresh schema: in-process runners on a
 //! real database, and real `corral serve` hosts killed with SIGKILL.
 
-use crate::runs::{Db, postgres_schema};
+use crate::runs::Db;
 use crate::util::*;
 use corral::runs::pipeline::{self, Pipeline};
 use corral::runs::{RunError, Runner, RunnerConfig};
@@ -10,34 +10,6 @@ use corral::store::{Event, RunRecord, Store};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-/// Runs `body` on SQLite, and on Postgres when it is configured.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Db::Sqlite(tempfile::tempdir().unwrap())).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-                    Ok(url) if !url.is_empty() => {
-                        super::$name(super::Db::Postgres(super::postgres_schema(&url).await)).await
-                    }
-                    _ => eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run"),
-                }
-            }
-        }
-    };
-}
-
-async fn open(db: &Db) -> Store {
-    match db {
-        Db::Sqlite(dir) => Store::open_in_dir(dir.path()).await.unwrap(),
-        Db::Postgres(url) => Store::open(url).await.unwrap(),
-    }
-}
 
 /// A runner (a node) on the test's database.
 fn node(store: Store, lease: Duration) -> Runner {
@@ -58,7 +30,7 @@ struct Env {
 }
 
 async fn env(db: Db) -> Env {
-    let store = open(&db).await;
+    let store = db.store().await;
     let tenant = store.ensure_tenant("tests").await.unwrap();
     Env {
         runner: node(store, Duration::from_secs(30)),
@@ -430,7 +402,7 @@ async fn dur_17_a_paused_run_is_not_recovered_by_another_node_and_resumes_on_any
 
     // Another node with a short lease: after any lease would have expired, its recovery
     // and its scheduler leave the paused run alone.
-    let other = node(open(&env.db).await, Duration::from_millis(300));
+    let other = node(env.db.store().await, Duration::from_millis(300));
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(other.recover().await.unwrap(), 0);
     other
@@ -503,106 +475,44 @@ async fn dur_18_pausing_a_waiting_run_interrupts_the_wait_and_an_answer_meanwhil
 /// Postgres (a schema of its own) when it is configured.
 macro_rules! on_servers {
     ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(None).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-                    Ok(url) if !url.is_empty() => {
-                        super::$name(Some(super::postgres_schema(&url).await)).await
-                    }
-                    _ => eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run"),
-                }
-            }
-        }
+        on_both_dbs!($name, None, Some);
     };
 }
 
 const LEASE_MS: u64 = 3000;
 
-/// A `corral serve` that can be killed and started again on the same database.
+/// A [`ServerHost`] on this file's lease with `flaky` uploaded.
 struct Host {
-    data: std::sync::Arc<tempfile::TempDir>,
-    db: Option<String>,
-    server: Option<Server>,
-    token: String,
-    http: reqwest::Client,
+    host: ServerHost,
     /// The id of the uploaded `flaky`.
     flaky: String,
+}
+
+impl std::ops::Deref for Host {
+    type Target = ServerHost;
+    fn deref(&self) -> &ServerHost {
+        &self.host
+    }
+}
+
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut ServerHost {
+        &mut self.host
+    }
 }
 
 impl Host {
     /// Starts a host and uploads `flaky` to it.
     async fn start(db: Option<String>) -> Host {
-        let mut host = Host {
-            data: std::sync::Arc::new(tempfile::tempdir().unwrap()),
-            db,
-            server: None,
-            token: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-            flaky: String::new(),
-        };
-        host.boot();
-        let resp = host
-            .http
-            .post(format!("{}/v1/plugins", host.url()))
-            .bearer_auth(&host.token)
-            .header("content-type", "application/wasm")
-            .body(std::fs::read(plugin_path("flaky")).unwrap())
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = status_and_body(resp).await;
-        assert_eq!(status, StatusCode::CREATED, "{body}");
-        host.flaky = body["id"].as_str().unwrap().to_string();
-        host
-    }
-
-    fn boot(&mut self) {
         let lease = LEASE_MS.to_string();
-        let mut envs = vec![("CORRAL_LEASE_MS", lease.as_str())];
-        if let Some(url) = &self.db {
-            envs.push(("CORRAL_DATABASE_URL", url));
-        }
-        let server = Server::start_in(self.data.clone(), &envs);
-        if self.token.is_empty() {
-            self.token = server.admin_token.clone();
-        }
-        self.server = Some(server);
+        let db = db.map_or(crate::util::Db::Sqlite, crate::util::Db::Postgres);
+        let host = ServerHost::start(&db, &[("CORRAL_LEASE_MS", &lease)]);
+        let flaky = host.upload("flaky").await;
+        Host { host, flaky }
     }
 
     fn url(&self) -> &str {
-        &self.server.as_ref().unwrap().url
-    }
-
-    fn kill(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.kill();
-        }
-    }
-
-    async fn store(&self) -> Store {
-        match &self.db {
-            None => Store::open_in_dir(self.data.path()).await.unwrap(),
-            Some(url) => Store::open(url).await.unwrap(),
-        }
-    }
-
-    async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = self
-            .http
-            .post(format!("{}{path}", self.url()))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        status_and_body(r.send().await.unwrap()).await
+        &self.host.url
     }
 
     /// Submits a run of one `flaky` step per config; the run's id.
@@ -622,12 +532,6 @@ impl Host {
             .await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body["run_id"].as_str().unwrap().to_string()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 

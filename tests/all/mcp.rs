@@ -50,55 +50,10 @@ async fn connect_as(url: &str, token: &str, config: ClientConfig) -> Mcp {
         .expect("server/discover")
 }
 
-/// Server settings for SQLite, or a fresh Postgres schema (`None`: not configured).
-async fn database_envs(postgres: bool) -> Option<Vec<(&'static str, String)>> {
-    if !postgres {
-        return Some(vec![]);
-    }
-    match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(vec![(
-            "CORRAL_DATABASE_URL",
-            crate::runs::postgres_schema(&url).await,
-        )]),
-        _ => {
-            eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run");
-            None
-        }
-    }
-}
-
-fn start(envs: &[(&'static str, String)], more: &[(&str, &str)]) -> Server {
-    let mut all: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    all.extend_from_slice(more);
-    Server::start(&all)
-}
-
 fn restart(data: std::sync::Arc<tempfile::TempDir>, envs: &[(&'static str, String)]) -> Server {
     let mut all: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     all.push(("CORRAL_LEASE_MS", "1000"));
     Server::start_in(data, &all)
-}
-
-/// A token for `tenant` made offline on the server's database (SQLite or Postgres).
-fn token(server: &Server, envs: &[(&'static str, String)], tenant: &str, role: &str) -> String {
-    let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
-        cmd.args(args)
-            .env("CORRAL_DATA_DIR", server.data.path())
-            .env_remove("CORRAL_DATABASE_URL");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    };
-    let _ = run(&["tenant", "create", tenant]);
-    let out = run(&["token", "create", "--tenant", tenant, "--role", role]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 struct Rest {
@@ -219,6 +174,36 @@ async fn poll_until(mcp: &Mcp, task_id: &str, done: impl Fn(&TaskPayload) -> boo
     }
 }
 
+/// Polls a task until it asks for input.
+async fn poll_until_asking(mcp: &Mcp, task_id: &str) -> TaskPayload {
+    poll_until(mcp, task_id, |p| {
+        matches!(p, TaskPayload::InputRequired { .. })
+    })
+    .await
+}
+
+/// Polls a task until it is neither working nor asking for input.
+async fn poll_until_ended(mcp: &Mcp, task_id: &str) -> TaskPayload {
+    poll_until(mcp, task_id, |p| {
+        !matches!(p, TaskPayload::Working | TaskPayload::InputRequired { .. })
+    })
+    .await
+}
+
+/// Answers input request `key` of a task with `response` (`tasks/update`).
+async fn answer_task(
+    mcp: &Mcp,
+    task_id: &str,
+    key: String,
+    response: Value,
+) -> Result<(), rmcp::ServiceError> {
+    let mut answer = std::collections::BTreeMap::new();
+    answer.insert(key, response);
+    mcp.peer()
+        .update_task(UpdateTaskParams::new(task_id.to_string(), answer))
+        .await
+}
+
 fn completed(payload: &TaskPayload) -> CallToolResult {
     match payload {
         TaskPayload::Completed { result } => {
@@ -253,7 +238,7 @@ async fn tools_are_listed_and_called(postgres: bool) {
     let Some(envs) = database_envs(postgres).await else {
         return;
     };
-    let server = start(&envs, &[]);
+    let server = start_with(&envs, &[]);
     let admin = server.admin_token.clone();
     let rest = Rest::new(&server);
     rest.seed(&admin).await;
@@ -382,7 +367,7 @@ async fn pipelines_are_tasks(postgres: bool) {
     let Some(envs) = database_envs(postgres).await else {
         return;
     };
-    let server = start(&envs, &[("CORRAL_LEASE_MS", "1000")]);
+    let server = start_with(&envs, &[("CORRAL_LEASE_MS", "1000")]);
     let admin = server.admin_token.clone();
     let rest = Rest::new(&server);
     rest.seed(&admin).await;
@@ -413,30 +398,24 @@ async fn pipelines_are_tasks(postgres: bool) {
         "{request}"
     );
     // An answer that does not fit the question's schema is refused; the task still asks.
-    let mut wrong = std::collections::BTreeMap::new();
-    wrong.insert(
+    let err = answer_task(
+        &mcp,
+        &task,
         key.clone(),
         json!({"action": "accept", "content": {"approved": "yes"}}),
-    );
-    let err = mcp
-        .peer()
-        .update_task(UpdateTaskParams::new(task.clone(), wrong))
-        .await
-        .unwrap_err();
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("INVALID_ANSWER"), "{err}");
-    let mut answer = std::collections::BTreeMap::new();
-    answer.insert(
+    answer_task(
+        &mcp,
+        &task,
         key.clone(),
         json!({"action": "accept", "content": {"approved": true, "comment": "ok"}}),
-    );
-    mcp.peer()
-        .update_task(UpdateTaskParams::new(task.clone(), answer))
-        .await
-        .unwrap();
-    let done = poll_until(&mcp, &task, |p| {
-        !matches!(p, TaskPayload::Working | TaskPayload::InputRequired { .. })
-    })
-    .await;
+    )
+    .await
+    .unwrap();
+    let done = poll_until_ended(&mcp, &task).await;
     let result = completed(&done);
     assert_eq!(
         result.structured_content.as_ref().unwrap()["approved"],
@@ -446,37 +425,22 @@ async fn pipelines_are_tasks(postgres: bool) {
 
     // Declining a question cancels the run.
     let task = start_task(&mcp, "review", json!({})).await;
-    let asking = poll_until(&mcp, &task, |p| {
-        matches!(p, TaskPayload::InputRequired { .. })
-    })
-    .await;
+    let asking = poll_until_asking(&mcp, &task).await;
     let (key, _) = input_request(&asking);
-    let mut decline = std::collections::BTreeMap::new();
-    decline.insert(key, json!({"action": "decline"}));
-    mcp.peer()
-        .update_task(UpdateTaskParams::new(task.clone(), decline))
+    answer_task(&mcp, &task, key, json!({"action": "decline"}))
         .await
         .unwrap();
-    let done = poll_until(&mcp, &task, |p| {
-        !matches!(p, TaskPayload::Working | TaskPayload::InputRequired { .. })
-    })
-    .await;
+    let done = poll_until_ended(&mcp, &task).await;
     assert!(matches!(done, TaskPayload::Cancelled), "{done:?}");
 
     // tasks/cancel cancels the run, as POST /v1/runs/{id}/cancel does.
     let task = start_task(&mcp, "review", json!({})).await;
-    poll_until(&mcp, &task, |p| {
-        matches!(p, TaskPayload::InputRequired { .. })
-    })
-    .await;
+    poll_until_asking(&mcp, &task).await;
     mcp.peer()
         .cancel_task(CancelTaskParams::new(task.clone()))
         .await
         .unwrap();
-    let done = poll_until(&mcp, &task, |p| {
-        !matches!(p, TaskPayload::Working | TaskPayload::InputRequired { .. })
-    })
-    .await;
+    let done = poll_until_ended(&mcp, &task).await;
     assert!(matches!(done, TaskPayload::Cancelled), "{done:?}");
     let (_, run) = rest
         .json(Method::GET, &format!("/v1/runs/{task}"), &admin, None)
@@ -492,32 +456,22 @@ async fn pipelines_are_tasks(postgres: bool) {
 
     // A task survives a restart: polled (and answered) through the new process.
     let task = start_task(&mcp, "review", json!({"after": "restart"})).await;
-    poll_until(&mcp, &task, |p| {
-        matches!(p, TaskPayload::InputRequired { .. })
-    })
-    .await;
+    poll_until_asking(&mcp, &task).await;
     mcp.cancel().await.unwrap();
     let data = server.stop();
     let server = restart(data, &envs);
     let mcp = connect(&server.url, &admin).await;
-    let asking = poll_until(&mcp, &task, |p| {
-        matches!(p, TaskPayload::InputRequired { .. })
-    })
-    .await;
+    let asking = poll_until_asking(&mcp, &task).await;
     let (key, _) = input_request(&asking);
-    let mut answer = std::collections::BTreeMap::new();
-    answer.insert(
+    answer_task(
+        &mcp,
+        &task,
         key,
         json!({"action": "accept", "content": {"approved": true}}),
-    );
-    mcp.peer()
-        .update_task(UpdateTaskParams::new(task.clone(), answer))
-        .await
-        .unwrap();
-    let done = poll_until(&mcp, &task, |p| {
-        !matches!(p, TaskPayload::Working | TaskPayload::InputRequired { .. })
-    })
-    .await;
+    )
+    .await
+    .unwrap();
+    let done = poll_until_ended(&mcp, &task).await;
     assert_eq!(
         completed(&done).structured_content.unwrap()["input"],
         json!({"after": "restart"})
@@ -539,16 +493,13 @@ async fn api_12_isolation_roles_and_caps(postgres: bool) {
     let Some(envs) = database_envs(postgres).await else {
         return;
     };
-    let server = start(&envs, &[("CORRAL_MAX_INPUT_BYTES", "4096")]);
+    let server = start_with(&envs, &[("CORRAL_MAX_INPUT_BYTES", "4096")]);
     let admin = server.admin_token.clone();
     let rest = Rest::new(&server);
     rest.seed(&admin).await;
     let mcp = connect(&server.url, &admin).await;
     let task = start_task(&mcp, "review", json!({})).await;
-    poll_until(&mcp, &task, |p| {
-        matches!(p, TaskPayload::InputRequired { .. })
-    })
-    .await;
+    poll_until_asking(&mcp, &task).await;
 
     // Another tenant's token: none of the first tenant's tools, pipelines or tasks.
     let other = token(&server, &envs, "other", "admin");
@@ -598,10 +549,7 @@ async fn api_12_isolation_roles_and_caps(postgres: bool) {
     assert!(err.to_string().contains("unknown tool"), "{err}");
     theirs.cancel().await.unwrap();
     // The first tenant's task is untouched.
-    poll_until(&mcp, &task, |p| {
-        matches!(p, TaskPayload::InputRequired { .. })
-    })
-    .await;
+    poll_until_asking(&mcp, &task).await;
 
     // A viewer lists and reads, but calls and cancels nothing.
     let viewer = token(&server, &envs, "default", "viewer");
@@ -732,24 +680,17 @@ async fn mcp_stdio_serves_the_local_tools_and_pipelines() {
         "{result:?}"
     );
     let task = start_task(&mcp, "review", json!({})).await;
-    let asking = poll_until(&mcp, &task, |p| {
-        matches!(p, TaskPayload::InputRequired { .. })
-    })
-    .await;
+    let asking = poll_until_asking(&mcp, &task).await;
     let (key, _) = input_request(&asking);
-    let mut answer = std::collections::BTreeMap::new();
-    answer.insert(
+    answer_task(
+        &mcp,
+        &task,
         key,
         json!({"action": "accept", "content": {"approved": true}}),
-    );
-    mcp.peer()
-        .update_task(UpdateTaskParams::new(task.clone(), answer))
-        .await
-        .unwrap();
-    let done = poll_until(&mcp, &task, |p| {
-        !matches!(p, TaskPayload::Working | TaskPayload::InputRequired { .. })
-    })
-    .await;
+    )
+    .await
+    .unwrap();
+    let done = poll_until_ended(&mcp, &task).await;
     assert_eq!(
         completed(&done).structured_content.unwrap()["approved"],
         true
@@ -764,7 +705,7 @@ async fn mcp_a_pipeline_called_without_tasks_answers_its_output_or_input_require
     let Some(envs) = database_envs(false).await else {
         return;
     };
-    let server = start(&envs, &[]);
+    let server = start_with(&envs, &[]);
     let admin = server.admin_token.clone();
     let rest = Rest::new(&server);
     rest.seed(&admin).await;

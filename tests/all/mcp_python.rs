@@ -64,58 +64,16 @@ fn python() -> Option<std::path::PathBuf> {
     Some(python)
 }
 
-/// Server settings for SQLite, or a fresh Postgres schema (`None`: Postgres is not
-/// configured, the variant is skipped), and the database URL for offline commands.
-async fn database(postgres: bool) -> Option<Vec<(&'static str, String)>> {
-    if !postgres {
-        return Some(vec![]);
-    }
-    match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => {
-            let url = crate::runs::postgres_schema(&url).await;
-            Some(vec![("CORRAL_DATABASE_URL", url)])
-        }
-        _ => {
-            eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run");
-            None
-        }
-    }
-}
-
-/// A token for `tenant` (created), made offline on the server's database.
-fn token(server: &Server, envs: &[(&str, String)], tenant: &str, role: &str) -> String {
-    let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
-        cmd.args(args)
-            .env("CORRAL_DATA_DIR", server.data.path())
-            .env_remove("CORRAL_DATABASE_URL");
-        for (k, v) in envs {
-            cmd.env(k, v);
-        }
-        cmd.output().unwrap()
-    };
-    let _ = run(&["tenant", "create", tenant]);
-    let out = run(&["token", "create", "--tenant", tenant, "--role", role]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 async fn api_12_the_python_sdk_drives_tools_tasks_and_tenants(postgres: bool) {
     let Some(python) = python() else {
         return;
     };
-    let Some(envs) = database(postgres).await else {
+    let Some(envs) = database_envs(postgres).await else {
         return;
     };
-    let mut settings: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // A small run-input cap, so oversized arguments fit in a request body (1 MiB cap) and
     // reach the MCP handler's own check.
-    settings.push(("CORRAL_MAX_INPUT_BYTES", "4096"));
-    let server = Server::start(&settings);
+    let server = start_with(&envs, &[("CORRAL_MAX_INPUT_BYTES", "4096")]);
     let url = server.url.clone();
     // Tenant `acme` has the tool plugin and the pipelines; tenant `other` has nothing.
     let acme = token(&server, &envs, "acme", "operator");
@@ -154,7 +112,7 @@ async fn api_12_the_python_sdk_drives_tools_tasks_and_tenants(postgres: bool) {
         .collect();
     assert!(names.contains(&"slugify"), "{listed}");
 
-    let mut child = tokio::process::Command::new(&python)
+    let child = tokio::process::Command::new(&python)
         .arg(root().join("tests/mcp_python/client_checks.py"))
         .args(["--url", &format!("{url}/mcp")])
         .args(["--token", &acme, "--other-token", &other])
@@ -180,21 +138,9 @@ async fn api_12_the_python_sdk_drives_tools_tasks_and_tenants(postgres: bool) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let read = async {
-        use tokio::io::AsyncReadExt;
-        let (mut out, mut err) = (String::new(), String::new());
-        let _ = tokio::join!(
-            stdout.read_to_string(&mut out),
-            stderr.read_to_string(&mut err)
-        );
-        (out, err, child.wait().await.unwrap())
-    };
     // Bounded: the checks take seconds; the limit is for a stuck server or client.
-    let (out, err, status) = tokio::time::timeout(Duration::from_secs(240), read)
-        .await
-        .expect("the MCP Python SDK checks ran for more than 4 minutes");
+    let (out, err, status) =
+        child_output(child, Duration::from_secs(240), "the MCP Python SDK checks").await;
     assert!(
         status.success(),
         "the MCP Python SDK checks failed ({status}):\n{out}\n{err}"

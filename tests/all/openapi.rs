@@ -594,7 +594,7 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
     let report = root().join("target/schemathesis");
     // A longer hunt: CORRAL_SCHEMATHESIS_EXAMPLES=500.
     let examples = std::env::var("CORRAL_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "30".into());
-    let mut child = tokio::process::Command::new(&st)
+    let child = tokio::process::Command::new(&st)
         .arg("--config-file")
         .arg(&config)
         .args(["run", &format!("{}/openapi.json", server.url)])
@@ -631,21 +631,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_document() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let read = async {
-        use tokio::io::AsyncReadExt;
-        let (mut out, mut err) = (String::new(), String::new());
-        let _ = tokio::join!(
-            stdout.read_to_string(&mut out),
-            stderr.read_to_string(&mut err)
-        );
-        (out, err, child.wait().await.unwrap())
-    };
     // Bounded: a run this size takes well under a minute; the limit is for a stuck one.
-    let (out, err, status) = tokio::time::timeout(Duration::from_secs(300), read)
-        .await
-        .expect("schemathesis ran for more than 5 minutes");
+    let (out, err, status) = child_output(child, Duration::from_secs(300), "schemathesis").await;
     assert!(
         status.success(),
         "schemathesis found problems:\n{out}\n{err}"

@@ -9,26 +9,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The binary, with a fresh client data directory and no server settings from the env.
-fn corral(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_corral"));
-    cmd.env("CORRAL_DATA_DIR", data)
-        .env_remove("CORRAL_DATABASE_URL")
-        .env_remove("CORRAL_SERVER")
-        .env_remove("CORRAL_TOKEN")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-fn output(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A server and a client of it.
 struct Remote {
     server: Server,
@@ -59,7 +39,7 @@ impl Remote {
     }
 
     fn run(&self, args: &[&str]) -> (i32, String, String) {
-        output(&mut self.cmd(args))
+        output_of(&mut self.cmd(args))
     }
 
     /// Writes a pipeline file and returns its path.
@@ -344,12 +324,12 @@ fn run_over_a_server_streams_every_event_and_uploads_each_plugin_once() {
     // Offline, the server's tenant is seen only with --tenant (same database file).
     let server_data = remote.server.data.path();
     let (code, out, err) =
-        output(corral(server_data).args(["runs", "list", "--json", "--tenant", "default"]));
+        output_of(corral(server_data).args(["runs", "list", "--json", "--tenant", "default"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(jsonl(&out).len(), 2, "{out}");
-    let (code, out, err) = output(corral(server_data).args(["runs", "list", "--json"]));
+    let (code, out, err) = output_of(corral(server_data).args(["runs", "list", "--json"]));
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
-    let (code, out, err) = output(
+    let (code, out, err) = output_of(
         corral(server_data).args(["runs", "show", &run_id, "--json", "--tenant", "default"]),
     );
     assert_eq!(code, 0, "{err}");
@@ -482,7 +462,7 @@ fn bad_tokens_servers_and_roles_are_refused() {
 
     // A bad token.
     for args in [&["runs", "list"][..], &["run", &file], &["cancel", "run_x"]] {
-        let (code, _, err) = output(corral(data).args(args).args([
+        let (code, _, err) = output_of(corral(data).args(args).args([
             "--server",
             &url,
             "--token",
@@ -492,11 +472,11 @@ fn bad_tokens_servers_and_roles_are_refused() {
         assert!(err.starts_with("UNAUTHORIZED: "), "{args:?}: {err}");
     }
     // No token at all.
-    let (code, _, err) = output(corral(data).args(["runs", "list", "--server", &url]));
+    let (code, _, err) = output_of(corral(data).args(["runs", "list", "--server", &url]));
     assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("UNAUTHORIZED: "), "{err}");
     // Only http and https are spoken.
-    let (code, _, err) = output(corral(data).args([
+    let (code, _, err) = output_of(corral(data).args([
         "runs",
         "list",
         "--server",
@@ -513,7 +493,7 @@ fn bad_tokens_servers_and_roles_are_refused() {
         &["events", "run_x", "--follow"],
         &["plugin", "list"],
     ] {
-        let (code, _, err) = output(corral(data).args(args).args([
+        let (code, _, err) = output_of(corral(data).args(args).args([
             "--server",
             "http://127.0.0.1:1",
             "--token",
@@ -532,7 +512,7 @@ fn bad_tokens_servers_and_roles_are_refused() {
 
     // A viewer may look but not run.
     let viewer = remote.server.token("default", "viewer");
-    let (code, _, err) = output(
+    let (code, _, err) = output_of(
         corral(data)
             .args(["run", &file])
             .args(["--server", &url, "--token", &viewer]),
@@ -541,7 +521,7 @@ fn bad_tokens_servers_and_roles_are_refused() {
     assert!(err.starts_with("FORBIDDEN: "), "{err}");
 
     // CORRAL_SERVER and CORRAL_TOKEN work like the flags.
-    let (code, out, err) = output(
+    let (code, out, err) = output_of(
         corral(data)
             .args(["run", &file, "-o", "jsonl"])
             .env("CORRAL_SERVER", &url)
@@ -549,7 +529,7 @@ fn bad_tokens_servers_and_roles_are_refused() {
     );
     assert_eq!(code, 0, "{err}");
     assert_complete_stream(&jsonl(&out), "succeeded");
-    let (code, out, err) = output(
+    let (code, out, err) = output_of(
         corral(data)
             .args(["runs", "list", "--json"])
             .env("CORRAL_SERVER", &url)
@@ -647,7 +627,7 @@ fn events_follow_resumes_a_dropped_stream_without_losing_or_repeating_an_event()
         }
     });
     let data = tempfile::tempdir().unwrap();
-    let (code, out, err) = output(corral(data.path()).args([
+    let (code, out, err) = output_of(corral(data.path()).args([
         "events",
         "run_fake",
         "--follow",
@@ -752,7 +732,7 @@ fn events_follow_stops_when_the_server_answers_204_after_the_final_event() {
         }
     });
     let data = tempfile::tempdir().unwrap();
-    let (code, out, err) = output(corral(data.path()).args([
+    let (code, out, err) = output_of(corral(data.path()).args([
         "events", "run_fake", "--follow", "--after", "4", "--server", &url, "--token", "t",
     ]));
     assert_eq!((code, out.as_str()), (0, ""), "{err}");
@@ -841,7 +821,7 @@ fn https_servers_are_trusted_with_ca_cert_and_an_untrusted_certificate_exits_3()
         if let Some(ca) = ca {
             cmd.arg("--ca-cert").arg(ca);
         }
-        output(&mut cmd)
+        output_of(&mut cmd)
     };
 
     // A run over https, -o json: one object on stdout, the output in --output-file too.
@@ -899,7 +879,7 @@ fn https_servers_are_trusted_with_ca_cert_and_an_untrusted_certificate_exits_3()
         2
     );
     // CORRAL_CA_CERT works like the flag.
-    let (code, _, err) = output(
+    let (code, _, err) = output_of(
         corral(remote.client_data.path())
             .args(["runs", "list", "--server", &url, "--token", &remote.token])
             .env("CORRAL_CA_CERT", &ca),
@@ -1054,7 +1034,7 @@ fn plugin_upload_and_list_and_run_sends_the_manifest_beside_a_plugin_file() {
 
     // A viewer may list but not upload; without --server there is nothing to work on.
     let viewer = remote.server.token("default", "viewer");
-    let (code, _, err) = output(corral(remote.client_data.path()).args([
+    let (code, _, err) = output_of(corral(remote.client_data.path()).args([
         "plugin",
         "upload",
         &echo,
@@ -1067,7 +1047,7 @@ fn plugin_upload_and_list_and_run_sends_the_manifest_beside_a_plugin_file() {
     ]));
     assert_eq!(code, 2, "{err}");
     assert!(err.starts_with("FORBIDDEN: "), "{err}");
-    let (code, _, err) = output(corral(remote.client_data.path()).args(["plugin", "list"]));
+    let (code, _, err) = output_of(corral(remote.client_data.path()).args(["plugin", "list"]));
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--server"), "{err}");
     remote.assert_no_local_database();

@@ -3,143 +3,48 @@
 //! (which outputs `{input, attempt, feedback}` as its context gave them).
 
 use crate::util::*;
-use corral::store::{Event, Store};
+use corral::store::Event;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// The database a test's servers share.
-enum Db {
-    Sqlite,
-    Postgres(String),
-}
-
-/// Runs `body(Db)` on SQLite and, when CORRAL_TEST_POSTGRES_URL is set, on Postgres in a
-/// schema of its own.
-macro_rules! on_both_dbs {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Db::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-                    Ok(url) if !url.is_empty() => {
-                        let url = crate::runs::postgres_schema(&url).await;
-                        super::$name(super::Db::Postgres(url)).await
-                    }
-                    _ => eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run"),
-                }
-            }
-        }
-    };
-}
-
-/// A `corral serve` that can be killed with SIGKILL and started again on the same
-/// database and data directory.
-struct Host {
-    data: std::sync::Arc<tempfile::TempDir>,
-    db: Option<String>,
-    envs: Vec<(String, String)>,
-    server: Option<Server>,
-    url: String,
-    token: String,
-    http: reqwest::Client,
-}
-
 /// Generous: a loaded 2-core machine never comes near it.
 const LEASE_MS: &str = "3000";
 
+/// A [`ServerHost`] on this file's lease, speaking JSON with its admin token.
+struct Host(ServerHost);
+
+impl std::ops::Deref for Host {
+    type Target = ServerHost;
+    fn deref(&self) -> &ServerHost {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Host {
+    fn deref_mut(&mut self) -> &mut ServerHost {
+        &mut self.0
+    }
+}
+
 impl Host {
     fn start(db: &Db) -> Host {
-        let mut envs = vec![("CORRAL_LEASE_MS".to_string(), LEASE_MS.to_string())];
-        let db = match db {
-            Db::Sqlite => None,
-            Db::Postgres(url) => {
-                envs.push(("CORRAL_DATABASE_URL".into(), url.clone()));
-                Some(url.clone())
-            }
-        };
-        let mut host = Host {
-            data: std::sync::Arc::new(tempfile::tempdir().unwrap()),
-            db,
-            envs,
-            server: None,
-            url: String::new(),
-            token: String::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .unwrap(),
-        };
-        host.boot();
-        host
-    }
-
-    fn boot(&mut self) {
-        let envs: Vec<(&str, &str)> = self
-            .envs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let server = Server::start_in(self.data.clone(), &envs);
-        if self.token.is_empty() {
-            self.token = server.admin_token.clone();
-            assert!(!self.token.is_empty(), "no admin token on first start");
-        }
-        self.url = server.url.clone();
-        self.server = Some(server);
+        Host(ServerHost::start(db, &[("CORRAL_LEASE_MS", LEASE_MS)]))
     }
 
     /// `kill -9`, then a fresh start on the same database.
     fn crash_and_restart(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.kill();
-        }
-        self.boot();
-    }
-
-    async fn store(&self) -> Store {
-        match &self.db {
-            None => Store::open_in_dir(self.data.path()).await.unwrap(),
-            Some(url) => Store::open(url).await.unwrap(),
-        }
+        self.0.restart();
     }
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
-            .json(&body);
-        status_and_body(r.send().await.unwrap()).await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token);
-        status_and_body(r.send().await.unwrap()).await
+        self.0.post(path, Some(body)).await
     }
 
     async fn upload_flaky(&self) -> String {
-        let resp = self
-            .http
-            .post(format!("{}/v1/plugins", self.url))
-            .bearer_auth(&self.token)
-            .header("content-type", "application/wasm")
-            .body(std::fs::read(plugin_path("flaky")).unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        let body: Value = resp.json().await.unwrap();
-        body["id"].as_str().unwrap().to_string()
+        self.upload("flaky").await
     }
 
     /// Starts a run of `flaky` steps `s0, s1, ...`, one per config; its id.
@@ -198,14 +103,6 @@ impl Host {
 
     async fn restart(&self, id: &str, body: Value) -> (StatusCode, Value) {
         self.post(&format!("/v1/runs/{id}/restart"), body).await
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.kill();
-        }
     }
 }
 
@@ -650,25 +547,6 @@ async fn dur_26_a_restarted_runs_stream_reopens_and_a_replay_reads_every_segment
         2
     );
     assert!(sse(&host, &id, Some(m)).await.is_none());
-}
-
-fn corral(data: &std::path::Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_corral"));
-    cmd.env("CORRAL_DATA_DIR", data)
-        .env_remove("CORRAL_DATABASE_URL")
-        .env_remove("CORRAL_SERVER")
-        .env_remove("CORRAL_TOKEN")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-fn output_of(cmd: &mut std::process::Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

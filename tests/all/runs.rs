@@ -4,23 +4,12 @@
 use crate::util::*;
 use corral::runs::pipeline::{self, Pipeline};
 use corral::runs::{RunError, Runner, RunnerConfig};
-use corral::store::{Event, Store};
+use corral::store::Event;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-pub enum Db {
-    Sqlite(tempfile::TempDir),
-    Postgres(String),
-}
-
-impl Db {
-    async fn store(&self) -> Store {
-        match self {
-            Db::Sqlite(dir) => Store::open_in_dir(dir.path()).await.unwrap(),
-            Db::Postgres(url) => Store::open(url).await.unwrap(),
-        }
-    }
-}
+/// What `both!` tests run on (also imported by other modules as `runs::Db`).
+pub(crate) use crate::util::StoreDb as Db;
 
 /// A Postgres URL whose connections use a schema of their own. Schemas are named after
 /// the test process; those of processes that are gone are dropped first, so the shared
@@ -71,27 +60,6 @@ fn rand_u64() -> u64 {
     h.finish()
 }
 
-/// Runs `body` on SQLite, and on Postgres when it is configured.
-macro_rules! both {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Db::Sqlite(tempfile::tempdir().unwrap())).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-                    Ok(url) if !url.is_empty() => {
-                        super::$name(super::Db::Postgres(super::postgres_schema(&url).await)).await
-                    }
-                    _ => eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run"),
-                }
-            }
-        }
-    };
-}
-
 struct Env {
     runner: Runner,
     tenant: String,
@@ -115,10 +83,6 @@ async fn env(db: Db) -> Env {
         tenant,
         _db: db,
     }
-}
-
-fn sqlite() -> Db {
-    Db::Sqlite(tempfile::tempdir().unwrap())
 }
 
 /// A one-step pipeline in `dir` running fixture `fixture` under the manifest `manifest`.
@@ -309,7 +273,7 @@ async fn dur_05_transient_failures_retry_with_backoff_then_succeed(db: Db) {
 
 #[tokio::test]
 async fn dur_05_transient_failures_stop_at_max_attempts() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let (_, events) = env
         .run(&flaky("{ fail_until_attempt = 10 }", ""), "{}")
         .await;
@@ -323,7 +287,7 @@ async fn dur_05_transient_failures_stop_at_max_attempts() {
 
 #[tokio::test]
 async fn traps_are_retried_and_permanent_errors_are_not() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let (_, events) = env
         .run(
             &flaky(r#"{ fail_until_attempt = 2, kind = "trap" }"#, ""),
@@ -353,7 +317,7 @@ async fn traps_are_retried_and_permanent_errors_are_not() {
 
 #[tokio::test]
 async fn res_01_budget_exhaustion_fails_the_step_and_the_run_and_is_not_retried() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let p = flaky("{ spin = true }", "fuel = 50_000_000");
     let (id, events) = env.run(&p, "{}").await;
     let last = assert_well_formed(&events);
@@ -368,7 +332,7 @@ async fn res_01_budget_exhaustion_fails_the_step_and_the_run_and_is_not_retried(
 
 #[tokio::test]
 async fn the_run_fuel_budget_spans_all_steps() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let p = pipeline(
         r#"name = "budget"
 [budget]
@@ -603,7 +567,7 @@ async fn dur_06_cancel_in_every_state_ends_the_run_once(db: Db) {
 
 #[tokio::test]
 async fn res_13_cancel_while_the_guest_is_inside_a_host_call() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let p = pipeline("name = \"sleepy\"\n[[steps]]\nname = \"sleep\"\nplugin = \"sleeper.wasm\"\n");
     let id = env.submit(&p, r#"{"secs": 3600}"#).await;
     let exec = {
@@ -664,7 +628,7 @@ async fn dur_07_subscribers_see_committed_events_in_order_from_any_point(db: Db)
 
 #[tokio::test]
 async fn a_pipeline_with_a_bad_plugin_is_refused_before_anything_runs() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("bad.wasm"), b"not wasm").unwrap();
     let p = pipeline::parse_toml(
@@ -690,7 +654,7 @@ async fn a_pipeline_with_a_bad_plugin_is_refused_before_anything_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn engineering_loop_tester_fails_the_first_draft_and_passes_after_feedback() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let p = pipeline::load_file(&root().join("examples/engineering-loop/pipeline.toml")).unwrap();
     let input =
         std::fs::read_to_string(root().join("examples/engineering-loop/input.json")).unwrap();
@@ -725,7 +689,7 @@ async fn engineering_loop_tester_fails_the_first_draft_and_passes_after_feedback
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_scheduler_is_fifo_per_tenant_and_fair_across_tenants() {
-    let db = sqlite();
+    let db = Db::sqlite();
     let store = db.store().await;
     let a = store.ensure_tenant("a").await.unwrap();
     let b = store.ensure_tenant("b").await.unwrap();
@@ -808,7 +772,7 @@ fn toml_inline(v: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_granted_tool_is_called_in_its_own_sandbox_and_its_fuel_counts_for_the_run() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let call = json!({"name": "word_count", "arguments": {"text": "one two three"}});
     let (_dir, p) = tool_setup(Some("[\"text\"]"), "[\"text\"]", call);
     let (id, events) = env.run(&p, "{}").await;
@@ -845,7 +809,7 @@ async fn a_granted_tool_is_called_in_its_own_sandbox_and_its_fuel_counts_for_the
 /// a guest cannot dodge the charge by timing out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn res_15_a_tool_call_cut_off_by_the_steps_deadline_is_charged_what_it_burnt() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(plugin_path("flaky"), dir.path().join("agent.wasm")).unwrap();
     std::fs::write(
@@ -888,7 +852,7 @@ async fn res_15_a_tool_call_cut_off_by_the_steps_deadline_is_charged_what_it_bur
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_invalid_tool_arguments_never_reach_the_tool() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let call = json!({"name": "word_count", "arguments": {"txt": 1}});
     let (_dir, p) = tool_setup(Some("[\"text\"]"), "[\"text\"]", call);
     let (id, events) = env.run(&p, "{}").await;
@@ -908,7 +872,7 @@ async fn schema_invalid_tool_arguments_never_reach_the_tool() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ungranted_tool_is_refused_at_load_naming_the_missing_grant() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let call = json!({"name": "word_count", "arguments": {"text": "x"}});
     let (_dir, p) = tool_setup(None, "[\"text\"]", call);
     let err = env
@@ -925,7 +889,7 @@ async fn an_ungranted_tool_is_refused_at_load_naming_the_missing_grant() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_can_only_narrow_its_plugins_grants() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     // The manifest grants `text`, but this step lists no tools: the call is refused.
     let call = json!({"name": "word_count", "arguments": {"text": "x"}});
     let (_dir, p) = tool_setup(Some("[\"text\"]"), "[]", call);
@@ -942,7 +906,7 @@ async fn a_step_can_only_narrow_its_plugins_grants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_research_example_calls_its_granted_tools() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let p = pipeline::load_file(&root().join("examples/research/pipeline.toml")).unwrap();
     let input = std::fs::read_to_string(root().join("examples/research/input.json")).unwrap();
     let (id, events) = env.run(&p, &input).await;
@@ -967,7 +931,7 @@ async fn the_research_example_calls_its_granted_tools() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_grants_are_read_only_under_work_in_and_nothing_else_is_visible() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("data")).unwrap();
     std::fs::write(dir.path().join("data/a.txt"), "alpha").unwrap();
@@ -1188,7 +1152,7 @@ async fn res_17_what_a_guest_hands_the_host_to_store_is_capped(db: Db) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn res_16_a_manifest_sets_its_steps_scratch_quota() {
-    let env = env(sqlite()).await;
+    let env = env(Db::sqlite()).await;
     let dir = tempfile::tempdir().unwrap();
     let p = one_step_with_manifest(
         dir.path(),

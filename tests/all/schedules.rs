@@ -10,33 +10,6 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-/// The database a test's servers share.
-enum Db {
-    Sqlite,
-    Postgres(String),
-}
-
-macro_rules! on_both_dbs {
-    ($name:ident) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                super::$name(super::Db::Sqlite).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-                    Ok(url) if !url.is_empty() => {
-                        let url = crate::runs::postgres_schema(&url).await;
-                        super::$name(super::Db::Postgres(url)).await
-                    }
-                    _ => eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run"),
-                }
-            }
-        }
-    };
-}
-
 /// A fast scheduler tick, so tests wait less for each slot.
 const TICK: (&str, &str) = ("CORRAL_SCHEDULE_TICK_MS", "100");
 
@@ -59,22 +32,12 @@ fn serve(db: &Db, data: std::sync::Arc<tempfile::TempDir>) -> Server {
 /// A token for `tenant` (made if missing) with `role`, offline on the server's database.
 fn token(db: &Db, server: &Server, tenant: &str, role: &str) -> String {
     let url = database_url(db, &server.data);
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(args)
-            .env("CORRAL_DATA_DIR", server.data.path())
-            .env("CORRAL_DATABASE_URL", &url)
-            .output()
-            .unwrap()
-    };
-    let _ = run(&["tenant", "create", tenant]);
-    let out = run(&["token", "create", "--tenant", tenant, "--role", role]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+    token_with(
+        server.data.path(),
+        &[("CORRAL_DATABASE_URL", url)],
+        tenant,
+        role,
+    )
 }
 
 struct Api {

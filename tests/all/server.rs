@@ -1670,24 +1670,6 @@ async fn res_19_an_upload_importing_what_the_host_lacks_is_refused_naming_it() {
     assert!(message.contains("evil:escape/door@1.0.0"), "{body}");
 }
 
-/// Server settings for `db`: SQLite in the data dir, or a fresh Postgres schema (`None`
-/// when Postgres is not configured: the variant is skipped).
-async fn database_envs(postgres: bool) -> Option<Vec<(&'static str, String)>> {
-    if !postgres {
-        return Some(vec![]);
-    }
-    match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => Some(vec![(
-            "CORRAL_DATABASE_URL",
-            crate::runs::postgres_schema(&url).await,
-        )]),
-        _ => {
-            eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run");
-            None
-        }
-    }
-}
-
 /// An error answer in the documented shape: JSON `{"error": {"code", "message"}}`.
 async fn assert_json_error(resp: reqwest::Response, want: StatusCode, what: &str) -> Value {
     let status = resp.status();

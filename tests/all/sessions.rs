@@ -146,58 +146,11 @@ async fn read_stream(resp: reqwest::Response) -> Vec<(String, Option<Duration>, 
     out
 }
 
-/// Server settings for SQLite, or a fresh Postgres schema (`None`: Postgres is not
-/// configured and the variant is skipped), and the database URL for offline commands.
-async fn database(postgres: bool) -> Option<(Vec<(&'static str, String)>, Option<String>)> {
-    if !postgres {
-        return Some((vec![], None));
-    }
-    match std::env::var("CORRAL_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => {
-            let url = crate::runs::postgres_schema(&url).await;
-            Some((vec![("CORRAL_DATABASE_URL", url.clone())], Some(url)))
-        }
-        _ => {
-            eprintln!("CORRAL_TEST_POSTGRES_URL is not set: Postgres variant not run");
-            None
-        }
-    }
-}
-
-fn start(envs: &[(&'static str, String)], more: &[(&str, &str)]) -> Server {
-    let mut all: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    all.extend_from_slice(more);
-    Server::start(&all)
-}
-
-/// A token for `tenant` (created if missing), made offline on the server's database.
-fn token(server: &Server, db: Option<&str>, tenant: &str, role: &str) -> String {
-    let Some(url) = db else {
-        return server.token(tenant, role);
-    };
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
-            .args(args)
-            .env("CORRAL_DATA_DIR", server.data.path())
-            .env("CORRAL_DATABASE_URL", url)
-            .output()
-            .unwrap()
-    };
-    let _ = run(&["tenant", "create", tenant]);
-    let out = run(&["token", "create", "--tenant", tenant, "--role", role]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 async fn session_cookie_is_httponly_samesite_strict(postgres: bool) {
-    let Some((envs, _)) = database(postgres).await else {
+    let Some(envs) = database_envs(postgres).await else {
         return;
     };
-    let server = start(&envs, &[]);
+    let server = start_with(&envs, &[]);
     let admin = server.admin_token.clone();
     let b = Browser::login(&server, &admin).await;
 
@@ -410,10 +363,10 @@ async fn api_11_mutation_without_csrf_token_is_403() {
 }
 
 async fn session_is_revoked_with_its_token(postgres: bool) {
-    let Some((envs, _)) = database(postgres).await else {
+    let Some(envs) = database_envs(postgres).await else {
         return;
     };
-    let server = start(&envs, &[]);
+    let server = start_with(&envs, &[]);
     let admin = server.admin_token.clone();
     upload(&server.url, &admin, "flaky").await;
     let (status, tok) = bearer(
@@ -497,12 +450,12 @@ async fn api_11_session_is_revoked_with_its_token_on_postgres() {
 }
 
 async fn session_of_tenant_a_gets_404_on_tenant_b_run(postgres: bool) {
-    let Some((envs, db)) = database(postgres).await else {
+    let Some(envs) = database_envs(postgres).await else {
         return;
     };
-    let server = start(&envs, &[]);
+    let server = start_with(&envs, &[]);
     let a = server.admin_token.clone();
-    let b_token = token(&server, db.as_deref(), "tenant-b", "admin");
+    let b_token = token(&server, &envs, "tenant-b", "admin");
     upload(&server.url, &b_token, "flaky").await;
     let (status, run) = bearer(
         &server.url,
