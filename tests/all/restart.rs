@@ -741,7 +741,15 @@ async fn dur_30_a_paused_run_restarted_from_a_step_goes_on_from_there_with_feedb
     let id = host
         .submit(&flaky, &[json!({"sleep_ms": 3000}), json!({}), json!({})])
         .await;
-    host.reaches(&id, "running").await;
+    // The run is `running` once claimed, before s0 starts: wait for s0 itself, so the
+    // pause lets s0 finish and stops before s1.
+    for _ in 0..1200 {
+        let (_, doc) = host.get(&format!("/v1/runs/{id}")).await;
+        if doc["steps"][0]["status"] == "running" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (status, body) = host.post(&format!("/v1/runs/{id}/pause"), json!({})).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let paused = host.reaches(&id, "paused").await;
