@@ -733,3 +733,73 @@ async fn mcp_a_pipeline_called_without_tasks_answers_its_output_or_input_require
     assert!(text_of(&asked).starts_with("INPUT_REQUIRED"), "{asked:?}");
     mcp.cancel().await.unwrap();
 }
+
+/// A tool call's run cancelled from outside (`POST /v1/runs/{id}/cancel`) stops the tool,
+/// answers the MCP client with the tool's error, and ends `cancelled` with a `cancelled`
+/// event before its final one, like a pipeline run's cancel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_a_tool_call_cancelled_through_its_run_ends_cancelled() {
+    let server = start_with(&[], &[]);
+    let admin = server.admin_token.clone();
+    let rest = Rest::new(&server);
+    rest.upload(&admin, "spin_tool", "?name=spin-tool&version=0.1.0")
+        .await;
+    let mcp = std::sync::Arc::new(connect(&server.url, &admin).await);
+    let call = tokio::spawn({
+        let mcp = mcp.clone();
+        async move {
+            mcp.call_tool(CallToolRequestParams::new("spin").with_arguments(args(json!({}))))
+                .await
+        }
+    });
+    // The call's run, once its tool is spinning.
+    let started = std::time::Instant::now();
+    let run_id = loop {
+        assert!(started.elapsed() < PATIENCE, "the tool call never ran");
+        let (_, runs) = rest.json(Method::GET, "/v1/runs", &admin, None).await;
+        let running = runs["runs"].as_array().and_then(|runs| {
+            runs.iter()
+                .find(|r| r["status"] == "running")
+                .and_then(|r| r["id"].as_str().map(str::to_string))
+        });
+        if let Some(id) = running {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (status, body) = rest
+        .json(
+            Method::POST,
+            &format!("/v1/runs/{run_id}/cancel"),
+            &admin,
+            None,
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    let result = tokio::time::timeout(PATIENCE, call)
+        .await
+        .expect("the cancelled call never answered")
+        .unwrap()
+        .unwrap();
+    assert_eq!(result.is_error, Some(true), "{result:?}");
+    assert!(text_of(&result).starts_with("CANCELLED"), "{result:?}");
+    let (_, run) = rest
+        .json(Method::GET, &format!("/v1/runs/{run_id}"), &admin, None)
+        .await;
+    assert_eq!(run["run"]["status"], "cancelled", "{run}");
+    let (_, events) = rest
+        .json(
+            Method::GET,
+            &format!("/v1/runs/{run_id}/events"),
+            &admin,
+            None,
+        )
+        .await;
+    let events = events.as_str().unwrap_or_default().to_string();
+    let cancelled = events.find("\"type\":\"cancelled\"").expect(&events);
+    let last = events.rfind("\"type\":\"complete\"").expect(&events);
+    assert!(cancelled < last, "{events}");
+    if let Ok(mcp) = std::sync::Arc::try_unwrap(mcp) {
+        mcp.cancel().await.unwrap();
+    }
+}

@@ -284,6 +284,10 @@ impl Runner {
             }
             events.push(("complete", step_done));
         }
+        // Like a pipeline run's: a cancelled run says so before its final event.
+        if status == "cancelled" {
+            events.push(("cancelled", json!({"run_id": run.id, "step_id": step})));
+        }
         events.push(("complete", complete));
         let mut delay = Duration::from_millis(250);
         for tries in 1..=8 {
