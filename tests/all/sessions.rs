@@ -917,3 +917,82 @@ async fn sse_08_reconnect_after_final_event_is_204() {
     assert_eq!(rest[0].0, final_seq.to_string());
     assert_eq!(rest[0].1, Some(Duration::from_millis(3000)));
 }
+
+/// API-11: logging out closes the streams the session opened, as revoking its token does
+/// (SSE-07), while a stream of the same token's other session stays open. On Postgres
+/// the stream is on a second server on the same database, so the logout reaches it
+/// through the database's notification.
+async fn logout_closes_the_sessions_streams(postgres: bool) {
+    let Some(envs) = database_envs(postgres).await else {
+        return;
+    };
+    let server = start_with(&envs, &[]);
+    let admin = server.admin_token.clone();
+    upload(&server.url, &admin, "flaky").await;
+    let second = postgres.then(|| start_with(&envs, &[]));
+    let b = Browser::login(&server, &admin).await;
+    let mut other = Browser::login(&server, &admin).await;
+    let (status, run) = b
+        .json(
+            Method::POST,
+            "/v1/runs",
+            true,
+            Some(run_body("flaky@0.1.0", json!({"ask": "?"}))),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let run = run["run_id"].as_str().unwrap().to_string();
+    let stream_url = second
+        .as_ref()
+        .map_or(server.url.clone(), |s| s.url.clone());
+    let open = |cookie: &str| {
+        client()
+            .get(format!("{stream_url}/v1/runs/{run}/events"))
+            .header("cookie", cookie)
+            .send()
+    };
+    let resp = open(&b.cookie).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut mine = resp.bytes_stream().eventsource();
+    mine.next().await.unwrap().unwrap();
+    other.url = stream_url.clone();
+    let resp = open(&other.cookie).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut theirs = resp.bytes_stream().eventsource();
+    theirs.next().await.unwrap().unwrap();
+
+    let resp = b
+        .req(Method::DELETE, "/v1/session", true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), mine.next())
+            .await
+            .expect("the logged-out session's stream closes")
+        {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => continue,
+        }
+    }
+    // The other session's stream is still open: a heartbeat or an event comes, not an end.
+    let next = tokio::time::timeout(Duration::from_secs(60), theirs.next())
+        .await
+        .expect("the other session's stream stays open");
+    assert!(matches!(next, Some(Ok(_))), "{next:?}");
+    assert_eq!(
+        other.json(Method::GET, "/v1/session", false, None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_11_logout_closes_the_sessions_streams() {
+    logout_closes_the_sessions_streams(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_11_logout_closes_the_sessions_streams_on_postgres() {
+    logout_closes_the_sessions_streams(true).await;
+}

@@ -71,6 +71,20 @@ pub struct Caller {
     /// When the browser session this caller came by expires (milliseconds since the
     /// epoch); `None` for a bearer token. Long-lived streams end then.
     pub session_expires_at: Option<i64>,
+    /// The browser session's key (the hash of its cookie value), so long-lived streams
+    /// end when it is logged out; `None` for a bearer token.
+    pub session: Option<String>,
+}
+
+impl Caller {
+    /// What a long-lived stream watches: the session it came by (gone when logged out,
+    /// expired or its token revoked), else its token.
+    pub fn watch_key(&self) -> String {
+        match &self.session {
+            Some(hash) => format!("{}{hash}", crate::store::SESSION_KEY),
+            None => self.token_id.clone(),
+        }
+    }
 }
 
 impl Caller {
@@ -352,6 +366,7 @@ fn session_caller(record: &SessionRecord) -> Caller {
         role: Role::parse(&record.role).unwrap_or(Role::Viewer),
         token_id: record.token_id.clone(),
         session_expires_at: Some(record.expires_at),
+        session: Some(record.hash.clone()),
     }
 }
 
@@ -444,6 +459,7 @@ impl FromRequestParts<AppState> for Caller {
                 tenant_id: t.tenant_id,
                 token_id: t.id,
                 session_expires_at: None,
+                session: None,
             });
         }
         let (reason, message) = if token.is_none() {

@@ -232,7 +232,7 @@ impl Live {
     fn new(state: AppState, caller: &Caller, slot: StreamSlot, source: Source) -> Live {
         let bus = state.runner.bus();
         let period = (state.config.heartbeat / TICKS_PER_HEARTBEAT).max(Duration::from_millis(1));
-        let (token, ticks) = (bus.watch_token(&caller.token_id), bus.ticker(period));
+        let (token, ticks) = (bus.watch_token(&caller.watch_key()), bus.ticker(period));
         crate::metrics::global().open_streams_add(1);
         let expires = caller.session_expires_at.map(|at| {
             let now_ms = std::time::SystemTime::now()

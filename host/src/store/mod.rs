@@ -15,6 +15,7 @@ mod writer;
 pub use schedules::{FireRecord, NewSchedule, ScheduleRecord};
 pub use secrets::SecretInfo;
 pub use sessions::{MAX_SESSIONS_PER_TOKEN, SessionRecord};
+pub use watch::SESSION_KEY;
 pub use webhooks::{DueBatch, NewWebhook, WebhookRecord};
 
 pub use registry::*;

@@ -14,6 +14,8 @@ const CLEANUP_BATCH: i64 = 100;
 /// A live session: its token's tenant and role.
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
+    /// The hash of the session's cookie value: the session's key (never the value).
+    pub hash: String,
     /// The token the session was made from.
     pub token_id: String,
     /// The token's tenant id.
@@ -86,6 +88,7 @@ impl Store {
             return Ok(None);
         }
         Ok(Some(SessionRecord {
+            hash: stored,
             token_id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
             tenant_name: row.try_get("name")?,

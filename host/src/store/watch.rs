@@ -43,6 +43,10 @@ pub(crate) struct EventHead {
     pub(crate) seq: i64,
 }
 
+/// The prefix of a watched browser session's key (then the hash of its cookie value),
+/// beside the token ids open streams are watched by.
+pub const SESSION_KEY: &str = "session:";
+
 impl Store {
     /// The database URL.
     pub(crate) fn url(&self) -> &str {
@@ -58,11 +62,30 @@ impl Store {
         Ok(Some(row.try_get("channel")?))
     }
 
-    /// Which of `ids` are live tokens (exist and are not revoked): one query per
-    /// [`TOKEN_CHUNK`] ids, however many streams use them.
+    /// Which of `ids` are live: a token id whose token exists and is not revoked, or a
+    /// [`SESSION_KEY`] key whose session exists, has not expired and whose token is live.
+    /// One query per [`TOKEN_CHUNK`] ids of each kind, however many streams use them.
     pub(crate) async fn live_tokens(&self, ids: &[String]) -> Result<HashSet<String>> {
+        let (sessions, tokens): (Vec<&String>, Vec<&String>) =
+            ids.iter().partition(|id| id.starts_with(SESSION_KEY));
         let mut live = HashSet::new();
-        for chunk in ids.chunks(TOKEN_CHUNK) {
+        for chunk in sessions.chunks(TOKEN_CHUNK) {
+            let params: Vec<String> = (2..=chunk.len() + 1).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT s.hash FROM sessions s JOIN tokens t ON t.id = s.token_id \
+                 WHERE s.expires_at > $1 AND t.revoked_at IS NULL AND s.hash IN ({})",
+                params.join(", ")
+            );
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(super::now_ms());
+            for key in chunk {
+                query = query.bind(key.strip_prefix(SESSION_KEY).unwrap_or(key));
+            }
+            for row in query.fetch_all(&self.pool).await? {
+                let hash: String = row.try_get("hash")?;
+                live.insert(format!("{SESSION_KEY}{hash}"));
+            }
+        }
+        for chunk in tokens.chunks(TOKEN_CHUNK) {
             let params: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
             let sql = format!(
                 "SELECT id FROM tokens WHERE revoked_at IS NULL AND id IN ({})",
