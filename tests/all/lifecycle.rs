@@ -768,3 +768,61 @@ fn dur_19_an_embedded_run_is_paused_and_resumed_from_other_processes() {
     assert_eq!(rest.last().unwrap()["payload"]["status"], "succeeded");
     assert!(child.wait().unwrap().success());
 }
+
+on_servers!(runs_show_says_when_a_paused_run_paused);
+/// `corral runs show` of a paused run says when it paused (`paused_at` in its JSON), and
+/// no longer once it is resumed.
+async fn runs_show_says_when_a_paused_run_paused(db: Option<String>) {
+    let host = Host::start(db).await;
+    let store = host.store().await;
+    let show = |id: &str, json: bool| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_corral"))
+            .args(["runs", "show", id])
+            .args(if json { &["--json"][..] } else { &[][..] })
+            .args(["--server", host.url(), "--token", &host.token])
+            .env_remove("CORRAL_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let id = host.submit(&[json!({"sleep_ms": 5000}), json!({})]).await;
+    wait_events(&store, &id, "s0 running", |e| has(e, "running", "s0")).await;
+    let (status, body) = host
+        .post(&format!("/v1/runs/{id}/pause?now=true"), None)
+        .await;
+    assert!(status.is_success(), "{body}");
+    let run = wait_status(&store, &id, "paused").await;
+    let paused_at = run.paused_at.unwrap();
+
+    let doc: Value = serde_json::from_str(&show(&id, true)).unwrap();
+    assert_eq!(doc["run"]["paused_at"], json!(paused_at), "{doc:#}");
+    let text = show(&id, false);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("paused "))
+        .unwrap_or_else(|| panic!("no paused line: {text}"));
+    // RFC 3339 with milliseconds, as the other times of `runs show`.
+    let at = line.trim_start().trim_start_matches("paused").trim();
+    let ms = humantime::parse_rfc3339(at)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis();
+    assert_eq!(ms, u128::try_from(paused_at).unwrap(), "{text}");
+
+    let (status, body) = host.post(&format!("/v1/runs/{id}/resume"), None).await;
+    assert!(status.is_success(), "{body}");
+    wait_status(&store, &id, "succeeded").await;
+    let doc: Value = serde_json::from_str(&show(&id, true)).unwrap();
+    assert_eq!(doc["run"]["paused_at"], Value::Null, "{doc:#}");
+    let text = show(&id, false);
+    assert!(
+        !text.lines().any(|l| l.trim_start().starts_with("paused ")),
+        "{text}"
+    );
+}

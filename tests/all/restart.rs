@@ -581,9 +581,11 @@ fn dur_27_corral_restart_runs_locally_from_a_step_with_feedback() {
         "draft",
         "--feedback",
         r#"{"tone": "friendlier"}"#,
+        "--json",
     ]));
     assert_eq!(code, 0, "{stderr}");
-    assert!(stderr.contains("restarted run"), "{stderr}");
+    let answer: Value = serde_json::from_str(stderr.lines().next().unwrap()).unwrap();
+    assert_eq!(answer["from_step"], "draft", "{stderr}");
     let out: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(out["input"]["feedback"], json!({"tone": "friendlier"}));
     assert_eq!(out["input"]["attempt"], 2);
@@ -593,7 +595,14 @@ fn dur_27_corral_restart_runs_locally_from_a_step_with_feedback() {
     std::fs::write(&file, r#"["once more"]"#).unwrap();
     let (code, stdout, stderr) = output_of(
         corral(&data)
-            .args(["restart", &run_id, "--from", "review", "--feedback-file"])
+            .args([
+                "restart",
+                &run_id,
+                "--from",
+                "review",
+                "--json",
+                "--feedback-file",
+            ])
             .arg(&file),
     );
     assert_eq!(code, 0, "{stderr}");
@@ -636,7 +645,8 @@ async fn dur_28_corral_restart_with_server_restarts_and_follows_the_run(db: Db) 
     let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
         output_of(
             corral(&data)
-                .args(["restart", &rid, "--from", "s1", "--server", &url, "--token"])
+                .args(["restart", &rid, "--from", "s1", "--json", "--server", &url])
+                .arg("--token")
                 .arg(&token)
                 .arg("--feedback-file")
                 .arg(&path),
@@ -827,4 +837,78 @@ async fn dur_39_a_run_restarted_as_often_as_a_run_may_be_is_refused_restart_limi
     assert_eq!(after["run"]["restarts"], 100);
     assert_eq!(after["run"]["last_seq"], doc["run"]["last_seq"]);
     pool.close().await;
+}
+
+/// `corral restart` for people: what the restart did on a line, the steps it runs again
+/// as they go (on stderr), then the run's end and its output; `--detach --json` prints the
+/// restart's answer as JSON on stdout.
+#[test]
+fn corral_restart_says_what_it_did_for_people_and_in_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let plugins = root().join("target/plugins");
+    let pipeline = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"people\"\n[[steps]]\nname = \"draft\"\nplugin = \"{p}/flaky.wasm\"\n\
+             [[steps]]\nname = \"review\"\nplugin = \"{p}/flaky.wasm\"\n",
+            p = plugins.display()
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = output_of(
+        corral(&data)
+            .arg("run")
+            .arg(&pipeline)
+            .args(["-o", "jsonl"]),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let first: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let run_id = first["run_id"].as_str().unwrap().to_string();
+
+    let (code, stdout, stderr) = output_of(corral(&data).args([
+        "restart",
+        &run_id,
+        "--from",
+        "review",
+        "--feedback",
+        r#"{"note": "shorter"}"#,
+    ]));
+    assert_eq!(code, 0, "{stderr}");
+    let mut lines = stdout.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("{run_id} restarted from step review (attempt 2); status queued").as_str()),
+        "{stdout}"
+    );
+    let end = lines.next().unwrap_or_default();
+    assert!(
+        end.starts_with(&format!("run {run_id} succeeded · fuel ")),
+        "{stdout}"
+    );
+    let output: Value = serde_json::from_str(&lines.collect::<Vec<_>>().join("\n")).unwrap();
+    assert_eq!(output["feedback"], json!({"note": "shorter"}), "{stdout}");
+    assert_eq!(output["attempt"], 2, "{stdout}");
+    // The live view shows the step it runs again, not the one it reused; no event JSON.
+    assert!(stderr.contains("review started (attempt 2)"), "{stderr}");
+    assert!(!stderr.contains("draft"), "{stderr}");
+    assert!(!stderr.contains("\"seq\""), "{stderr}");
+
+    let (code, stdout, stderr) = output_of(
+        corral(&data).args(["restart", &run_id, "--from", "draft", "--detach", "--json"]),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let answer: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(answer["run_id"], run_id.as_str(), "{stdout}");
+    assert_eq!(answer["status"], "queued", "{stdout}");
+    assert_eq!(answer["from_step"], "draft", "{stdout}");
+    assert_eq!(answer["attempt"], 2, "{stdout}");
+    assert_eq!(answer["restarts"], 2, "{stdout}");
+    assert!(answer["seq"].as_i64().unwrap() > 1, "{stdout}");
+    // Queued, not followed: a second restart is refused while it waits for a worker.
+    let (code, stdout, stderr) =
+        output_of(corral(&data).args(["restart", &run_id, "--from", "draft", "--detach"]));
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(stderr.contains("RUN_ACTIVE"), "{stderr}");
 }

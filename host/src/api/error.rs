@@ -98,14 +98,19 @@ impl From<crate::store::StoreError> for ApiError {
     }
 }
 
+/// An error's message without its `CODE: ` prefix (the code goes in its own field).
+pub(super) fn without_code(e: &impl std::fmt::Display) -> String {
+    let message = e.to_string();
+    message
+        .split_once(": ")
+        .map(|(_, m)| m.to_string())
+        .unwrap_or(message)
+}
+
 impl From<crate::runs::RunError> for ApiError {
     fn from(e: crate::runs::RunError) -> Self {
         use crate::runs::RunError as E;
-        let message = e.to_string();
-        let message = message
-            .split_once(": ")
-            .map(|(_, m)| m.to_string())
-            .unwrap_or(message);
+        let message = without_code(&e);
         match e {
             E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "RUN_NOT_FOUND", message),
             E::AlreadyFinished(..) => {

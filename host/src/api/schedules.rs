@@ -18,11 +18,7 @@ use serde_json::Value;
 impl From<ScheduleError> for ApiError {
     fn from(e: ScheduleError) -> Self {
         let code = e.code();
-        let message = e.to_string();
-        let message = message
-            .split_once(": ")
-            .map(|(_, m)| m.to_string())
-            .unwrap_or(message);
+        let message = super::error::without_code(&e);
         match e {
             ScheduleError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, code, message),
             ScheduleError::TooMany(_) => ApiError::new(StatusCode::CONFLICT, code, message),

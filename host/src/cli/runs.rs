@@ -82,6 +82,68 @@ pub(super) struct DbArgs {
     pub database_url: Option<String>,
 }
 
+/// Where a command acts: on a server with `--server URL --token T`, else on the local
+/// database (`--database-url`, default SQLite in the data dir) as the `--tenant`.
+#[derive(Debug, Args)]
+pub(super) struct Target {
+    #[command(flatten)]
+    pub tenant: TenantArgs,
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// What a [`Target`] opened: a server's client, or the local database with the tenant's id.
+pub(super) enum Opened {
+    Server(Client),
+    Local(Store, String),
+}
+
+impl Target {
+    /// The server client when `--server` is given (refusing `--tenant` with it), `None`
+    /// to work on the local database, or the exit code of a refusal (already printed).
+    pub(super) fn remote(&self) -> Result<Option<Client>, ExitCode> {
+        let client = server(&self.server)?;
+        if client.is_some() {
+            self.tenant.check_remote()?;
+        }
+        Ok(client)
+    }
+
+    /// The server's client, or the local database and the tenant's id; or the exit code
+    /// of a refusal (already printed).
+    pub(super) async fn open(&self, cli: &Cli) -> anyhow::Result<Result<Opened, ExitCode>> {
+        match self.remote() {
+            Err(code) => Ok(Err(code)),
+            Ok(Some(client)) => Ok(Ok(Opened::Server(client))),
+            Ok(None) => {
+                let store = cli.store(&self.db).await?;
+                Ok(match self.tenant.resolve(&store).await? {
+                    Ok(tenant) => Ok(Opened::Local(store, tenant)),
+                    Err(code) => Err(code),
+                })
+            }
+        }
+    }
+
+    /// `remote` against the server when `--server` is given, else `local` against the
+    /// local database as the `--tenant`: what it answered, or the exit code of its
+    /// refusal (already printed).
+    pub(super) async fn act<T>(
+        &self,
+        cli: &Cli,
+        remote: impl AsyncFnOnce(Client) -> Result<T, super::remote::RemoteError>,
+        local: impl AsyncFnOnce(Store, String) -> anyhow::Result<Result<T, ExitCode>>,
+    ) -> anyhow::Result<Result<T, ExitCode>> {
+        match self.open(cli).await? {
+            Err(code) => Ok(Err(code)),
+            Ok(Opened::Server(client)) => Ok(remote(client).await.map_err(|e| e.report())),
+            Ok(Opened::Local(store, tenant)) => local(store, tenant).await,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(super) enum OutputFormat {
     /// Live progress bars, logs and retries on stderr; then the artifacts written, the
@@ -109,11 +171,7 @@ pub(super) struct RunArgs {
     #[arg(long, value_name = "PATH")]
     output_file: Option<PathBuf>,
     #[command(flatten)]
-    tenant: TenantArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    target: Target,
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,11 +188,7 @@ pub(super) enum RunsCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        tenant: TenantArgs,
-        #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        server: ServerArgs,
+        target: Target,
     },
     /// Show a run: its output, timings, steps, attempts, fuel, tokens and artifacts.
     Show {
@@ -144,11 +198,7 @@ pub(super) enum RunsCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        tenant: TenantArgs,
-        #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        server: ServerArgs,
+        target: Target,
     },
 }
 
@@ -163,11 +213,7 @@ pub(super) struct EventsArgs {
     #[arg(long, default_value_t = 0)]
     after: i64,
     #[command(flatten)]
-    tenant: TenantArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    target: Target,
 }
 
 #[derive(Debug, Args)]
@@ -177,11 +223,7 @@ pub(super) struct AnswerArgs {
     /// The answer: JSON, `@PATH`, or `@-`.
     answer: String,
     #[command(flatten)]
-    tenant: TenantArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    target: Target,
 }
 
 #[derive(Debug, Args)]
@@ -189,11 +231,7 @@ pub(super) struct CancelArgs {
     /// The run id.
     run_id: String,
     #[command(flatten)]
-    tenant: TenantArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    target: Target,
 }
 
 #[derive(Debug, Args)]
@@ -205,11 +243,7 @@ pub(super) struct PauseArgs {
     #[arg(long)]
     now: bool,
     #[command(flatten)]
-    tenant: TenantArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    target: Target,
 }
 
 #[derive(Debug, Args)]
@@ -217,11 +251,7 @@ pub(super) struct ResumeArgs {
     /// The run id.
     run_id: String,
     #[command(flatten)]
-    tenant: TenantArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    target: Target,
 }
 
 #[derive(Debug, Args)]
@@ -245,12 +275,13 @@ pub(super) struct RestartArgs {
     /// `corral serve` on the same database executes it).
     #[arg(long)]
     detach: bool,
+    /// Print JSON: the restart's answer (`{run_id, status, from_step, attempt, restarts,
+    /// seq}`) as a line (on stdout with --detach, else on stderr before the run's events
+    /// as JSON lines), then the run's output on stdout.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
-    tenant: TenantArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    target: Target,
 }
 
 #[derive(Debug, Args)]
@@ -276,7 +307,11 @@ impl Cli {
     }
 
     pub(super) async fn runner(&self, db: &DbArgs, concurrency: usize) -> anyhow::Result<Runner> {
-        let store = self.store(db).await?;
+        self.runner_on(self.store(db).await?, concurrency)
+    }
+
+    /// A runner on an opened database.
+    pub(super) fn runner_on(&self, store: Store, concurrency: usize) -> anyhow::Result<Runner> {
         let lease = lease_from_env();
         Ok(Runner::new(
             self.engine()?,
@@ -392,15 +427,10 @@ fn exit_for_status(status: &str) -> ExitCode {
 }
 
 pub(super) async fn run(cli: &Cli, args: &RunArgs) -> anyhow::Result<ExitCode> {
-    let client = match server(&args.server) {
+    let client = match args.target.remote() {
         Ok(client) => client,
         Err(code) => return Ok(code),
     };
-    if client.is_some()
-        && let Err(code) = args.tenant.check_remote()
-    {
-        return Ok(code);
-    }
     let pipeline = match pipeline::load_file(&args.pipeline) {
         Ok(p) => p,
         Err(e) => {
@@ -442,8 +472,8 @@ async fn run_embedded(
     pipeline: &pipeline::Pipeline,
     input: &str,
 ) -> anyhow::Result<ExitCode> {
-    let runner = cli.runner(&args.db, 1).await?;
-    let tenant = match args.tenant.resolve(runner.store()).await? {
+    let runner = cli.runner(&args.target.db, 1).await?;
+    let tenant = match args.target.tenant.resolve(runner.store()).await? {
         Ok(tenant) => tenant,
         Err(code) => return Ok(code),
     };
@@ -794,11 +824,20 @@ fn finish_run(
             );
         }
     }
+    print_result(doc)
+}
+
+/// A run's end for people, on stdout: `run ID STATUS · fuel N`, then its output (pretty
+/// JSON) unless it has none.
+fn print_result(doc: &Value) -> anyhow::Result<()> {
+    let run = field(doc, "run");
     println!(
-        "run {run_id} {} · fuel {}",
+        "run {} {} · fuel {}",
+        text_of(run, "id"),
         text_of(run, "status"),
         number_of(run, "fuel_used")
     );
+    let output = field(doc, "output");
     if !output.is_null() {
         println!("{}", serde_json::to_string_pretty(output)?);
     }
@@ -863,19 +902,25 @@ struct HumanView {
 
 impl HumanView {
     fn new(run_id: &str, pipeline: &pipeline::Pipeline, answer_flags: String) -> Self {
+        eprintln!("run {run_id}: pipeline `{}`", pipeline.name);
+        let names: Vec<String> = pipeline.steps.iter().map(|s| s.name.clone()).collect();
+        HumanView::for_steps(&names, answer_flags)
+    }
+
+    /// A bar for each of these steps (a restart shows those it runs again).
+    fn for_steps(names: &[String], answer_flags: String) -> Self {
         let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
         let bars = MultiProgress::new();
         let style = ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos:>3}% {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ");
-        eprintln!("run {run_id}: pipeline `{}`", pipeline.name);
         let mut steps = HashMap::new();
-        for step in &pipeline.steps {
+        for name in names {
             let bar = bars.add(ProgressBar::new(100));
             bar.set_style(style.clone());
-            bar.set_prefix(step.name.clone());
+            bar.set_prefix(name.clone());
             bar.set_message("queued");
-            steps.insert(step.name.clone(), bar);
+            steps.insert(name.clone(), bar);
         }
         HumanView {
             bars,
@@ -1080,29 +1125,51 @@ fn number_of(record: &Value, key: &str) -> i64 {
     record.get(key).and_then(Value::as_i64).unwrap_or_default()
 }
 
-/// A run of `runs list`: its JSON on a line, or a summary line.
-fn print_run_line(run: &Value, json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string(run)?);
-    } else {
-        println!(
-            "{}  {:<10} {:<24} fuel {:>14}  {}",
-            text_of(run, "id"),
-            text_of(run, "status"),
-            text_of(run, "pipeline_name"),
-            number_of(run, "fuel_used"),
-            text_of(run, "error_code")
-        );
+/// A list (`runs list`, `schedule list`): each item's JSON on a line with `--json`, else
+/// its `line` for people.
+pub(super) fn print_lines(
+    items: &[Value],
+    json: bool,
+    line: impl Fn(&Value) -> String,
+) -> anyhow::Result<()> {
+    for item in items {
+        if json {
+            println!("{}", serde_json::to_string(item)?);
+        } else {
+            println!("{}", line(item));
+        }
     }
     Ok(())
 }
 
-/// `runs show`: `{run, output, steps, attempts, artifacts}` as pretty JSON, or for people.
-fn print_run(doc: &Value, json: bool) -> anyhow::Result<()> {
+/// One record (`runs show`, `schedule show`): pretty JSON with `--json`, else `human`.
+pub(super) fn print_doc(
+    doc: &Value,
+    json: bool,
+    human: impl FnOnce(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(doc)?);
-        return Ok(());
+        Ok(())
+    } else {
+        human(doc)
     }
+}
+
+/// A run of `runs list` on a line: id, status, pipeline, fuel, error code.
+fn run_line(run: &Value) -> String {
+    format!(
+        "{}  {:<10} {:<24} fuel {:>14}  {}",
+        text_of(run, "id"),
+        text_of(run, "status"),
+        text_of(run, "pipeline_name"),
+        number_of(run, "fuel_used"),
+        text_of(run, "error_code")
+    )
+}
+
+/// `runs show` for people, from `{run, output, steps, attempts, artifacts}`.
+fn print_run(doc: &Value) -> anyhow::Result<()> {
     let run = field(doc, "run");
     println!(
         "run {} ({}) {}",
@@ -1128,6 +1195,9 @@ fn print_run(doc: &Value, json: bool) -> anyhow::Result<()> {
     }
     println!("  queued   {}", when("created_at"));
     println!("  started  {}", when("started_at"));
+    if run.get("paused_at").and_then(Value::as_i64).is_some() {
+        println!("  paused   {}", when("paused_at"));
+    }
     println!(
         "  finished {}{}",
         when("finished_at"),
@@ -1196,94 +1266,70 @@ pub(super) async fn runs(cli: &Cli, cmd: &RunsCommand) -> anyhow::Result<ExitCod
             status,
             limit,
             json,
-            tenant,
-            db,
-            server: server_args,
+            target,
         } => {
-            let runs = match server(server_args) {
+            let runs = target
+                .act(
+                    cli,
+                    async |client| client.list_runs(status.as_deref(), *limit).await,
+                    async |store, tenant| {
+                        let runs = store
+                            .list_runs(&tenant, status.as_deref(), *limit, None)
+                            .await?;
+                        Ok(Ok(runs.iter().map(serde_json::to_value).collect::<Result<
+                            Vec<_>,
+                            _,
+                        >>(
+                        )?))
+                    },
+                )
+                .await?;
+            match runs {
+                Ok(runs) => print_lines(&runs, *json, run_line)?,
                 Err(code) => return Ok(code),
-                Ok(Some(client)) => {
-                    if let Err(code) = tenant.check_remote() {
-                        return Ok(code);
-                    }
-                    match client.list_runs(status.as_deref(), *limit).await {
-                        Ok(runs) => runs,
-                        Err(e) => return Ok(e.report()),
-                    }
-                }
-                Ok(None) => {
-                    let store = cli.store(db).await?;
-                    let tenant = match tenant.resolve(&store).await? {
-                        Ok(tenant) => tenant,
-                        Err(code) => return Ok(code),
-                    };
-                    store
-                        .list_runs(&tenant, status.as_deref(), *limit, None)
-                        .await?
-                        .iter()
-                        .map(serde_json::to_value)
-                        .collect::<Result<Vec<_>, _>>()?
-                }
-            };
-            for r in &runs {
-                print_run_line(r, *json)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         RunsCommand::Show {
             run_id,
             json,
-            tenant,
-            db,
-            server: server_args,
+            target,
         } => {
-            let doc = match server(server_args) {
+            let doc = target
+                .act(
+                    cli,
+                    async |client| remote_doc(&client, run_id).await,
+                    async |store, tenant| {
+                        Ok(match local_doc(&store, &tenant, run_id).await? {
+                            Some(doc) => Ok(doc),
+                            None => Err(refuse(&RunError::NotFound(run_id.clone()))),
+                        })
+                    },
+                )
+                .await?;
+            match doc {
+                Ok(doc) => print_doc(&doc, *json, print_run)?,
                 Err(code) => return Ok(code),
-                Ok(Some(client)) => {
-                    if let Err(code) = tenant.check_remote() {
-                        return Ok(code);
-                    }
-                    match remote_doc(&client, run_id).await {
-                        Ok(doc) => doc,
-                        Err(e) => return Ok(e.report()),
-                    }
-                }
-                Ok(None) => {
-                    let store = cli.store(db).await?;
-                    let tenant = match tenant.resolve(&store).await? {
-                        Ok(tenant) => tenant,
-                        Err(code) => return Ok(code),
-                    };
-                    match local_doc(&store, &tenant, run_id).await? {
-                        Some(doc) => doc,
-                        None => return Ok(refuse(&RunError::NotFound(run_id.clone()))),
-                    }
-                }
-            };
-            print_run(&doc, *json)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
 pub(super) async fn events(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
-    match server(&args.server) {
+    match args.target.open(cli).await? {
         Err(code) => Ok(code),
-        Ok(Some(client)) => match args.tenant.check_remote() {
-            Err(code) => Ok(code),
-            Ok(()) => events_remote(&client, args).await,
-        },
-        Ok(None) => events_embedded(cli, args).await,
+        Ok(Opened::Server(client)) => events_remote(&client, args).await,
+        Ok(Opened::Local(store, tenant)) => events_embedded(store, &tenant, args).await,
     }
 }
 
-async fn events_embedded(cli: &Cli, args: &EventsArgs) -> anyhow::Result<ExitCode> {
-    let store = cli.store(&args.db).await?;
-    let tenant = match args.tenant.resolve(&store).await? {
-        Ok(tenant) => tenant,
-        Err(code) => return Ok(code),
-    };
-    if store.run_for_tenant(&tenant, &args.run_id).await?.is_none() {
+async fn events_embedded(
+    store: Store,
+    tenant: &str,
+    args: &EventsArgs,
+) -> anyhow::Result<ExitCode> {
+    if store.run_for_tenant(tenant, &args.run_id).await?.is_none() {
         return Ok(refuse(&RunError::NotFound(args.run_id.clone())));
     }
     if args.follow {
@@ -1332,33 +1378,19 @@ async fn events_remote(client: &Client, args: &EventsArgs) -> anyhow::Result<Exi
 }
 
 /// A command's action (`answer`, `cancel`, `pause`, `resume`, `schedule show|delete`):
-/// `remote` against the server when `--server` is given, else `local` against the local
-/// database as the `--tenant`; what it answered, or the exit code of its refusal.
+/// `remote` against the server when `--server` is given, else `local` with a runner on the
+/// local database as the `--tenant`; what it answered, or the exit code of its refusal.
 pub(super) async fn act_on_run<T>(
     cli: &Cli,
-    server_args: &ServerArgs,
-    tenant: &TenantArgs,
-    db: &DbArgs,
+    target: &Target,
     remote: impl AsyncFnOnce(Client) -> Result<T, super::remote::RemoteError>,
     local: impl AsyncFnOnce(Runner, String) -> Result<T, ExitCode>,
 ) -> anyhow::Result<Result<T, ExitCode>> {
-    match server(server_args) {
-        Err(code) => Ok(Err(code)),
-        Ok(Some(client)) => {
-            if let Err(code) = tenant.check_remote() {
-                return Ok(Err(code));
-            }
-            Ok(remote(client).await.map_err(|e| e.report()))
-        }
-        Ok(None) => {
-            let runner = cli.runner(db, 1).await?;
-            let tenant = match tenant.resolve(runner.store()).await? {
-                Ok(tenant) => tenant,
-                Err(code) => return Ok(Err(code)),
-            };
-            Ok(local(runner, tenant).await)
-        }
-    }
+    target
+        .act(cli, remote, async |store, tenant| {
+            Ok(local(cli.runner_on(store, 1)?, tenant).await)
+        })
+        .await
 }
 
 pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitCode> {
@@ -1371,9 +1403,7 @@ pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitC
     };
     let result = act_on_run(
         cli,
-        &args.server,
-        &args.tenant,
-        &args.db,
+        &args.target,
         async |client| client.answer(&args.run_id, &answer).await,
         async |runner, tenant| {
             runner
@@ -1395,9 +1425,7 @@ pub(super) async fn answer(cli: &Cli, args: &AnswerArgs) -> anyhow::Result<ExitC
 pub(super) async fn cancel(cli: &Cli, args: &CancelArgs) -> anyhow::Result<ExitCode> {
     let result = act_on_run(
         cli,
-        &args.server,
-        &args.tenant,
-        &args.db,
+        &args.target,
         async |client| client.cancel(&args.run_id).await,
         async |runner, tenant| {
             runner
@@ -1419,9 +1447,7 @@ pub(super) async fn cancel(cli: &Cli, args: &CancelArgs) -> anyhow::Result<ExitC
 pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCode> {
     let result = act_on_run(
         cli,
-        &args.server,
-        &args.tenant,
-        &args.db,
+        &args.target,
         async |client| client.pause(&args.run_id, args.now).await,
         async |runner, tenant| {
             runner
@@ -1456,9 +1482,7 @@ pub(super) async fn pause(cli: &Cli, args: &PauseArgs) -> anyhow::Result<ExitCod
 pub(super) async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<ExitCode> {
     let result = act_on_run(
         cli,
-        &args.server,
-        &args.tenant,
-        &args.db,
+        &args.target,
         async |client| client.resume(&args.run_id).await,
         async |runner, tenant| {
             runner
@@ -1474,6 +1498,7 @@ pub(super) async fn resume(cli: &Cli, args: &ResumeArgs) -> anyhow::Result<ExitC
                 "run {} resumed: queued for the next worker{}",
                 args.run_id,
                 if args
+                    .target
                     .server
                     .server
                     .as_deref()
@@ -1504,19 +1529,15 @@ fn restart_feedback(args: &RestartArgs) -> anyhow::Result<Option<String>> {
     Ok(Some(text))
 }
 
-/// `corral restart RUN_ID --from STEP`: queues the run again from that step, then (unless
-/// `--detach`) follows it from its `restarted` event to its end, printing each event as a
-/// JSON line on stderr and the run's output on stdout; exits like `corral run`.
+/// `corral restart RUN_ID --from STEP`: queues the run again from that step and says so,
+/// then (unless `--detach`) follows it from its `restarted` event to its end (the live
+/// view on stderr, then the status line and the output on stdout; with `--json`, each
+/// event as a JSON line on stderr and the output's JSON on stdout); exits like `corral run`.
 pub(super) async fn restart(cli: &Cli, args: &RestartArgs) -> anyhow::Result<ExitCode> {
-    let client = match server(&args.server) {
+    let client = match args.target.remote() {
         Ok(client) => client,
         Err(code) => return Ok(code),
     };
-    if client.is_some()
-        && let Err(code) = args.tenant.check_remote()
-    {
-        return Ok(code);
-    }
     let feedback = match restart_feedback(args) {
         Ok(f) => f,
         Err(e) => {
@@ -1530,8 +1551,63 @@ pub(super) async fn restart(cli: &Cli, args: &RestartArgs) -> anyhow::Result<Exi
     }
 }
 
-fn say_restarted(run_id: &str, step: &str, attempt: i64) {
-    eprintln!("restarted run {run_id} from step {step} (attempt {attempt})");
+/// Says what a restart did, from its answer (`{run_id, status, from_step, attempt,
+/// restarts, seq}`, as `POST /v1/runs/{id}/restart` gives it): for people
+/// `RUN restarted from step S (attempt N); status queued` on stdout; with `--json` that
+/// answer as a JSON line, on stdout with `--detach` (it is all there is), else on stderr
+/// ahead of the events.
+fn say_restarted(args: &RestartArgs, answer: &Value) -> anyhow::Result<()> {
+    if args.json {
+        let line = serde_json::to_string(answer)?;
+        if args.detach {
+            println!("{line}");
+        } else {
+            eprintln!("{line}");
+        }
+        return Ok(());
+    }
+    println!(
+        "{} restarted from step {} (attempt {}); status {}",
+        text_of(answer, "run_id"),
+        text_of(answer, "from_step"),
+        number_of(answer, "attempt"),
+        text_of(answer, "status")
+    );
+    Ok(())
+}
+
+/// The names of a run's steps from `step` on (those a restart from it runs again), from
+/// `{steps: [{name, idx}, ...]}`.
+fn steps_from(doc: &Value, step: &str) -> Vec<String> {
+    let mut steps: Vec<&Value> = field(doc, "steps")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    steps.sort_by_key(|s| number_of(s, "idx"));
+    let names = steps.iter().map(|s| text_of(s, "name").to_string());
+    names.skip_while(|name| name != step).collect()
+}
+
+/// The live view of a restart (none with `--json`).
+fn restart_view(args: &RestartArgs, doc: &Value, answer_flags: String) -> Option<HumanView> {
+    (!args.json).then(|| HumanView::for_steps(&steps_from(doc, &args.from), answer_flags))
+}
+
+/// The end of a restart that was followed: the output's JSON (`null` when none) with
+/// `--json`, else the status line and the output.
+fn finish_restart(args: &RestartArgs, view: Option<HumanView>, doc: &Value) -> anyhow::Result<()> {
+    match view {
+        Some(view) => {
+            view.finish();
+            print_result(doc)
+        }
+        None if args.json => {
+            println!("{}", serde_json::to_string_pretty(field(doc, "output"))?);
+            Ok(())
+        }
+        None => print_result(doc),
+    }
 }
 
 async fn restart_embedded(
@@ -1539,8 +1615,8 @@ async fn restart_embedded(
     args: &RestartArgs,
     feedback: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let runner = cli.runner(&args.db, 1).await?;
-    let tenant = match args.tenant.resolve(runner.store()).await? {
+    let runner = cli.runner(&args.target.db, 1).await?;
+    let tenant = match args.target.tenant.resolve(runner.store()).await? {
         Ok(tenant) => tenant,
         Err(code) => return Ok(code),
     };
@@ -1553,11 +1629,27 @@ async fn restart_embedded(
         Ok(r) => r,
         Err(e) => return Ok(refuse(&e)),
     };
-    say_restarted(&restarted.run.id, &restarted.step, restarted.attempt);
+    let id = restarted.run.id.clone();
+    say_restarted(
+        args,
+        &json!({
+            "run_id": id,
+            // What the restart did (the API answers the same).
+            "status": "queued",
+            "from_step": restarted.step,
+            "attempt": restarted.attempt,
+            "restarts": restarted.run.restarts,
+            "seq": restarted.seq,
+        }),
+    )?;
     if args.detach {
         return Ok(ExitCode::SUCCESS);
     }
-    let id = restarted.run.id.clone();
+    let store = runner.store();
+    let mut view = match local_doc(store, &tenant, &id).await? {
+        Some(doc) => restart_view(args, &doc, String::new()),
+        None => None,
+    };
     let mut events = runner.subscribe(&tenant, &id, restarted.seq - 1).await?;
     let exec = {
         let (runner, id) = (runner.clone(), id.clone());
@@ -1571,18 +1663,14 @@ async fn restart_embedded(
             }
         });
     }
-    let status = follow_to_end(&mut events).await?;
+    let status = follow_to_end(&mut events, &mut view).await?;
     if let Err(e) = exec.await? {
         eprintln!("error: {e}");
     }
-    let output = runner
-        .store()
-        .run_for_tenant(&tenant, &id)
-        .await?
-        .and_then(|r| r.output)
-        .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-        .unwrap_or(Value::Null);
-    println!("{}", serde_json::to_string_pretty(&output)?);
+    let Some(doc) = local_doc(store, &tenant, &id).await? else {
+        return Ok(refuse(&RunError::NotFound(id)));
+    };
+    finish_restart(args, view, &doc)?;
     Ok(exit_for_status(&status))
 }
 
@@ -1598,32 +1686,40 @@ async fn restart_remote(
     if let (Some(obj), Some(reason)) = (body.as_object_mut(), &args.reason) {
         obj.insert("reason".into(), Value::String(reason.clone()));
     }
-    let doc = match client.restart(&args.run_id, &body).await {
+    let answer = match client.restart(&args.run_id, &body).await {
         Ok(doc) => doc,
         Err(e) => return Ok(e.report()),
     };
-    let step = text_of(&doc, "from_step");
-    let attempt = doc.get("attempt").and_then(Value::as_i64).unwrap_or(0);
-    let seq = doc.get("seq").and_then(Value::as_i64).unwrap_or(1);
-    say_restarted(&args.run_id, step, attempt);
+    let seq = answer.get("seq").and_then(Value::as_i64).unwrap_or(1);
+    say_restarted(args, &answer)?;
     if args.detach {
         return Ok(ExitCode::SUCCESS);
     }
+    let mut view = match client.run(&args.run_id).await {
+        Ok(doc) => restart_view(args, &doc, format!(" --server {}", client.server())),
+        Err(e) => return Ok(e.report()),
+    };
     let mut stream = client.events(&args.run_id, seq - 1, false);
-    let status = follow_to_end(&mut stream).await?;
+    let status = follow_to_end(&mut stream, &mut view).await?;
     let doc = match client.run(&args.run_id).await {
         Ok(doc) => doc,
         Err(e) => return Ok(e.report()),
     };
-    let output = doc.get("output").cloned().unwrap_or(Value::Null);
-    println!("{}", serde_json::to_string_pretty(&output)?);
+    finish_restart(args, view, &doc)?;
     Ok(exit_for_status(&status))
 }
 
-/// Prints each event as a JSON line on stderr until the run's final event; its status.
-async fn follow_to_end(events: &mut impl EventSource) -> anyhow::Result<String> {
+/// Shows each event (in the live view, or as a JSON line on stderr) until the run's
+/// final event; its status (`failed` if the stream ended without one).
+async fn follow_to_end(
+    events: &mut impl EventSource,
+    view: &mut Option<HumanView>,
+) -> anyhow::Result<String> {
     while let Some(event) = events.next_event().await? {
-        eprintln!("{}", serde_json::to_string(&event)?);
+        match view {
+            Some(v) => v.show(&event),
+            None => eprintln!("{}", serde_json::to_string(&event)?),
+        }
         if event.is_final() {
             return Ok(event
                 .payload

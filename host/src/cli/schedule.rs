@@ -3,8 +3,7 @@
 //! them), or on a server with `--server URL --token T`.
 
 use super::Cli;
-use super::remote::ServerArgs;
-use super::runs::{DbArgs, TenantArgs, act_on_run, read_arg, server};
+use super::runs::{Target, act_on_run, print_doc, print_lines, read_arg};
 use crate::runs::pipeline;
 use crate::runs::schedules::{CatchUp, Overlap, ScheduleError, ScheduleRequest};
 use clap::{Args, Subcommand};
@@ -22,11 +21,7 @@ pub(super) enum ScheduleCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        tenant: TenantArgs,
-        #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        server: ServerArgs,
+        target: Target,
     },
     /// Show a schedule and what became of its latest slots.
     Show {
@@ -36,22 +31,14 @@ pub(super) enum ScheduleCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        tenant: TenantArgs,
-        #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        server: ServerArgs,
+        target: Target,
     },
     /// Delete a schedule (its runs stay).
     Delete {
         /// The schedule id (`sch_...`).
         id: String,
         #[command(flatten)]
-        tenant: TenantArgs,
-        #[command(flatten)]
-        db: DbArgs,
-        #[command(flatten)]
-        server: ServerArgs,
+        target: Target,
     },
 }
 
@@ -82,72 +69,42 @@ pub(super) struct CreateArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    tenant: TenantArgs,
-    #[command(flatten)]
-    db: DbArgs,
-    #[command(flatten)]
-    server: ServerArgs,
+    target: Target,
 }
 
 /// Runs a `corral schedule` command.
 pub(super) async fn schedule(cli: &Cli, cmd: &ScheduleCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ScheduleCommand::Create(args) => create(cli, args).await,
-        ScheduleCommand::List {
-            json,
-            tenant,
-            db,
-            server: server_args,
-        } => {
-            let schedules = match server(server_args) {
+        ScheduleCommand::List { json, target } => {
+            let schedules = target
+                .act(
+                    cli,
+                    async |client| client.schedules().await,
+                    async |store, tenant| {
+                        Ok(Ok(store
+                            .schedules(&tenant)
+                            .await?
+                            .iter()
+                            .map(serde_json::to_value)
+                            .collect::<Result<Vec<_>, _>>()?))
+                    },
+                )
+                .await?;
+            let schedules = match schedules {
+                Ok(list) => list,
                 Err(code) => return Ok(code),
-                Ok(Some(client)) => {
-                    if let Err(code) = tenant.check_remote() {
-                        return Ok(code);
-                    }
-                    match client.schedules().await {
-                        Ok(list) => list,
-                        Err(e) => return Ok(e.report()),
-                    }
-                }
-                Ok(None) => {
-                    let store = cli.store(db).await?;
-                    let tenant = match tenant.resolve(&store).await? {
-                        Ok(t) => t,
-                        Err(code) => return Ok(code),
-                    };
-                    store
-                        .schedules(&tenant)
-                        .await?
-                        .iter()
-                        .map(serde_json::to_value)
-                        .collect::<Result<_, _>>()?
-                }
             };
-            for s in &schedules {
-                if *json {
-                    println!("{}", serde_json::to_string(s)?);
-                } else {
-                    println!("{}", line(s));
-                }
-            }
+            print_lines(&schedules, *json, line)?;
             if schedules.is_empty() && !*json {
                 eprintln!("no schedules");
             }
             Ok(ExitCode::SUCCESS)
         }
-        ScheduleCommand::Show {
-            id,
-            json,
-            tenant,
-            db,
-            server: server_args,
-        } => {
+        ScheduleCommand::Show { id, json, target } => {
             let doc = act_on_run(
                 cli,
-                server_args,
-                tenant,
-                db,
+                target,
                 async |client| client.schedule(id).await,
                 async |runner, tenant| match runner.schedule(&tenant, id).await {
                     Ok((schedule, fires)) => Ok(json!({"schedule": schedule, "fires": fires})),
@@ -159,24 +116,13 @@ pub(super) async fn schedule(cli: &Cli, cmd: &ScheduleCommand) -> anyhow::Result
                 Ok(doc) => doc,
                 Err(code) => return Ok(code),
             };
-            if *json {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
-            } else {
-                print_detail(&doc);
-            }
+            print_doc(&doc, *json, print_detail)?;
             Ok(ExitCode::SUCCESS)
         }
-        ScheduleCommand::Delete {
-            id,
-            tenant,
-            db,
-            server: server_args,
-        } => {
+        ScheduleCommand::Delete { id, target } => {
             let deleted = act_on_run(
                 cli,
-                server_args,
-                tenant,
-                db,
+                target,
                 async |client| client.delete_schedule(id).await,
                 async |runner, tenant| {
                     runner
@@ -196,15 +142,10 @@ pub(super) async fn schedule(cli: &Cli, cmd: &ScheduleCommand) -> anyhow::Result
 }
 
 async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
-    let client = match server(&args.server) {
+    let client = match args.target.remote() {
         Ok(client) => client,
         Err(code) => return Ok(code),
     };
-    if client.is_some()
-        && let Err(code) = args.tenant.check_remote()
-    {
-        return Ok(code);
-    }
     let input = match read_arg(&args.input).and_then(|text| {
         crate::engine::json::check("input", &text, usize::MAX).map_err(anyhow::Error::msg)?;
         Ok(text)
@@ -248,8 +189,8 @@ async fn create(cli: &Cli, args: &CreateArgs) -> anyhow::Result<ExitCode> {
             }
         }
         (None, Some(p)) => {
-            let runner = cli.runner(&args.db, 1).await?;
-            let tenant = match args.tenant.resolve(runner.store()).await? {
+            let runner = cli.runner(&args.target.db, 1).await?;
+            let tenant = match args.target.tenant.resolve(runner.store()).await? {
                 Ok(t) => t,
                 Err(code) => return Ok(code),
             };
@@ -339,7 +280,7 @@ fn line(s: &Value) -> String {
     )
 }
 
-fn print_detail(doc: &Value) {
+fn print_detail(doc: &Value) -> anyhow::Result<()> {
     let s = doc.get("schedule").unwrap_or(&Value::Null);
     println!("schedule {}", text(s, "id"));
     println!("  pipeline   {}", text(s, "pipeline_name"));
@@ -374,4 +315,5 @@ fn print_detail(doc: &Value) {
         }
         _ => println!("no fires yet"),
     }
+    Ok(())
 }

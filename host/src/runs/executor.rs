@@ -112,63 +112,48 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
     let tokens = live.tokens.load(Ordering::Relaxed);
     // The end is retried while the database is unreachable: giving up would leave the run
     // live under this host, whose lease keeps being renewed.
-    let mut delay = Duration::from_millis(250);
-    for tries in 1.. {
-        let ended = match &result {
-            Ok(output) => {
-                finish(
-                    &runner,
-                    &run_ref,
-                    &last_step,
-                    "succeeded",
-                    Some(output.clone()),
-                    None,
-                    (fuel, tokens),
-                )
-                .await
-            }
-            Err(Stop::Cancelled) => finish_cancelled(&runner, &run_ref, None, fuel).await,
-            Err(Stop::Paused(paused)) => pause_run(&runner, &run, paused, fuel, tries == 1).await,
-            Err(Stop::Failed { code, message }) => {
-                finish(
-                    &runner,
-                    &run_ref,
-                    &Transition::default(),
-                    "failed",
-                    None,
-                    Some((code.clone(), message.clone())),
-                    (fuel, tokens),
-                )
-                .await
-            }
-        };
-        match ended {
-            Ok(true) => {
-                log_end(&run, &result, fuel, started);
-                break;
-            }
-            // The run had ended meanwhile (its lease lapsed and another host ended it):
-            // the last attempt used its fuel all the same. Not after a failed try, which
-            // may have committed it with the end.
-            Ok(false) => {
-                if tries == 1 {
-                    last_step.charge_alone(&runner, &run_ref).await;
+    let ended = retry_end(&run.id, |tries| {
+        let (runner, run, run_ref, last_step, result) =
+            (&runner, &run, &run_ref, &last_step, &result);
+        async move {
+            match result {
+                Ok(output) => {
+                    finish(
+                        runner,
+                        run_ref,
+                        last_step,
+                        "succeeded",
+                        Some(output.clone()),
+                        None,
+                        (fuel, tokens),
+                    )
+                    .await
                 }
-                break;
-            }
-            Err(e) if tries < 8 => {
-                tracing::warn!(
-                    "could not record the end of run {} (will retry): {e}",
-                    run.id
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            Err(e) => {
-                tracing::error!("could not record the end of run {}: {e}", run.id);
-                break;
+                Err(Stop::Cancelled) => finish_cancelled(runner, run_ref, None, fuel).await,
+                Err(Stop::Paused(paused)) => pause_run(runner, run, paused, fuel, tries == 1).await,
+                Err(Stop::Failed { code, message }) => {
+                    finish(
+                        runner,
+                        run_ref,
+                        &Transition::default(),
+                        "failed",
+                        None,
+                        Some((code.clone(), message.clone())),
+                        (fuel, tokens),
+                    )
+                    .await
+                }
             }
         }
+    })
+    .await;
+    match ended {
+        Some((true, _)) => log_end(&run, &result, fuel, started),
+        // The run had ended meanwhile (its lease lapsed and another host ended it): the
+        // last attempt used its fuel all the same. Not after a failed try, which may have
+        // committed it with the end.
+        Some((false, 1)) => last_step.charge_alone(&runner, &run_ref).await,
+        Some((false, _)) | None => {}
     }
     watcher.abort();
     runner
@@ -177,6 +162,28 @@ pub(crate) async fn execute(runner: Runner, run: RunRecord) {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .remove(&run.id);
+}
+
+/// Records the end of a run with `end`, retried while the database is unreachable (8
+/// tries, backing off from 250 ms to 10 s; each failure is logged): what the try that went
+/// through answered and its number (1 for the first), or `None` when every try failed.
+pub(super) async fn retry_end<T, F: Future<Output = Result<T, StoreError>>>(
+    run_id: &str,
+    mut end: impl FnMut(u32) -> F,
+) -> Option<(T, u32)> {
+    let mut delay = Duration::from_millis(250);
+    for tries in 1..=8 {
+        match end(tries).await {
+            Ok(answer) => return Some((answer, tries)),
+            Err(e) if tries < 8 => {
+                tracing::warn!("could not record the end of run {run_id} (will retry): {e}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => tracing::error!("could not record the end of run {run_id}: {e}"),
+        }
+    }
+    None
 }
 
 /// Polls the run's cancel and pause requests (made by any process) and signals them to
@@ -590,6 +597,20 @@ fn pristine_steps(pipeline: &Pipeline) -> Vec<StepRecord> {
 }
 
 impl Walk<'_> {
+    /// Logs a step attempt that ended without failing (`succeeded`, or `interrupted` by a
+    /// pause); a failed one is logged with its error where it is handled.
+    fn log_step_finished(&self, step: &str, attempt: i64, fuel: i64, status: &str) {
+        tracing::info!(
+            run_id = %self.run.id,
+            tenant = %self.run.tenant_id,
+            step = %step,
+            attempt,
+            fuel,
+            status,
+            "step finished"
+        );
+    }
+
     /// Wall clock the run has used of its `[budget] timeout`: what it executed before its
     /// latest pause and since this host claimed it. Time spent paused is not counted.
     fn elapsed(&self) -> Duration {
@@ -821,37 +842,22 @@ impl Walk<'_> {
                 && !self.live.cancel.is_cancelled()
                 && self.live.interrupt.is_cancelled()
             {
-                tracing::info!(
-                    run_id = %self.run.id,
-                    tenant = %self.run.tenant_id,
-                    step = %step.name,
-                    attempt,
-                    fuel,
-                    status = "interrupted",
-                    "step finished"
-                );
+                self.log_step_finished(&step.name, attempt, fuel, "interrupted");
                 self.live.fuel.fetch_add(fuel, Ordering::Relaxed);
-                let charge = vec![
-                    Change::AddFuel {
-                        step_idx: to_i64(idx),
-                        fuel,
-                    },
-                    Change::AttemptEnd {
-                        idx: to_i64(idx),
-                        generation,
-                        attempt,
-                        status: "interrupted",
-                        fuel,
-                        error_code: Some("PAUSED".into()),
-                        error_message: Some(
-                            "interrupted by a pause; the attempt runs again on resume".into(),
-                        ),
-                    },
-                    Change::StepInterrupted {
-                        idx: to_i64(idx),
-                        attempt,
-                    },
-                ];
+                let mut charge = attempt_end_changes(
+                    (to_i64(idx), generation, attempt),
+                    fuel,
+                    "interrupted",
+                    Some((
+                        "PAUSED".into(),
+                        "interrupted by a pause; the attempt runs again on resume".into(),
+                    )),
+                )
+                .to_vec();
+                charge.push(Change::StepInterrupted {
+                    idx: to_i64(idx),
+                    attempt,
+                });
                 return Err(self.paused(&step.name, Some((to_i64(idx), attempt)), charge));
             }
             // A model call refused for, or charged past, a token budget fails the
@@ -864,40 +870,18 @@ impl Walk<'_> {
                     ),
                 ));
             }
-            let (status, error_code, error_message) = match &result {
-                Ok(_) => ("succeeded", None, None),
+            let (status, error) = match &result {
+                Ok(_) => ("succeeded", None),
                 Err(f) => (
                     "failed",
-                    Some(code_str(f.code).to_string()),
-                    Some(f.message.clone()),
+                    Some((code_str(f.code).to_string(), f.message.clone())),
                 ),
             };
-            let attempt_end = [
-                Change::AddFuel {
-                    step_idx: to_i64(idx),
-                    fuel,
-                },
-                Change::AttemptEnd {
-                    idx: to_i64(idx),
-                    generation,
-                    attempt,
-                    status,
-                    fuel,
-                    error_code,
-                    error_message,
-                },
-            ];
+            let attempt_end =
+                attempt_end_changes((to_i64(idx), generation, attempt), fuel, status, error);
             let failure = match result {
                 Ok(output) => {
-                    tracing::info!(
-                        run_id = %self.run.id,
-                        tenant = %self.run.tenant_id,
-                        step = %step.name,
-                        attempt,
-                        fuel,
-                        status = "succeeded",
-                        "step finished"
-                    );
+                    self.log_step_finished(&step.name, attempt, fuel, "succeeded");
                     // The attempt's end, the step's success and its event: one transition,
                     // and for the last step it goes with the run's end.
                     let done = Transition {
@@ -1401,6 +1385,32 @@ fn preview(output: &str) -> String {
         end -= 1;
     }
     format!("{}…", output.get(..end).unwrap_or_default())
+}
+
+/// The end of a step attempt (`(step idx, generation, attempt)`): its fuel charged to the
+/// step, and the attempt's status with its error (code, message) when it has one.
+fn attempt_end_changes(
+    (idx, generation, attempt): (i64, i64, i64),
+    fuel: i64,
+    status: &'static str,
+    error: Option<(String, String)>,
+) -> [Change; 2] {
+    let (error_code, error_message) = error.unzip();
+    [
+        Change::AddFuel {
+            step_idx: idx,
+            fuel,
+        },
+        Change::AttemptEnd {
+            idx,
+            generation,
+            attempt,
+            status,
+            fuel,
+            error_code,
+            error_message,
+        },
+    ]
 }
 
 fn to_i64(n: usize) -> i64 {

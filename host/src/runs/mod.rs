@@ -373,19 +373,7 @@ impl Runner {
         let registry = self.check_pipeline(tenant_id, pipeline).await?;
         let spec = serde_json::to_string(pipeline)
             .map_err(|e| RunError::InvalidPipeline(format!("cannot store pipeline: {e}")))?;
-        let steps = pipeline
-            .steps
-            .iter()
-            .map(|s| (s.name.clone(), executor::agent_type(s)))
-            .collect();
-        let new = NewRun {
-            tenant_id: tenant_id.to_string(),
-            pipeline_id,
-            pipeline_name: pipeline.name.clone(),
-            spec,
-            input: input.to_string(),
-            steps,
-        };
+        let new = new_run(tenant_id, pipeline_id, pipeline, spec, input);
         let created = self
             .inner
             .store
@@ -1138,4 +1126,27 @@ pub const HOST_CRASH: &str = "HOST_CRASH";
 /// The code string of an engine failure, for events.
 pub(crate) fn code_str(code: ErrorCode) -> &'static str {
     code.as_str()
+}
+
+/// The run to queue for a pipeline (its spec: the pipeline's JSON snapshot) and input:
+/// its steps in order, each with its agent type.
+fn new_run(
+    tenant_id: &str,
+    pipeline_id: Option<String>,
+    pipeline: &pipeline::Pipeline,
+    spec: String,
+    input: &str,
+) -> NewRun {
+    NewRun {
+        tenant_id: tenant_id.to_string(),
+        pipeline_id,
+        pipeline_name: pipeline.name.clone(),
+        spec,
+        input: input.to_string(),
+        steps: pipeline
+            .steps
+            .iter()
+            .map(|s| (s.name.clone(), executor::agent_type(s)))
+            .collect(),
+    }
 }

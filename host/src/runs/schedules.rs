@@ -13,7 +13,7 @@
 //! scheduler ran then): `catch_up` decides what becomes of missed slots. Slots within the
 //! grace period are fired as usual, each once.
 
-use super::{Runner, executor, pipeline};
+use super::{Runner, pipeline};
 use crate::engine::json;
 use crate::store::{FireRecord, NewRun, NewSchedule, ScheduleRecord, StoreError, now_ms};
 use chrono::{DateTime, Utc};
@@ -644,19 +644,13 @@ impl Runner {
         let pipeline = pipeline::parse_json(&schedule.spec, Some(std::path::Path::new("/")))
             .map_err(|e| super::RunError::InvalidPipeline(e.to_string()))?;
         let registry = self.check_pipeline(&schedule.tenant_id, &pipeline).await?;
-        let steps = pipeline
-            .steps
-            .iter()
-            .map(|s| (s.name.clone(), executor::agent_type(s)))
-            .collect();
-        let new = NewRun {
-            tenant_id: schedule.tenant_id.clone(),
-            pipeline_id: schedule.pipeline_id.clone(),
-            pipeline_name: pipeline.name.clone(),
-            spec: schedule.spec.clone(),
-            input: schedule.input.to_string(),
-            steps,
-        };
+        let new = super::new_run(
+            &schedule.tenant_id,
+            schedule.pipeline_id.clone(),
+            &pipeline,
+            schedule.spec.clone(),
+            &schedule.input.to_string(),
+        );
         Ok((new, registry.used()))
     }
 }

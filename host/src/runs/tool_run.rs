@@ -289,21 +289,7 @@ impl Runner {
             events.push(("cancelled", json!({"run_id": run.id, "step_id": step})));
         }
         events.push(("complete", complete));
-        let mut delay = Duration::from_millis(250);
-        for tries in 1..=8 {
-            match self.commit_many(run, &changes, &events).await {
-                Ok(_) => break,
-                Err(e) if tries < 8 => {
-                    tracing::warn!(
-                        "could not record the end of run {} (will retry): {e}",
-                        run.id
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => tracing::error!("could not record the end of run {}: {e}", run.id),
-            }
-        }
+        super::executor::retry_end(&run.id, |_| self.commit_many(run, &changes, &events)).await;
         tracing::info!(run_id = %run.id, tenant = %run.tenant_id, status, fuel, "tool call run finished");
     }
 }

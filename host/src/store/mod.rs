@@ -832,6 +832,16 @@ impl Store {
         rows.iter().map(Event::from_row).collect()
     }
 
+    /// A run's status (`None`: no such run), as a request just left it.
+    async fn run_status(&self, run_id: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get("status").map_err(StoreError::from))
+            .transpose()
+    }
+
     /// Marks a run for cancellation. Returns the run's status at that moment (a finished
     /// run is left untouched).
     pub async fn request_cancel(&self, run_id: &str) -> Result<Option<String>> {
@@ -844,12 +854,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| r.try_get("status").map_err(StoreError::from))
-            .transpose()
+        self.run_status(run_id).await
     }
 
     /// Asks a live, unpaused run to pause: [`PAUSE_AFTER_ATTEMPT`] or [`PAUSE_NOW`] (a
@@ -867,12 +872,7 @@ impl Store {
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        let row = sqlx::query("SELECT status FROM runs WHERE id = $1")
-            .bind(run_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| r.try_get("status").map_err(StoreError::from))
-            .transpose()
+        self.run_status(run_id).await
     }
 
     /// A run's cancel and pause requests and its status (polled by the executor, so
