@@ -33,4 +33,5 @@ mod server;
 mod sessions;
 mod streams;
 mod support;
+mod tool_grants;
 mod util;

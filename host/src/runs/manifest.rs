@@ -172,6 +172,29 @@ impl Manifest {
         self.scratch_limits().map(|_| ())
     }
 
+    /// Checks the manifest of a tool plugin (`[tools]` of a pipeline, or a registered
+    /// tool called over MCP): its calls get its `http`, `secrets` and `files` grants and
+    /// its limits, but they cannot call tools (a tool call has no tools of its own) nor
+    /// use models (a tool call has no token budget of its own; the calling step's
+    /// models are the step's). Such grants are refused, not ignored. `place` says where
+    /// the manifest is.
+    pub fn check_for_tool(&self, place: &str) -> Result<(), String> {
+        if !self.grants.tools.is_empty() {
+            return Err(format!(
+                "grants.tools: a tool plugin cannot call tools (its calls get http, secrets, \
+                 files and limits from its manifest, but no tools); remove `tools` from {place}"
+            ));
+        }
+        if !self.grants.models.is_empty() {
+            return Err(format!(
+                "grants.models: a tool plugin cannot use models (a tool call has no model \
+                 budget of its own; let the step that calls it use the model); remove \
+                 `models` from {place}"
+            ));
+        }
+        Ok(())
+    }
+
     /// The scratch-disk quota `(bytes, entries)` it asks for (`None`: the default);
     /// refused above the caps.
     pub fn scratch_limits(&self) -> Result<(Option<u64>, Option<u64>), String> {

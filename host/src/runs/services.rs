@@ -874,16 +874,32 @@ impl StepServices {
                 ));
             }
         }
+        let mut limits = crate::engine::Limits {
+            fuel: Some(fuel),
+            timeout: self.grant.timeout,
+            ..crate::engine::Limits::default()
+        };
+        // The tool's own manifest (checked at load): its scratch quota, its egress rules
+        // with their secrets and http limits, its host files. Nothing without one.
+        tool.manifest.apply_scratch_limits(&mut limits);
         let how = crate::engine::Invocation {
-            limits: crate::engine::Limits {
-                fuel: Some(fuel),
-                timeout: self.grant.timeout,
-                ..crate::engine::Limits::default()
-            },
+            limits,
             // Stopped with the attempt (see `finish_tool_calls`), or by the run's cancel.
             cancel: self.tool_calls.stop.child_token(),
             // The step's own clock: a tool call never outlives the step that made it.
             deadline: Some(self.deadline.clone()),
+            http: tool
+                .manifest
+                .http_policy(&self.runner.engine().config().http_resolver)
+                .map(std::sync::Arc::new),
+            files: tool.manifest.grants.resolved_files.clone(),
+            // Only the calling run's tenant's secrets, for the host to put in the tool's
+            // granted requests; every other service is refused.
+            services: Some(std::sync::Arc::new(ToolServices {
+                runner: self.runner.clone(),
+                tenant_id: self.run.tenant_id.clone(),
+                tool: qualified.clone(),
+            })),
             ..crate::engine::Invocation::default()
         };
         let call = crate::engine::Call::CallTool {
@@ -1003,6 +1019,75 @@ impl StepServices {
     /// Commits and publishes a `tool_call` event.
     async fn event(&self, payload: serde_json::Value) {
         self.ledger().commit(0, "record", Some(payload)).await;
+    }
+}
+
+/// The services of one tool call: the secrets of the calling run's tenant, read by the
+/// host for the requests the tool's manifest grants them to (the guest never sees a
+/// value), and nothing else. A tool call has no tools, artifacts, questions, state or
+/// models of its own; each is refused naming what is missing.
+struct ToolServices {
+    runner: Runner,
+    tenant_id: String,
+    /// `plugin/tool`, for the refusals.
+    tool: String,
+}
+
+impl ToolServices {
+    fn refuse(&self, what: &str) -> PluginError {
+        not_granted(&format!("{what} (in a call of tool `{}`)", self.tool))
+    }
+}
+
+#[async_trait::async_trait]
+impl RunServices for ToolServices {
+    async fn secret(&self, name: &str) -> Option<String> {
+        match self
+            .runner
+            .store()
+            .secret_value(&self.tenant_id, name)
+            .await
+        {
+            Ok(value) => value,
+            Err(e) => {
+                tracing::warn!(secret = name, "cannot read a secret for a tool call: {e}");
+                None
+            }
+        }
+    }
+
+    async fn call_tool(&self, name: &str, _arguments: &str) -> Result<String, PluginError> {
+        Err(self.refuse(&format!("tool `{name}`")))
+    }
+
+    async fn put_artifact(
+        &self,
+        _name: &str,
+        _media_type: &str,
+        _content: &[u8],
+    ) -> Result<String, PluginError> {
+        Err(self.refuse("put-artifact"))
+    }
+
+    async fn ask(&self, _question: &str, _schema: Option<&str>) -> Result<String, PluginError> {
+        Err(self.refuse("ask"))
+    }
+
+    async fn state_get(&self, _key: &str) -> Option<Vec<u8>> {
+        None
+    }
+
+    async fn state_set(&self, _key: &str, _value: &[u8]) -> Result<(), PluginError> {
+        Err(self.refuse("state-set"))
+    }
+
+    async fn model(
+        &self,
+        alias: &str,
+        _request: &crate::models::ChatRequest,
+        _deltas: crate::models::DeltaSink<'_>,
+    ) -> Result<crate::models::ChatResponse, PluginError> {
+        Err(self.refuse(&format!("model `{alias}`")))
     }
 }
 

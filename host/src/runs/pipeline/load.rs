@@ -17,6 +17,9 @@ pub struct LoadedTool {
     pub plugin: Arc<Plugin>,
     /// Its tools, as it listed them.
     pub specs: Vec<ToolSpec>,
+    /// Its own permission manifest: the http, secrets and files grants and the limits
+    /// its calls run with (checked by [`Manifest::check_for_tool`]; none: nothing).
+    pub manifest: Manifest,
 }
 
 /// Where registered plugins (`name@version`, `plg_...`) come from: a server's registry.
@@ -154,7 +157,8 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// Loads the `[tools]` plugins (each must be a tool plugin that lists its tools) and
+    /// Loads the `[tools]` plugins (each must be a tool plugin that lists its tools), each
+    /// with its own manifest (see [`Manifest::check_for_tool`]), and
     /// checks every step's grants against its plugin's manifest (`manifests`, in step
     /// order, from [`Pipeline::manifests`]): a step may only list tools it is granted.
     pub async fn load_tools(
@@ -211,6 +215,16 @@ impl Pipeline {
                     ),
                 ));
             }
+            let manifest = match (plugin_ref, registry) {
+                (PluginRef::Path(_), _) | (_, None) => manifest::for_plugin(plugin_ref),
+                (registered, Some(registry)) => registry.manifest(registered).await,
+            };
+            let place = manifest::path_for(plugin_ref)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| format!("the manifest of `{plugin_ref}`"));
+            let manifest = manifest
+                .and_then(|m| m.check_for_tool(&place).map(|()| m))
+                .map_err(|e| self.origin.error(&field, format!("tool `{name}`: {e}")))?;
             let specs = match engine.describe(&plugin).await.result {
                 Ok(Output::Tools(specs)) => specs,
                 Ok(_) => Vec::new(),
@@ -226,6 +240,7 @@ impl Pipeline {
                     name: name.clone(),
                     plugin,
                     specs,
+                    manifest,
                 },
             );
         }
