@@ -549,8 +549,9 @@ async fn dur_26_a_restarted_runs_stream_reopens_and_a_replay_reads_every_segment
     assert!(sse(&host, &id, Some(m)).await.is_none());
 }
 
-#[test]
-fn dur_27_corral_restart_runs_locally_from_a_step_with_feedback() {
+/// A two-step pipeline (`draft`, `review`, both flaky) named `name`, run to its end with
+/// `corral run` on a fresh data directory: the temp dir, the data dir and the run id.
+fn local_two_step_run(name: &str) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let plugins = root().join("target/plugins");
@@ -558,7 +559,7 @@ fn dur_27_corral_restart_runs_locally_from_a_step_with_feedback() {
     std::fs::write(
         &pipeline,
         format!(
-            "name = \"local\"\n[[steps]]\nname = \"draft\"\nplugin = \"{p}/flaky.wasm\"\n\
+            "name = \"{name}\"\n[[steps]]\nname = \"draft\"\nplugin = \"{p}/flaky.wasm\"\n\
              [[steps]]\nname = \"review\"\nplugin = \"{p}/flaky.wasm\"\n",
             p = plugins.display()
         ),
@@ -573,6 +574,12 @@ fn dur_27_corral_restart_runs_locally_from_a_step_with_feedback() {
     assert_eq!(code, 0, "{stderr}");
     let first: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     let run_id = first["run_id"].as_str().unwrap().to_string();
+    (dir, data, run_id)
+}
+
+#[test]
+fn dur_27_corral_restart_runs_locally_from_a_step_with_feedback() {
+    let (dir, data, run_id) = local_two_step_run("local");
 
     let (code, stdout, stderr) = output_of(corral(&data).args([
         "restart",
@@ -844,28 +851,7 @@ async fn dur_39_a_run_restarted_as_often_as_a_run_may_be_is_refused_restart_limi
 /// restart's answer as JSON on stdout.
 #[test]
 fn corral_restart_says_what_it_did_for_people_and_in_json() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let plugins = root().join("target/plugins");
-    let pipeline = dir.path().join("pipeline.toml");
-    std::fs::write(
-        &pipeline,
-        format!(
-            "name = \"people\"\n[[steps]]\nname = \"draft\"\nplugin = \"{p}/flaky.wasm\"\n\
-             [[steps]]\nname = \"review\"\nplugin = \"{p}/flaky.wasm\"\n",
-            p = plugins.display()
-        ),
-    )
-    .unwrap();
-    let (code, stdout, stderr) = output_of(
-        corral(&data)
-            .arg("run")
-            .arg(&pipeline)
-            .args(["-o", "jsonl"]),
-    );
-    assert_eq!(code, 0, "{stderr}");
-    let first: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
-    let run_id = first["run_id"].as_str().unwrap().to_string();
+    let (_dir, data, run_id) = local_two_step_run("people");
 
     let (code, stdout, stderr) = output_of(corral(&data).args([
         "restart",

@@ -92,6 +92,20 @@ impl Browser {
         }
         status_and_body(r.send().await.unwrap()).await
     }
+
+    /// Starts a run of `flaky@0.1.0` that waits for an answer: its id.
+    async fn waiting_run(&self) -> String {
+        let (status, run) = self
+            .json(
+                Method::POST,
+                "/v1/runs",
+                true,
+                Some(run_body("flaky@0.1.0", json!({"ask": "?"}))),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        run["run_id"].as_str().unwrap().to_string()
+    }
 }
 
 /// A bearer-token request.
@@ -385,16 +399,7 @@ async fn session_is_revoked_with_its_token(postgres: bool) {
     let b = Browser::login(&server, &secret).await;
     assert_eq!(b.login["token_id"], id.as_str());
     // A waiting run, its stream open with the session.
-    let (status, run) = b
-        .json(
-            Method::POST,
-            "/v1/runs",
-            true,
-            Some(run_body("flaky@0.1.0", json!({"ask": "?"}))),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{run}");
-    let run = run["run_id"].as_str().unwrap().to_string();
+    let run = b.waiting_run().await;
     let resp = b
         .req(Method::GET, &format!("/v1/runs/{run}/events"), false)
         .send()
@@ -932,16 +937,7 @@ async fn logout_closes_the_sessions_streams(postgres: bool) {
     let second = postgres.then(|| start_with(&envs, &[]));
     let b = Browser::login(&server, &admin).await;
     let mut other = Browser::login(&server, &admin).await;
-    let (status, run) = b
-        .json(
-            Method::POST,
-            "/v1/runs",
-            true,
-            Some(run_body("flaky@0.1.0", json!({"ask": "?"}))),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{run}");
-    let run = run["run_id"].as_str().unwrap().to_string();
+    let run = b.waiting_run().await;
     let stream_url = second
         .as_ref()
         .map_or(server.url.clone(), |s| s.url.clone());
