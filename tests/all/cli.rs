@@ -669,3 +669,49 @@ fn scratch_dir_is_a_flag_of_the_commands_that_run_plugins_only() {
         assert_eq!(code, 2, "{cmd:?}: {err}");
     }
 }
+
+/// `corral run -o jsonl | head -1`: the reader goes away after the first line while the
+/// run still has events to print; the command ends quietly (SIGPIPE, as other Unix tools
+/// do), with no panic on stderr.
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name = \"pipe\"\n[[steps]]\nname = \"slow\"\nplugin = \"{}\"\nconfig = {{ sleep_ms = 500 }}\n",
+            plugin_path("flaky").display()
+        ),
+    )
+    .unwrap();
+    let mut child = corral()
+        .env("CORRAL_DATA_DIR", dir.path().join("data"))
+        .arg("run")
+        .arg(&pipeline)
+        .args(["-o", "jsonl"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("\"queued\""), "{first}");
+    // The read end is closed here; the step's events come after it.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        out.status.signal(),
+        Some(SIGPIPE),
+        "{:?} {stderr}",
+        out.status
+    );
+}
+
+/// SIGPIPE's number on Linux.
+const SIGPIPE: i32 = 13;

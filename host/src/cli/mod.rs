@@ -123,6 +123,19 @@ enum Command {
 }
 
 /// Runs the CLI and returns the process exit code.
+/// Gives SIGPIPE its default action back (Rust's runtime ignores it, so a write to a
+/// closed pipe fails and `println!` panics).
+#[allow(unsafe_code)]
+fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: signal(2) with SIG_DFL, called before any thread of ours is started; no
+    // handler runs Rust code. Sockets are written with MSG_NOSIGNAL by std, so only
+    // writes to pipes (stdout, stderr) are affected.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> ExitCode {
     let mut cli = Cli::parse();
     if let Command::Completions { shell } = &cli.command {
@@ -153,6 +166,12 @@ pub fn main() -> ExitCode {
     // The long-running commands log what they do; the others only what went wrong.
     let verbose = matches!(&cli.command, Command::Serve(_) | Command::Worker(_));
     init_tracing(format, verbose);
+    if !verbose {
+        // `corral run -o jsonl | head -1`: a reader that is gone ends the command quietly,
+        // as it does other Unix tools, instead of a panic in the next print. The servers
+        // keep ignoring SIGPIPE: their logs' reader going away must not stop them.
+        restore_sigpipe();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
