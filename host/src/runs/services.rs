@@ -256,18 +256,7 @@ impl StepServices {
 #[async_trait::async_trait]
 impl RunServices for StepServices {
     async fn secret(&self, name: &str) -> Option<String> {
-        match self
-            .runner
-            .store()
-            .secret_value(&self.run.tenant_id, name)
-            .await
-        {
-            Ok(value) => value,
-            Err(e) => {
-                tracing::warn!(secret = name, "cannot read a secret: {e}");
-                None
-            }
-        }
+        tenant_secret(&self.runner, &self.run.tenant_id, name).await
     }
 
     async fn call_tool(&self, name: &str, arguments: &str) -> Result<String, PluginError> {
@@ -1022,6 +1011,18 @@ impl StepServices {
     }
 }
 
+/// The value of `tenant`'s secret `name`, for the host to put in a granted request;
+/// `None` when it has none or the database fails (logged).
+async fn tenant_secret(runner: &Runner, tenant: &str, name: &str) -> Option<String> {
+    match runner.store().secret_value(tenant, name).await {
+        Ok(value) => value,
+        Err(e) => {
+            tracing::warn!(secret = name, tenant, "cannot read a secret: {e}");
+            None
+        }
+    }
+}
+
 /// The services of one tool call: the secrets of the calling run's tenant, read by the
 /// host for the requests the tool's manifest grants them to (the guest never sees a
 /// value), and nothing else. A tool call has no tools, artifacts, questions, state or
@@ -1042,18 +1043,7 @@ impl ToolServices {
 #[async_trait::async_trait]
 impl RunServices for ToolServices {
     async fn secret(&self, name: &str) -> Option<String> {
-        match self
-            .runner
-            .store()
-            .secret_value(&self.tenant_id, name)
-            .await
-        {
-            Ok(value) => value,
-            Err(e) => {
-                tracing::warn!(secret = name, "cannot read a secret for a tool call: {e}");
-                None
-            }
-        }
+        tenant_secret(&self.runner, &self.tenant_id, name).await
     }
 
     async fn call_tool(&self, name: &str, _arguments: &str) -> Result<String, PluginError> {

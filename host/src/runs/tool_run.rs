@@ -73,15 +73,13 @@ impl Runner {
         let registry = StoreRegistry::new(self.inner.store.clone(), tenant_id);
         let loaded = pipeline_load(&registry, &self.inner.engine, &plugin.id).await?;
         // Its own manifest grants its call http, secrets and limits (nothing without one).
-        let manifest = {
-            use super::pipeline::Registry;
-            let place = format!("the manifest of `{}@{}`", plugin.name, plugin.version);
-            registry
-                .manifest(&super::pipeline::PluginRef::Id(plugin.id.clone()))
-                .await
-                .and_then(|m| m.check_for_tool(&place).map(|()| m))
-                .map_err(RunError::InvalidPipeline)?
-        };
+        let manifest = super::pipeline::tool_manifest(
+            &super::pipeline::PluginRef::Id(plugin.id.clone()),
+            Some(&registry),
+            &format!("the manifest of `{}@{}`", plugin.name, plugin.version),
+        )
+        .await
+        .map_err(RunError::InvalidPipeline)?;
         let specs = stored_specs(plugin);
         let step_name = tool.to_string();
         let spec = json!({

@@ -45,6 +45,32 @@ pub trait Registry: Send + Sync {
     }
 }
 
+/// A plugin's manifest, read and checked: the file beside a component file, or what the
+/// registry holds for a registered plugin.
+async fn manifest_of(
+    plugin: &PluginRef,
+    registry: Option<&dyn Registry>,
+) -> Result<Manifest, String> {
+    match (plugin, registry) {
+        (PluginRef::Path(_), _) | (_, None) => manifest::for_plugin(plugin),
+        (registered, Some(registry)) => registry.manifest(registered).await,
+    }
+}
+
+/// A tool plugin's own manifest, read and checked for a tool's calls
+/// ([`Manifest::check_for_tool`]); `place` names it in errors when it is not a file.
+pub async fn tool_manifest(
+    plugin: &PluginRef,
+    registry: Option<&dyn Registry>,
+    place: &str,
+) -> Result<Manifest, String> {
+    let manifest = manifest_of(plugin, registry).await?;
+    let place =
+        manifest::path_for(plugin).map_or_else(|| place.to_string(), |p| p.display().to_string());
+    manifest.check_for_tool(&place)?;
+    Ok(manifest)
+}
+
 impl Pipeline {
     /// Every step's plugin manifest, read and checked (in step order): the file beside a
     /// component file, or what the registry holds for a registered plugin.
@@ -54,12 +80,9 @@ impl Pipeline {
     ) -> Result<Vec<Manifest>, PipelineError> {
         let mut out = Vec::with_capacity(self.steps.len());
         for (i, step) in self.steps.iter().enumerate() {
-            let manifest = match (&step.plugin, registry) {
-                (PluginRef::Path(_), _) | (_, None) => manifest::for_plugin(&step.plugin),
-                (registered, Some(registry)) => registry.manifest(registered).await,
-            };
-            let manifest =
-                manifest.map_err(|e| self.origin.error(format!("steps[{i}].plugin"), e))?;
+            let manifest = manifest_of(&step.plugin, registry)
+                .await
+                .map_err(|e| self.origin.error(format!("steps[{i}].plugin"), e))?;
             for (j, host) in step.http.iter().flatten().enumerate() {
                 if !manifest.grants.http.iter().any(|r| &r.host == host) {
                     let granted: Vec<&str> = manifest
@@ -215,15 +238,9 @@ impl Pipeline {
                     ),
                 ));
             }
-            let manifest = match (plugin_ref, registry) {
-                (PluginRef::Path(_), _) | (_, None) => manifest::for_plugin(plugin_ref),
-                (registered, Some(registry)) => registry.manifest(registered).await,
-            };
-            let place = manifest::path_for(plugin_ref)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| format!("the manifest of `{plugin_ref}`"));
-            let manifest = manifest
-                .and_then(|m| m.check_for_tool(&place).map(|()| m))
+            let place = format!("the manifest of `{plugin_ref}`");
+            let manifest = tool_manifest(plugin_ref, registry, &place)
+                .await
                 .map_err(|e| self.origin.error(&field, format!("tool `{name}`: {e}")))?;
             let specs = match engine.describe(&plugin).await.result {
                 Ok(Output::Tools(specs)) => specs,

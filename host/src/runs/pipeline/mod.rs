@@ -58,7 +58,7 @@ mod schema;
 mod toml_spans;
 mod validate;
 
-pub use load::{LoadedTool, Registry};
+pub use load::{LoadedTool, Registry, tool_manifest};
 pub use parse::{load_file, parse_json, parse_toml, registered_plugin};
 pub use schema::PipelineDocument;
 
