@@ -171,6 +171,7 @@
       ["", "queued", "running", "waiting", "paused", "succeeded", "failed", "cancelled"].map((s) =>
         el("option", { value: s }, s || "all")));
     const tbody = el("tbody");
+    const empty = el("p", { class: "muted", id: "runs-empty", hidden: true }, "No runs yet.");
     const table = el("table", { id: "runs" },
       el("thead", {}, el("tr", {},
         el("th", {}, "Run"), el("th", {}, "Status"), el("th", {}, "Pipeline"),
@@ -182,14 +183,14 @@
     view.append(el("div", { class: "toolbar" },
       el("div", {}, el("label", { for: "status-filter" }, "Status"), filter)),
       el("div", { class: "table-wrap" }, table),
-      el("p", { class: "muted", id: "runs-empty", hidden: true }, "No runs yet."));
+      empty);
 
     let reloading = null;
     async function reload() {
       const q = filter.value ? "?status=" + encodeURIComponent(filter.value) + "&limit=100" : "?limit=100";
       const data = await api("GET", "/v1/runs" + q);
       tbody.replaceChildren(...(data.runs || []).map(runRow));
-      $("#runs-empty").hidden = tbody.children.length > 0;
+      empty.hidden = tbody.children.length > 0;
     }
     // Coalesces bursts of events into one re-read of the list.
     function soon() {
@@ -328,10 +329,12 @@
     const output = el("pre", { id: "output" }, data.output === null || data.output === undefined ? "-" : pretty(data.output));
     const runError = el("p", { class: "error", id: "run-error", hidden: !run.error_message }, run.error_message || "");
     const artifacts = el("ul", { id: "artifacts" });
+    // Held here, not looked up when an event comes: the page may have moved on by then.
+    const runFuel = el("span", { id: "run-fuel" }, num(run.fuel_used));
     section.append(
       el("h1", {}, "Run ", el("code", {}, run.id), " ", statusBadge),
       el("p", { class: "muted" }, "Pipeline ", run.pipeline_name || "-", " - started ", fmtTime(run.started_at || run.created_at),
-        " - fuel ", el("span", { id: "run-fuel" }, num(run.fuel_used))),
+        " - fuel ", runFuel),
       run.schedule_id ? el("p", { class: "muted", id: "run-schedule" }, "Started by schedule ",
         el("a", { href: "#/schedules" }, el("code", {}, run.schedule_id)), " for ", fmtTime(run.scheduled_for)) : null,
       el("div", { class: "run-actions" }, pause, resume, cancel), runError, ask, restartBox,
@@ -424,7 +427,7 @@
           if (p.all_done) {
             setStatus(p.status);
             ask.replaceChildren();
-            if (typeof p.fuel_used === "number") $("#run-fuel").textContent = num(p.fuel_used);
+            if (typeof p.fuel_used === "number") runFuel.textContent = num(p.fuel_used);
             if (p.message) { runError.textContent = (p.error_code ? p.error_code + ": " : "") + p.message; runError.hidden = false; }
             // A restarted run's log has a final event per segment: the replay of an
             // earlier one goes on (the server ends the stream after the latest).
